@@ -1,0 +1,84 @@
+"""Composition: wires the FTP front end to the SFTP backends according to the config.
+
+The only module (besides the CLI) that imports both ``gateway.ftp`` and ``gateway.backends``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from gateway import errors
+from gateway.backends.sftp.backend import SFTPBackend
+from gateway.backends.sftp.loop import BackgroundLoop
+from gateway.config import GatewayConfig
+from gateway.ftp.server import build_server
+from gateway.listing import printable
+from gateway.routing import match_route, render_root
+from gateway.storage import Kind, Login
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    """A configured gateway: background SFTP loop, backends and the FTP server."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.loop = BackgroundLoop().start()
+        self.backends = {name: SFTPBackend(self.loop, b) for name, b in cfg.backends.items()}
+        self.server = build_server(cfg, self.authenticate)
+        self._stop = threading.Event()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the FTP server listens on."""
+        host, port = self.server.socket.getsockname()[:2]
+        return str(host), int(port)
+
+    def authenticate(self, user: str, password: str, client_ip: str) -> Login:
+        """Route ``user``, log in on its backend and resolve its root directory."""
+        route = match_route(self.cfg.routes, user)
+        if route is None:
+            log.info("login refused: no route for user %r from %s", printable(user), client_ip)
+            raise errors.LoginRefused()
+        storage = self.backends[route.backend].login(user, password)
+        root = render_root(route.root, user, storage.home())
+        try:
+            if storage.stat(root).kind is not Kind.DIR:
+                raise errors.NotADirectory()
+        except errors.StorageError as err:
+            storage.close()
+            log.error(
+                "route %s: root %r of user %r unusable on backend %s: %s",
+                route.name,
+                printable(root),
+                printable(user),
+                route.backend,
+                err.text,
+            )
+            if err.fatal:
+                raise
+            raise errors.LoginRefused() from err
+        log.info(
+            "login ok: user %r from %s via route %s to backend %s root %r",
+            printable(user),
+            client_ip,
+            route.name,
+            route.backend,
+            printable(root),
+        )
+        return Login(storage=storage, root=root, route_name=route.name, banner=route.banner)
+
+    def serve_forever(self) -> None:
+        """Serve until ``stop`` is called (from any thread) or the process is interrupted."""
+        try:
+            while not self._stop.is_set():
+                self.server.serve_forever(timeout=0.2, blocking=False, handle_exit=False)
+        finally:
+            self.server.close_all()
+            self.loop.stop()
+
+    def stop(self) -> None:
+        """Ask ``serve_forever`` to return (thread-safe)."""
+        self._stop.set()

@@ -1,0 +1,1 @@
+"""Storage implementations (adapters): each turns the core storage interface into a protocol."""

@@ -1,0 +1,1 @@
+"""SFTP backend on asyncssh: one background event loop, sessions, streaming file objects."""

@@ -1,0 +1,65 @@
+"""One background asyncio loop thread that owns every asyncssh object in the process.
+
+FTP session threads never touch asyncssh directly: they submit coroutines here and wait
+on the result with a timeout (asyncssh is not thread-safe; see DESIGN.md, Concurrency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from gateway.errors import BackendTimeout
+
+T = TypeVar("T")
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class BackgroundLoop:
+    """An event loop running in a daemon thread, with blocking helpers for other threads."""
+
+    def __init__(self) -> None:
+        self.loop = _new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="sftp-loop", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self) -> BackgroundLoop:
+        """Start the loop thread; returns self."""
+        self._thread.start()
+        return self
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the loop; returns a thread-safe future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run ``coro`` on the loop and wait up to ``timeout`` seconds for its result."""
+        return wait(self.submit(coro), timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop and join its thread."""
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+
+
+def wait(future: concurrent.futures.Future[T], timeout: float) -> T:
+    """Wait for ``future``; on timeout cancel it and raise BackendTimeout."""
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise BackendTimeout() from None

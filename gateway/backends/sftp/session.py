@@ -1,0 +1,258 @@
+"""SFTP storage: the core storage interface implemented on one asyncssh SFTP session.
+
+Every public method is blocking and runs its coroutine on the shared background loop;
+asyncssh exceptions never leave this module untranslated.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import stat as statmod
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+import asyncssh
+from asyncssh import constants as fx
+
+from gateway import errors
+from gateway.backends.sftp.errors import translate
+from gateway.backends.sftp.files import SFTPReadStream, SFTPWriteStream
+from gateway.backends.sftp.loop import BackgroundLoop
+from gateway.storage import Attrs, Entry, Kind
+
+T = TypeVar("T")
+log = logging.getLogger("gateway.sftp")
+
+_KIND_BY_TYPE = {
+    fx.FILEXFER_TYPE_REGULAR: Kind.FILE,
+    fx.FILEXFER_TYPE_DIRECTORY: Kind.DIR,
+    fx.FILEXFER_TYPE_SYMLINK: Kind.SYMLINK,
+}
+_MAX_BLOCK = 256 * 1024
+_OPEN_FLAGS = {
+    "w": fx.FXF_WRITE | fx.FXF_CREAT | fx.FXF_TRUNC,
+    "a": fx.FXF_WRITE | fx.FXF_CREAT,
+    "r+": fx.FXF_WRITE,
+}
+
+
+def to_attrs(a: asyncssh.SFTPAttrs, longname: str = "") -> Attrs:
+    """Storage attrs from SFTP attrs; owner/group names from an OpenSSH ``ls -l`` longname."""
+    kind = _KIND_BY_TYPE.get(a.type)
+    if kind is None and a.permissions is not None:
+        mode = a.permissions
+        kind = (
+            Kind.DIR
+            if statmod.S_ISDIR(mode)
+            else Kind.SYMLINK
+            if statmod.S_ISLNK(mode)
+            else (Kind.FILE if statmod.S_ISREG(mode) else Kind.OTHER)
+        )
+    fields = longname.split(None, 8)
+    owner, group = (fields[2], fields[3]) if len(fields) == 9 else (a.owner, a.group)
+    return Attrs(
+        kind=kind or Kind.OTHER,
+        size=a.size or 0,
+        mtime=a.mtime,
+        mode=(a.permissions or 0) & 0o7777,
+        uid=a.uid or 0,
+        gid=a.gid or 0,
+        nlink=a.nlink or (int(fields[1]) if len(fields) == 9 and fields[1].isdigit() else 1),
+        owner=owner,
+        group=group,
+    )
+
+
+class SFTPStorage:
+    """A logged-in SFTP session for one FTP user (implements gateway.storage.Storage)."""
+
+    def __init__(
+        self,
+        loop: BackgroundLoop,
+        conn: asyncssh.SSHClientConnection,
+        sftp: asyncssh.SFTPClient,
+        home: str,
+        timeout: float,
+        lost: Callable[[], bool],
+    ) -> None:
+        self._loop, self._conn, self._sftp, self._home = loop, conn, sftp, home
+        self._timeout, self._lost = timeout, lost
+        self._block = min(_MAX_BLOCK, sftp.limits.max_read_len or 32768)
+        self._wblock = min(_MAX_BLOCK, sftp.limits.max_write_len or 32768)
+
+    # --- plumbing
+
+    def _run(self, make: Callable[[], Awaitable[T]]) -> T:
+        async def guarded() -> T:
+            try:
+                return await make()
+            except Exception as exc:
+                raise translate(exc) from exc
+
+        if self._lost():
+            raise errors.ConnectionLost()
+        return self._loop.run(guarded(), self._timeout)
+
+    def _lstat_or_none(self, path: str) -> Attrs | None:
+        try:
+            return self.lstat(path)
+        except (errors.NotFound, errors.PermissionDenied):
+            return None
+
+    @property
+    def alive(self) -> bool:
+        """False once the SSH connection is gone."""
+        return not self._lost()
+
+    def home(self) -> str:
+        """The backend login directory."""
+        return self._home
+
+    # --- metadata
+
+    def stat(self, path: str) -> Attrs:
+        """Attributes, following symlinks."""
+        return to_attrs(self._run(lambda: self._sftp.stat(path)))
+
+    def lstat(self, path: str) -> Attrs:
+        """Attributes of the path itself."""
+        return to_attrs(self._run(lambda: self._sftp.lstat(path)))
+
+    def list_dir(self, path: str) -> Iterator[Entry]:
+        """Entries from READDIR with their attrs (no stat per entry); readlink for symlinks."""
+
+        async def entries() -> list[Entry]:
+            out = []
+            for name in await self._sftp.readdir(path):
+                filename = str(name.filename)
+                if filename in (".", ".."):
+                    continue
+                attrs = to_attrs(name.attrs, str(name.longname or ""))
+                target = None
+                if attrs.kind is Kind.SYMLINK:
+                    try:
+                        target = str(await self._sftp.readlink(f"{path.rstrip('/')}/{filename}"))
+                    except asyncssh.SFTPError:
+                        target = None
+                out.append(Entry(filename, attrs, target))
+            return out
+
+        return iter(self._run(entries))
+
+    # --- files
+
+    def open_read(self, path: str) -> SFTPReadStream:
+        """Open a regular file for download (550 before any 150 for anything else)."""
+
+        async def opened() -> tuple[asyncssh.SFTPClientFile, asyncssh.SFTPAttrs]:
+            fh = await self._sftp.open(path, fx.FXF_READ, encoding=None, block_size=None)
+            try:
+                attrs = await fh.stat()
+            except BaseException:
+                await fh.close()
+                raise
+            if to_attrs(attrs).kind is not Kind.FILE:
+                await fh.close()
+                raise errors.NotRegularFile()
+            return fh, attrs
+
+        fh, attrs = self._run(opened)
+        return SFTPReadStream(self._loop, fh, path, self._timeout, attrs.size or 0, self._block)
+
+    def open_write(self, path: str, mode: str) -> SFTPWriteStream:
+        """Open for upload: "w" truncates, "a" appends at the current size, "r+" resumes."""
+
+        async def opened() -> tuple[asyncssh.SFTPClientFile, int]:
+            fh = await self._sftp.open(path, _OPEN_FLAGS[mode], encoding=None, block_size=None)
+            offset = 0
+            if mode == "a":
+                try:
+                    offset = (await fh.stat()).size or 0
+                except BaseException:
+                    await fh.close()
+                    raise
+            return fh, offset
+
+        try:
+            fh, offset = self._run(opened)
+        except errors.BackendFailure:
+            if (found := self._lstat_or_none(path)) is not None and found.kind is Kind.DIR:
+                raise errors.IsADirectory() from None
+            raise
+        return SFTPWriteStream(self._loop, fh, path, self._timeout, offset, self._wblock)
+
+    def create_unique(self, directory: str, prefix: str) -> SFTPWriteStream:
+        """Create a new, uniquely named file in ``directory`` (O_EXCL on the backend)."""
+        flags = fx.FXF_WRITE | fx.FXF_CREAT | fx.FXF_EXCL
+        for _ in range(10):
+            path = f"{directory.rstrip('/')}/{prefix}{secrets.token_hex(4)}"
+
+            async def create(path: str = path) -> asyncssh.SFTPClientFile:
+                return await self._sftp.open(path, flags, encoding=None, block_size=None)
+
+            try:
+                fh = self._run(create)
+            except (errors.BackendFailure, errors.AlreadyExists):
+                if self._lstat_or_none(path) is None:
+                    raise
+                continue
+            return SFTPWriteStream(self._loop, fh, path, self._timeout, 0, self._wblock)
+        raise errors.AlreadyExists("No usable unique file name found.")
+
+    # --- namespace
+
+    def mkdir(self, path: str) -> None:
+        """Create a directory."""
+        try:
+            self._run(lambda: self._sftp.mkdir(path))
+        except errors.BackendFailure:
+            if self._lstat_or_none(path) is not None:
+                raise errors.AlreadyExists() from None
+            raise
+
+    def rmdir(self, path: str) -> None:
+        """Remove an empty directory."""
+        try:
+            self._run(lambda: self._sftp.rmdir(path))
+        except errors.BackendFailure:
+            found = self._lstat_or_none(path)
+            if found is not None:
+                raise (errors.NotEmpty() if found.kind is Kind.DIR else errors.NotADirectory()) from None
+            raise
+
+    def remove(self, path: str) -> None:
+        """Remove a file or symlink."""
+        try:
+            self._run(lambda: self._sftp.remove(path))
+        except errors.BackendFailure:
+            if (found := self._lstat_or_none(path)) is not None and found.kind is Kind.DIR:
+                raise errors.IsADirectory() from None
+            raise
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename, replacing ``dst`` atomically (posix-rename@openssh.com when offered)."""
+        try:
+            self._run(lambda: self._sftp.posix_rename(src, dst))
+        except errors.Unsupported:
+            # Plain SFTPv3 RENAME refuses an existing target: remove it first (not atomic).
+            if (found := self._lstat_or_none(dst)) is not None and found.kind is not Kind.DIR:
+                self.remove(dst)
+            self._run(lambda: self._sftp.rename(src, dst))
+
+    def chmod(self, path: str, mode: int) -> None:
+        """Set permission bits."""
+        self._run(lambda: self._sftp.chmod(path, mode))
+
+    def set_mtime(self, path: str, mtime: int) -> None:
+        """Set the modification time, keeping the access time."""
+
+        async def touch() -> None:
+            current = await self._sftp.stat(path)
+            await self._sftp.utime(path, (current.atime or mtime, mtime))
+
+        self._run(touch)
+
+    def close(self) -> None:
+        """Close the SSH connection (never blocks on a dead backend)."""
+        self._loop.loop.call_soon_threadsafe(self._conn.close)

@@ -1,0 +1,128 @@
+"""Command line: ``run``, ``check-config`` and ``demo`` (the edge that starts everything)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+from gateway import __version__, config, logs
+
+log = logging.getLogger("gateway")
+
+
+def _load(path: str) -> config.GatewayConfig | None:
+    try:
+        return config.load(path)
+    except config.ConfigError as err:
+        print(f"{path}: {len(err.problems)} problem(s):", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _serve(cfg: config.GatewayConfig, banner: str | None = None) -> int:
+    from gateway.app import Gateway
+
+    try:
+        gateway = Gateway(cfg)
+    except OSError as err:
+        print(f"cannot listen on {cfg.listen.address}:{cfg.listen.port}: {err.strerror}", file=sys.stderr)
+        return 1
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        gateway.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    host, port = gateway.address
+    log.info("ftp-sftp-gateway %s listening on %s:%d", __version__, host, port)
+    if banner:
+        print(banner, flush=True)
+    gateway.serve_forever()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Serve with a config file."""
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    logs.setup(cfg.log.level, cfg.log.format)
+    return _serve(cfg)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config file: exit 0, or list every problem and exit 2."""
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    routes = ", ".join(f"{r.name}({r.user}->{r.backend})" for r in cfg.routes)
+    print(f"{args.config}: OK: {len(cfg.backends)} backend(s), routes {routes}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Gateway plus an embedded SFTP server serving a local folder, for a first run."""
+    from gateway.backends.sftp.demo_server import start_demo_sftp
+    from gateway.backends.sftp.loop import BackgroundLoop
+
+    logs.setup(args.log_level)
+    data = Path(args.data).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    welcome = data / "welcome.txt"
+    if not welcome.exists():
+        welcome.write_text("Hello from ftp-sftp-gateway: this file lives on the demo SFTP server.\n")
+    state = Path(tempfile.mkdtemp(prefix="ftp-sftp-gateway-demo-"))
+    sftp_port, known_hosts = start_demo_sftp(BackgroundLoop().start(), data, state, "demo", "demo")
+    cfg = config.parse(
+        {
+            "listen": {"address": "127.0.0.1", "port": args.port, "passive_ports": [30000, 30100]},
+            "backends": {"demo": {"host": "127.0.0.1", "port": sftp_port, "known_hosts": str(known_hosts)}},
+            "routes": [{"match": {"user": "*"}, "backend": "demo", "auth": "passthrough", "root": "~"}],
+            "limits": {"failed_login_delay": 1},
+        }
+    )
+    banner = (
+        f"Demo gateway on ftp://127.0.0.1:{args.port}/ -> embedded SFTP server 127.0.0.1:{sftp_port}\n"
+        f"serving {data} (user demo, password demo). Try:\n"
+        f"  curl ftp://demo:demo@127.0.0.1:{args.port}/\n"
+        f"  curl ftp://demo:demo@127.0.0.1:{args.port}/welcome.txt\n"
+        f"  curl -T somefile ftp://demo:demo@127.0.0.1:{args.port}/\n"
+        "Stop with Ctrl-C."
+    )
+    return _serve(cfg, banner)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for all subcommands."""
+    parser = argparse.ArgumentParser(prog="ftp-sftp-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve FTP with the given config")
+    run.add_argument("--config", "-c", required=True, help="YAML config file")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("config", help="YAML config file")
+    check.set_defaults(func=cmd_check_config)
+    demo = sub.add_parser("demo", help="run with an embedded demo SFTP server")
+    demo.add_argument("--port", type=int, default=2121, help="FTP port (default 2121)")
+    demo.add_argument("--data", default="demo-data", help="folder to serve (default ./demo-data)")
+    demo.add_argument("--log-level", default="info", choices=config.LOG_LEVELS)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ftp-sftp-gateway`` command."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

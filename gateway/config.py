@@ -1,0 +1,370 @@
+"""Configuration: YAML file -> frozen dataclasses, every problem reported with its dotted key.
+
+Pure core (stdlib + yaml). ``load`` reads with ``yaml.safe_load`` only, rejects unknown keys,
+and collects *all* problems before raising ``ConfigError``, so an operator fixes a broken
+file in one pass (like ``sshd -t``). Nothing invalid is silently replaced by a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+_MISSING: Any = object()
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+AUTH_MODES = ("passthrough",)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists every ``key: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """The FTP control listener and its data-connection settings."""
+
+    address: str = "127.0.0.1"
+    port: int = 2121
+    passive_ports: tuple[int, int] = (30000, 30100)
+    masquerade_address: str | None = None
+    active_mode: bool = True
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Session limits and timeouts (seconds)."""
+
+    max_connections: int = 256
+    max_connections_per_ip: int = 20
+    max_login_attempts: int = 3
+    idle_timeout: int = 300
+    data_timeout: int = 300
+    failed_login_delay: float = 3.0
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One SFTP backend server."""
+
+    name: str
+    host: str
+    port: int = 22
+    known_hosts: str = ""
+    connect_timeout: float = 10.0
+    operation_timeout: float = 30.0
+    keepalive_interval: int = 30
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """A routing rule: which users go to which backend, how they log in, where "/" is."""
+
+    name: str
+    user: str
+    backend: str
+    auth: str = "passthrough"
+    root: str = "~"
+    banner: str | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging level and format."""
+
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole validated configuration."""
+
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    backends: dict[str, BackendConfig] = field(default_factory=dict)
+    routes: tuple[RouteConfig, ...] = ()
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+class _Section:
+    """Reads one mapping, recording problems under dotted keys and flagging unknown keys."""
+
+    def __init__(self, data: Any, path: str, problems: list[str]) -> None:
+        self.path, self.problems, self.seen = path, problems, set[str]()
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            problems.append(f"{path}: must be a mapping, got {type(data).__name__}")
+            data = {}
+        self.data: dict[Any, Any] = data
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def problem(self, name: str, message: str) -> None:
+        self.problems.append(f"{self.key(name)}: {message}")
+
+    def raw(self, name: str, default: Any = _MISSING) -> Any:
+        self.seen.add(name)
+        if name in self.data:
+            return self.data[name]
+        if default is _MISSING:
+            self.problem(name, "required key is missing")
+        return default
+
+    def typed(
+        self, name: str, kind: type[T], default: T, check: Callable[[T], str | None] | None = None
+    ) -> T:
+        value = self.raw(name, default)
+        if value is _MISSING:
+            return default
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.problem(name, f"must be {kind.__name__}, got {value!r}")
+            return default
+        if check is not None:
+            message = check(value)
+            if message:
+                self.problem(name, message)
+                return default
+        return value
+
+    def optional_str(self, name: str, check: Callable[[str], str | None] | None = None) -> str | None:
+        value = self.raw(name, None)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.problem(name, f"must be a string or null, got {value!r}")
+            return None
+        message = check(value) if check else None
+        if message:
+            self.problem(name, message)
+            return None
+        return value
+
+    def finish(self) -> None:
+        for unknown in sorted(set(map(str, self.data)) - self.seen):
+            known = ", ".join(sorted(self.seen))
+            self.problems.append(f"{self.key(unknown)}: unknown key (known keys here: {known})")
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else "must be a TCP port 1-65535"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _at_least(low: int) -> Callable[[int], str | None]:
+    return lambda value: None if value >= low else f"must be at least {low}"
+
+
+def _ip(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address"
+    return None
+
+
+def _ipv4(value: str) -> str | None:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return f"{value!r} is not an IPv4 address (PASV replies carry IPv4 only)"
+    return None
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
+    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
+
+
+def _root_template(value: str) -> str | None:
+    if not (value == "~" or value.startswith("~/") or value.startswith("/")):
+        return 'must be an absolute backend path, "~" (the login directory) or start with "~/"'
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError as err:
+        return f"bad template: {err}"
+    bad = [f for f in fields if f != "user"]
+    if bad:
+        return f"unknown placeholder {{{bad[0]}}} (only {{user}} is supported)"
+    return None
+
+
+def _known_hosts_file(value: str) -> str | None:
+    path = Path(value)
+    if not path.is_file():
+        return (
+            f"file not found: {value} (create it, e.g. "
+            "`ssh-keyscan -p PORT HOST > FILE`, and check the fingerprints)"
+        )
+    if not os.access(path, os.R_OK):
+        return f"file not readable: {value}"
+    lines = [
+        ln for ln in path.read_text(errors="replace").splitlines() if ln.strip() and not ln.startswith("#")
+    ]
+    if not lines:
+        return f"file has no host keys: {value} (host keys are always verified)"
+    return None
+
+
+def _passive_ports(section: _Section) -> tuple[int, int]:
+    default = ListenConfig.passive_ports
+    value = section.raw("passive_ports", default)
+    ok = (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    )
+    if not ok:
+        section.problem("passive_ports", f"must be a list of two ports [first, last], got {value!r}")
+        return default
+    low, high = value
+    if not (1024 <= low <= high <= 65535):
+        section.problem("passive_ports", "needs 1024 <= first <= last <= 65535")
+        return default
+    return (low, high)
+
+
+def _listen(data: Any, problems: list[str]) -> ListenConfig:
+    s = _Section(data, "listen", problems)
+    d = ListenConfig()
+    cfg = ListenConfig(
+        address=s.typed("address", str, d.address, _ip),
+        port=s.typed("port", int, d.port, _port),
+        passive_ports=_passive_ports(s),
+        masquerade_address=s.optional_str("masquerade_address", _ipv4),
+        active_mode=s.typed("active_mode", bool, d.active_mode),
+    )
+    s.finish()
+    return cfg
+
+
+def _limits(data: Any, problems: list[str]) -> LimitsConfig:
+    s = _Section(data, "limits", problems)
+    d = LimitsConfig()
+    cfg = LimitsConfig(
+        max_connections=s.typed("max_connections", int, d.max_connections, _at_least(1)),
+        max_connections_per_ip=s.typed("max_connections_per_ip", int, d.max_connections_per_ip, _at_least(1)),
+        max_login_attempts=s.typed("max_login_attempts", int, d.max_login_attempts, _at_least(1)),
+        idle_timeout=s.typed("idle_timeout", int, d.idle_timeout, _at_least(1)),
+        data_timeout=s.typed("data_timeout", int, d.data_timeout, _at_least(1)),
+        failed_login_delay=s.typed(
+            "failed_login_delay",
+            float,
+            d.failed_login_delay,
+            lambda v: None if v >= 0 else "must be 0 or more",
+        ),
+    )
+    s.finish()
+    return cfg
+
+
+def _backends(data: Any, problems: list[str]) -> dict[str, BackendConfig]:
+    if not isinstance(data, dict) or not data:
+        problems.append("backends: must be a mapping of at least one backend name to its settings")
+        return {}
+    out = {}
+    for name, body in data.items():
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            problems.append(f"backends.{name}: backend names use letters, digits, '_', '.', '-'")
+            continue
+        s = _Section(body, f"backends.{name}", problems)
+        out[name] = BackendConfig(
+            name=name,
+            host=s.typed("host", str, "", lambda v: None if v.strip() else "must not be empty"),
+            port=s.typed("port", int, 22, _port),
+            known_hosts=s.typed("known_hosts", str, "", _known_hosts_file),
+            connect_timeout=s.typed("connect_timeout", float, 10.0, _positive),
+            operation_timeout=s.typed("operation_timeout", float, 30.0, _positive),
+            keepalive_interval=s.typed("keepalive_interval", int, 30, _at_least(0)),
+        )
+        s.finish()
+    return out
+
+
+def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) -> tuple[RouteConfig, ...]:
+    if not isinstance(data, list) or not data:
+        problems.append("routes: must be a list of at least one route (first match wins)")
+        return ()
+    out = []
+    for index, body in enumerate(data):
+        s = _Section(body, f"routes[{index}]", problems)
+        match = _Section(s.raw("match"), f"routes[{index}].match", problems)
+        user = match.typed("user", str, "*", lambda v: None if v else "must not be empty")
+        match.finish()
+        backend = s.typed("backend", str, "")
+        if backend and backends and backend not in backends:
+            s.problem("backend", f"unknown backend {backend!r} (defined: {', '.join(sorted(backends))})")
+        out.append(
+            RouteConfig(
+                name=s.typed(
+                    "name", str, f"route{index}", lambda v: None if _NAME_RE.match(v) else "bad name"
+                ),
+                user=user,
+                backend=backend,
+                auth=s.typed("auth", str, "passthrough", _one_of(AUTH_MODES)),
+                root=s.typed("root", str, "~", _root_template),
+                banner=s.optional_str("banner"),
+            )
+        )
+        s.finish()
+    return tuple(out)
+
+
+def _log(data: Any, problems: list[str]) -> LogConfig:
+    s = _Section(data, "log", problems)
+    cfg = LogConfig(
+        level=s.typed("level", str, "info", _one_of(LOG_LEVELS)),
+        format=s.typed("format", str, "text", _one_of(("text", "json"))),
+    )
+    s.finish()
+    return cfg
+
+
+def parse(data: Any) -> GatewayConfig:
+    """Validate an already-parsed YAML document; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    top = _Section(data, "", problems)
+    backends = _backends(top.raw("backends"), problems)
+    cfg = GatewayConfig(
+        listen=_listen(top.raw("listen", None), problems),
+        limits=_limits(top.raw("limits", None), problems),
+        backends=backends,
+        routes=_routes(top.raw("routes"), backends, problems),
+        log=_log(top.raw("log", None), problems),
+    )
+    top.finish()
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Read and validate a YAML config file (``yaml.safe_load`` only)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read config file: {err.strerror}"]) from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path}: not valid YAML: {err}"]) from err
+    return parse(data)

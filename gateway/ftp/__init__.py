@@ -1,0 +1,1 @@
+"""FTP front end (adapter around pyftpdlib): server, handler, filesystem, authorizer."""

@@ -1,0 +1,78 @@
+"""Per-session pyftpdlib authorizer: logs in through the core ``Authenticate`` callable.
+
+pyftpdlib's authorizers keep users in a shared table and check home directories on the
+local disk; ours is created per FTP session, holds that session's backend ``Login``, and
+never touches the local file system.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyftpdlib.authorizers import AuthenticationFailed
+
+from gateway.errors import LoginRefused
+from gateway.storage import Authenticate, Login, Storage
+
+#: pyftpdlib permission letters: read (e l r) and write (a d f m w M T).
+FULL_PERMS = "elradfmwMT"
+
+
+class SessionAuthorizer:
+    """Duck-typed pyftpdlib authorizer bound to one control connection."""
+
+    def __init__(self, authenticate: Authenticate, handler: Any) -> None:
+        self._authenticate = authenticate
+        self._handler = handler
+        self.login: Login | None = None
+
+    def validate_authentication(self, username: str, password: str, handler: Any) -> None:
+        """Log in on the backend; AuthenticationFailed (530 after a delay) if refused."""
+        self.logout()
+        try:
+            self.login = self._authenticate(username, password, handler.remote_ip)
+        except LoginRefused as err:
+            raise AuthenticationFailed(err.text) from None
+
+    def storage(self) -> Storage:
+        """The logged-in backend session."""
+        if self.login is None:
+            raise LoginRefused("Log in with USER and PASS first.")
+        return self.login.storage
+
+    def logout(self) -> None:
+        """Close the backend session, if any."""
+        login, self.login = self.login, None
+        if login is not None:
+            login.storage.close()
+
+    def get_home_dir(self, username: str) -> str:
+        """The backend root that is "/" for this session."""
+        assert self.login is not None
+        return self.login.root
+
+    def get_msg_login(self, username: str) -> str:
+        """The 230 reply text (the route's banner when it has one)."""
+        if self.login is not None and self.login.banner:
+            return self.login.banner
+        return "Login successful."
+
+    def get_msg_quit(self, username: str) -> str:
+        """The 221 reply text."""
+        return "Goodbye."
+
+    def has_user(self, username: str) -> bool:
+        return True
+
+    def has_perm(self, username: str, perm: str, path: str | None = None) -> bool:
+        """Every logged-in user may do what the backend account may do."""
+        return perm in FULL_PERMS
+
+    def get_perms(self, username: str) -> str:
+        return FULL_PERMS
+
+    def impersonate_user(self, username: str, password: str) -> None:
+        """Nothing to do: the backend account is the identity."""
+
+    def terminate_impersonation(self, username: str) -> None:
+        """Nothing to do."""

@@ -1,0 +1,126 @@
+"""pyftpdlib's AbstractedFS implemented over the core storage interface.
+
+Every path pyftpdlib hands us is a backend path under the route root, produced by our own
+lexical ``ftp2fs``; nothing here touches the gateway's local disk (pyftpdlib's defaults call
+os.path.realpath, pwd and grp, which would describe the wrong machine).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from pyftpdlib.filesystems import AbstractedFS
+
+from gateway import errors, paths
+from gateway.storage import Attrs, Kind, ReadStream, Storage, WriteStream
+
+_ABSENT = (errors.NotFound, errors.PermissionDenied, errors.NotADirectory)
+
+
+class GatewayFS(AbstractedFS):  # type: ignore[misc]
+    """Virtual FTP tree rooted at the route's backend root, served by ``Storage``."""
+
+    def __init__(self, root: str, cmd_channel: Any) -> None:
+        super().__init__(root, cmd_channel)
+        self.storage: Storage = cmd_channel.storage
+        self._attrs: dict[tuple[str, bool], Attrs] = {}
+
+    def forget(self) -> None:
+        """Drop attrs cached during the previous command (no stale state across commands)."""
+        self._attrs.clear()
+
+    def attrs(self, path: str, follow: bool = True) -> Attrs:
+        """stat/lstat of a backend path, cached for the current command only."""
+        key = (path, follow)
+        if key not in self._attrs:
+            self._attrs[key] = self.storage.stat(path) if follow else self.storage.lstat(path)
+        return self._attrs[key]
+
+    # --- path translation (pure, see gateway.paths)
+
+    def ftpnorm(self, ftppath: str) -> str:
+        return paths.resolve(self.cwd, ftppath)
+
+    def ftp2fs(self, ftppath: str) -> str:
+        return paths.to_backend(self.root, self.ftpnorm(ftppath))
+
+    def fs2ftp(self, fspath: str) -> str:
+        return paths.to_virtual(self.root, posixpath.normpath(fspath)) or "/"
+
+    def validpath(self, path: str) -> bool:
+        return paths.to_virtual(self.root, path) is not None
+
+    def realpath(self, path: str) -> str:
+        return path
+
+    # --- files
+
+    def open(self, filename: str, mode: str) -> ReadStream | WriteStream:
+        self.forget()
+        if mode == "rb":
+            return self.storage.open_read(filename)
+        return self.storage.open_write(filename, mode.replace("b", ""))
+
+    def mkstemp(
+        self, suffix: str = "", prefix: str = "", dir: str | None = None, mode: str = "wb"
+    ) -> WriteStream:
+        return self.storage.create_unique(dir or self.root, prefix)
+
+    # --- directories and names
+
+    def chdir(self, path: str) -> None:
+        if self.attrs(path).kind is not Kind.DIR:
+            raise errors.NotADirectory()
+        self.cwd = self.fs2ftp(path)
+
+    def mkdir(self, path: str) -> None:
+        self.storage.mkdir(path)
+
+    def rmdir(self, path: str) -> None:
+        self.storage.rmdir(path)
+
+    def remove(self, path: str) -> None:
+        self.storage.remove(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        self.storage.rename(src, dst)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self.storage.chmod(path, mode)
+
+    def utime(self, path: str, timeval: float) -> None:
+        self.storage.set_mtime(path, int(timeval))
+        self.forget()
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(entry.name for entry in self.storage.list_dir(path))
+
+    # --- predicates: "absent" is False, any other backend failure propagates
+
+    def _kind(self, path: str, follow: bool = True) -> Kind | None:
+        try:
+            return self.attrs(path, follow).kind
+        except _ABSENT:
+            return None
+
+    def isfile(self, path: str) -> bool:
+        return self._kind(path) is Kind.FILE
+
+    def isdir(self, path: str) -> bool:
+        return self._kind(path) is Kind.DIR
+
+    def islink(self, path: str) -> bool:
+        return self._kind(path, follow=False) is Kind.SYMLINK
+
+    def lexists(self, path: str) -> bool:
+        return self._kind(path, follow=False) is not None
+
+    def getsize(self, path: str) -> int:
+        return self.attrs(path).size
+
+    def getmtime(self, path: str) -> float:
+        mtime = self.attrs(path).mtime
+        if mtime is None:
+            raise errors.BackendFailure("Modification time not available.")
+        return float(mtime)

@@ -1,0 +1,219 @@
+"""The FTP control and data channel handlers: pyftpdlib subclasses that speak for the gateway.
+
+What they change in pyftpdlib: gateway errors become the reply they carry (pyftpdlib would
+answer 550 for everything or drop the session), listings are built from READDIR attributes
+by ``gateway.listing``, uploads are acknowledged with 226 only after the backend closed the
+file, and a dead backend ends the session with 421 instead of leaving it half-alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Iterable
+from typing import Any
+
+from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.log import logger as ftplog
+
+from gateway import listing, paths
+from gateway.errors import GatewayError
+from gateway.ftp.authorizer import SessionAuthorizer
+from gateway.ftp.filesystem import GatewayFS
+from gateway.storage import Authenticate, Entry, Kind, Storage
+
+log = logging.getLogger("gateway.ftp")
+
+#: Commands whose argument may start with ls-style options that clients send (``LIST -la``,
+#: ``NLST -1``): the options are dropped, what follows is the path.
+_LS_COMMANDS = ("LIST", "NLST", "STAT")
+
+
+def strip_ls_options(arg: str) -> str:
+    """Drop leading ``-x`` style words from a LIST/NLST/STAT argument."""
+    words = arg.split(" ")
+    while words and len(words[0]) > 1 and words[0][0] == "-" and words[0][1:].isalnum():
+        words.pop(0)
+    return " ".join(words).strip()
+
+
+class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
+    """Data channel: commit uploads before 226, map backend errors to 426/451/452/552."""
+
+    ac_in_buffer_size = 256 * 1024
+    ac_out_buffer_size = 256 * 1024
+    transfer_finished: bool
+
+    def use_sendfile(self) -> bool:
+        return False
+
+    def _finish_upload(self) -> GatewayError | None:
+        """Close (commit) or abort the upload's backend file; the error if the commit failed."""
+        fobj = self.file_obj
+        if fobj is None or fobj.closed or not self.receive:
+            return None
+        if not self.transfer_finished:
+            fobj.abort()
+            return None
+        try:
+            fobj.close()
+        except GatewayError as err:
+            self.transfer_finished = False
+            self._resp = (err.transfer_reply(receiving=True), ftplog.warning)
+            return err
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        control = self.cmd_channel
+        failure = self._finish_upload()
+        super().close()
+        if failure is not None and failure.fatal:
+            control.backend_gone(failure)
+
+    def handle_error(self) -> None:
+        try:
+            raise
+        except GatewayError as err:
+            control = self.cmd_channel
+            if self.file_obj is not None and not self.file_obj.closed and self.receive:
+                self.file_obj.abort()
+            self._resp = (err.transfer_reply(self.receive), ftplog.warning)
+            self.transfer_finished = False
+            super().close()
+            if err.fatal:
+                control.backend_gone(err)
+        except Exception:
+            super().handle_error()
+
+
+class GatewayHandler(FTPHandler):  # type: ignore[misc]
+    """Control channel for one FTP session; the server factory subclasses it per config."""
+
+    authenticate: Authenticate  # set by gateway.ftp.server.build_server
+    fs: GatewayFS  # None before login (pyftpdlib checks authenticated first)
+    abstracted_fs = GatewayFS
+    dtp_handler = GatewayDTPHandler
+    use_sendfile = False
+    permit_foreign_addresses = False
+    permit_privileged_ports = False
+    banner = "ftp-sftp-gateway ready."
+    log_prefix = "%(remote_ip)s:%(remote_port)s-[%(username)s]"
+
+    def __init__(self, conn: Any, server: Any, ioloop: Any = None) -> None:
+        super().__init__(conn, server, ioloop=ioloop)
+        self.authorizer = SessionAuthorizer(type(self).authenticate, self)
+        self._available_facts = list(listing.FACTS)
+        self._current_facts = ["type", "size", "modify", "perm", "unix.mode"]
+
+    @property
+    def storage(self) -> Storage:
+        """The backend session of the logged-in user."""
+        return self.authorizer.storage()
+
+    # --- command dispatch and error mapping
+
+    def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        if self.fs is not None:
+            self.fs.forget()
+        try:
+            paths.check_argument(line)
+            if self.authenticated and not self.storage.alive:
+                self.backend_gone(None)
+                return
+            if cmd in _LS_COMMANDS:
+                arg = strip_ls_options(arg)
+            super().pre_process_command(line, cmd, arg)
+        except GatewayError as err:
+            self.respond(err.reply(), logfun=ftplog.warning if err.code >= 500 else ftplog.info)
+            self.log_cmd(cmd, arg, err.code, err.text)
+            if err.fatal:
+                self.close_when_done()
+
+    def backend_gone(self, err: GatewayError | None) -> None:
+        """The backend connection died: tell the client (421) and end the session."""
+        if self._closed:
+            return
+        self.respond("421 Backend connection lost, closing control connection.", logfun=ftplog.warning)
+        self.close_when_done()
+
+    # --- login
+
+    def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
+        # The password already went to the backend; the session has no further use for it.
+        super().handle_auth_success(home, "", msg_login)
+
+    def flush_account(self) -> None:
+        super().flush_account()
+        self.fs = None  # type: ignore[assignment]
+        self.authorizer.logout()
+
+    def close(self) -> None:
+        if not self._closed:
+            queued = self._in_dtp_queue
+            if queued is not None and queued[0] is not None:
+                queued[0].abort()  # upload announced (150) but no data came: not complete
+        super().close()
+        self.authorizer.logout()
+
+    # --- listings (READDIR attrs, sanitised names; see gateway.listing)
+
+    def _entries(self, path: str) -> tuple[bool, list[Entry]]:
+        """(is_directory, entries): a directory's entries, or the one entry for a file."""
+        if self.fs.attrs(path).kind is Kind.DIR:
+            return True, list(self.storage.list_dir(path))
+        return False, [Entry(posixpath.basename(path), self.fs.attrs(path, follow=False))]
+
+    def _push_lines(self, lines: Iterable[str], cmd: str) -> None:
+        data = "".join(f"{line}\r\n" for line in lines).encode(self.encoding, self.unicode_errors)
+        self.push_dtp_data(data, cmd=cmd)
+
+    def ftp_LIST(self, path: str) -> str:
+        """LIST: ``ls -l`` lines for a directory or a single file."""
+        _, entries = self._entries(path)
+        self._push_lines(listing.list_lines(entries), "LIST")
+        return path
+
+    def ftp_NLST(self, path: str) -> str:
+        """NLST: bare names."""
+        _, entries = self._entries(path)
+        self._push_lines(listing.nlst_names(entries), "NLST")
+        return path
+
+    def ftp_MLSD(self, path: str) -> str | None:
+        """MLSD: RFC 3659 facts for each entry of a directory (501 for a non-directory)."""
+        is_dir, entries = self._entries(path)
+        if not is_dir:
+            self.respond("501 Not a directory.")
+            return None
+        perms = self.authorizer.get_perms(self.username)
+        self._push_lines(listing.mlsd_lines(entries, perms, self._current_facts), "MLSD")
+        return path
+
+    def ftp_MLST(self, path: str) -> str:
+        """MLST: facts of one path on the control channel."""
+        virtual = self.fs.fs2ftp(path)
+        entry = Entry(posixpath.basename(path), self.fs.attrs(path))
+        facts = listing.mlsx_facts(entry, self.authorizer.get_perms(self.username), self._current_facts)
+        self.push(f'250-Listing "{virtual}":\r\n {facts} {virtual}\r\n')
+        self.respond("250 End MLST.")
+        return path
+
+    def ftp_STAT(self, path: str) -> str | None:
+        """STAT: server status without argument, else a listing on the control channel."""
+        if not path:
+            return super().ftp_STAT(path)  # type: ignore[no-any-return]
+        _, entries = self._entries(path)
+        self.push(f'213-Status of "{self.fs.fs2ftp(path)}":\r\n')
+        self.push("".join(f" {line}\r\n" for line in listing.list_lines(entries)))
+        self.respond("213 End of status.")
+        return path
+
+    # --- logging: every line goes through listing.printable (names may hold control chars)
+
+    def log(self, msg: str, logfun: Any = ftplog.info) -> None:
+        super().log(listing.printable(msg), logfun)
+
+    def logline(self, msg: str, logfun: Any = ftplog.debug) -> None:
+        super().logline(listing.printable(msg), logfun)

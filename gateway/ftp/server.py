@@ -1,0 +1,45 @@
+"""Build the FTP server from the configuration: one configured handler class per server.
+
+pyftpdlib is configured through class attributes; mutating FTPHandler itself would leak
+settings between servers (and tests), so each server gets fresh subclasses instead.
+"""
+
+from __future__ import annotations
+
+from pyftpdlib.servers import ThreadedFTPServer
+
+from gateway.config import GatewayConfig
+from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
+from gateway.storage import Authenticate
+
+#: Commands dropped when active mode is disabled.
+_ACTIVE_COMMANDS = ("PORT", "EPRT")
+
+
+def handler_class(cfg: GatewayConfig, authenticate: Authenticate) -> type[GatewayHandler]:
+    """A GatewayHandler subclass carrying this configuration."""
+    low, high = cfg.listen.passive_ports
+    commands = dict(GatewayHandler.proto_cmds)
+    if not cfg.listen.active_mode:
+        for name in _ACTIVE_COMMANDS:
+            commands.pop(name, None)
+    dtp = type("ConfiguredDTPHandler", (GatewayDTPHandler,), {"timeout": cfg.limits.data_timeout})
+    attrs = {
+        "authenticate": staticmethod(authenticate),
+        "proto_cmds": commands,
+        "dtp_handler": dtp,
+        "passive_ports": list(range(low, high + 1)),
+        "masquerade_address": cfg.listen.masquerade_address,
+        "timeout": cfg.limits.idle_timeout,
+        "max_login_attempts": cfg.limits.max_login_attempts,
+        "auth_failed_timeout": cfg.limits.failed_login_delay,
+    }
+    return type("ConfiguredHandler", (GatewayHandler,), attrs)
+
+
+def build_server(cfg: GatewayConfig, authenticate: Authenticate) -> ThreadedFTPServer:
+    """A ThreadedFTPServer (one thread per session) listening as configured."""
+    server = ThreadedFTPServer((cfg.listen.address, cfg.listen.port), handler_class(cfg, authenticate))
+    server.max_cons = cfg.limits.max_connections
+    server.max_cons_per_ip = cfg.limits.max_connections_per_ip
+    return server

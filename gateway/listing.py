@@ -1,0 +1,139 @@
+"""Directory listings: storage attrs to ``ls -l`` LIST lines, MLSD/MLST facts, NLST names.
+
+Pure core. Names come from the backend and are untrusted: a name holding a control
+character (CR and LF above all, which would forge reply lines on the control channel or
+split a listing line, cf. bpo-30119) is never emitted raw. Listings skip such entries;
+single-name replies and logs use ``printable``.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from collections.abc import Iterable, Iterator
+
+from gateway.storage import Attrs, Entry, Kind
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_SIX_MONTHS = 180 * 24 * 3600
+_TYPE_CHAR = {Kind.FILE: "-", Kind.DIR: "d", Kind.SYMLINK: "l", Kind.OTHER: "-"}
+
+#: MLST facts this gateway can produce, in the order FEAT advertises them.
+FACTS = ("type", "size", "modify", "perm", "unix.mode", "unix.uid", "unix.gid")
+
+
+def is_safe_name(name: str) -> bool:
+    """True if ``name`` can be written to the control or data channel as it is."""
+    return bool(name) and name.isprintable() and "/" not in name
+
+
+def printable(text: str) -> str:
+    """Escape control and undecodable characters so ``text`` stays on one line."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif 0xDC80 <= ord(ch) <= 0xDCFF:  # surrogateescape'd raw byte
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def safe_entries(entries: Iterable[Entry]) -> list[Entry]:
+    """Entries whose names are safe to emit, sorted by name (RFC 959 recommends sorting)."""
+    return sorted((e for e in entries if is_safe_name(e.name)), key=lambda e: e.name)
+
+
+def _mode_string(attrs: Attrs) -> str:
+    mode = attrs.mode
+    bits = []
+    for who in range(2, -1, -1):
+        r, w, x = (mode >> (who * 3 + 2)) & 1, (mode >> (who * 3 + 1)) & 1, (mode >> (who * 3)) & 1
+        special = (stat.S_ISUID, stat.S_ISGID, stat.S_ISVTX)[2 - who] & mode
+        exec_char = "x" if x else "-"
+        if special:
+            exec_char = ("t" if who == 0 else "s") if x else ("T" if who == 0 else "S")
+        bits.append(("r" if r else "-") + ("w" if w else "-") + exec_char)
+    return _TYPE_CHAR[attrs.kind] + "".join(bits)
+
+
+def _ls_date(mtime: int | None, now: float) -> str:
+    """``Mon DD HH:MM`` within six months of now, else ``Mon DD  YYYY`` (as ls does), UTC."""
+    ts = 0 if mtime is None else mtime
+    t = time.gmtime(ts)
+    month = _MONTHS[t.tm_mon - 1]
+    if abs(now - ts) < _SIX_MONTHS:
+        return f"{month} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}"
+    return f"{month} {t.tm_mday:2d}  {t.tm_year}"
+
+
+def list_line(entry: Entry, now: float) -> str:
+    """One ``ls -l`` style LIST line (without CRLF), as old clients parse it."""
+    a = entry.attrs
+    owner = a.owner if a.owner and is_safe_name(a.owner) and " " not in a.owner else str(a.uid)
+    group = a.group if a.group and is_safe_name(a.group) and " " not in a.group else str(a.gid)
+    name = entry.name
+    if a.kind is Kind.SYMLINK and entry.link_target and entry.link_target.isprintable():
+        name = f"{name} -> {entry.link_target}"
+    return (
+        f"{_mode_string(a)} {a.nlink:3d} {owner:<8} {group:<8} {a.size:>12d} {_ls_date(a.mtime, now)} {name}"
+    )
+
+
+def list_lines(entries: Iterable[Entry], now: float | None = None) -> Iterator[str]:
+    """LIST lines for the safe entries, sorted by name."""
+    when = time.time() if now is None else now
+    for entry in safe_entries(entries):
+        yield list_line(entry, when)
+
+
+def mlsx_facts(entry: Entry, perm: str, facts: Iterable[str], type_override: str | None = None) -> str:
+    """RFC 3659 fact string (``type=file;size=3;...;``) for one entry, in the requested facts."""
+    a = entry.attrs
+    wanted = set(facts)
+    out = []
+    if "type" in wanted:
+        kind = type_override or {Kind.DIR: "dir", Kind.FILE: "file"}.get(a.kind, "OS.unix=other")
+        if a.kind is Kind.SYMLINK and type_override is None:
+            kind = "OS.unix=symlink"
+        out.append(f"type={kind}")
+    if "size" in wanted:
+        out.append(f"size={a.size}")
+    if "modify" in wanted and a.mtime is not None:
+        out.append("modify=" + time.strftime("%Y%m%d%H%M%S", time.gmtime(a.mtime)))
+    if "perm" in wanted:
+        out.append(f"perm={_mlsx_perm(a.kind, perm)}")
+    if "unix.mode" in wanted:
+        out.append(f"unix.mode=0{a.mode & 0o7777:o}")
+    if "unix.uid" in wanted:
+        out.append(f"unix.uid={a.uid}")
+    if "unix.gid" in wanted:
+        out.append(f"unix.gid={a.gid}")
+    return "".join(f"{fact};" for fact in out)
+
+
+# RFC 3659 7.5.5: which perm-fact letter each FTP-level permission letter grants.
+_DIR_PERM = (("c", "w"), ("d", "d"), ("e", "e"), ("l", "l"), ("m", "m"), ("p", "w"))
+_FILE_PERM = (("a", "a"), ("d", "d"), ("f", "f"), ("r", "r"), ("w", "w"))
+
+
+def _mlsx_perm(kind: Kind, perm: str) -> str:
+    """RFC 3659 perm fact from the FTP-level permission letters of the user."""
+    table = _DIR_PERM if kind is Kind.DIR else _FILE_PERM
+    return "".join(fact for fact, needed in table if needed in perm)
+
+
+def mlsd_lines(entries: Iterable[Entry], perm: str, facts: Iterable[str]) -> Iterator[str]:
+    """MLSD lines (facts, a space, the name) for the safe entries."""
+    wanted = tuple(facts)
+    for entry in safe_entries(entries):
+        yield f"{mlsx_facts(entry, perm, wanted)} {entry.name}"
+
+
+def nlst_names(entries: Iterable[Entry]) -> Iterator[str]:
+    """NLST lines: bare names of the safe entries."""
+    for entry in safe_entries(entries):
+        yield entry.name

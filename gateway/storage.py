@@ -1,0 +1,168 @@
+"""The storage interface: the only thing the FTP side knows about where files live.
+
+Pure core. Backends (SFTP over asyncssh, later a legacy FTP passthrough) implement
+``Storage``; every method is synchronous, called from an FTP session thread, takes absolute
+backend paths and raises only ``gateway.errors.StorageError`` subclasses.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Kind(enum.Enum):
+    """File type as the FTP listings need it."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Attrs:
+    """What a listing or SIZE/MDTM needs to know about one file."""
+
+    kind: Kind
+    size: int = 0
+    mtime: int | None = None  # seconds since the epoch, UTC
+    mode: int = 0o644  # permission bits only
+    uid: int = 0
+    gid: int = 0
+    nlink: int = 1
+    owner: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One directory entry: the name as the backend returned it, its lstat attrs."""
+
+    name: str
+    attrs: Attrs
+    link_target: str | None = None
+
+
+class ReadStream(Protocol):
+    """A file being downloaded: sequential reads from a start offset."""
+
+    name: str
+    closed: bool
+
+    def read(self, size: int = -1) -> bytes:
+        """Return up to ``size`` bytes; b"" at end of file."""
+        ...
+
+    def seek(self, offset: int) -> None:
+        """Start reading at ``offset`` (only before the first read)."""
+        ...
+
+    def close(self) -> None:
+        """Release the backend handle."""
+        ...
+
+
+class WriteStream(Protocol):
+    """A file being uploaded: sequential writes from a start offset."""
+
+    name: str
+    closed: bool
+
+    def write(self, data: bytes) -> int:
+        """Queue ``data``; raise the first backend error seen so far."""
+        ...
+
+    def seek(self, offset: int) -> None:
+        """Start writing at ``offset`` (only before the first write)."""
+        ...
+
+    def close(self) -> None:
+        """Flush, close on the backend and raise if the file is not complete there."""
+        ...
+
+    def abort(self) -> None:
+        """Give up the upload: release the handle without claiming success."""
+        ...
+
+
+class Storage(Protocol):
+    """A logged-in backend session for one FTP user."""
+
+    @property
+    def alive(self) -> bool:
+        """False once the backend connection is known to be gone."""
+        ...
+
+    def home(self) -> str:
+        """The backend's idea of the login directory (absolute)."""
+        ...
+
+    def stat(self, path: str) -> Attrs:
+        """Attributes of ``path``, following symlinks."""
+        ...
+
+    def lstat(self, path: str) -> Attrs:
+        """Attributes of ``path`` itself."""
+        ...
+
+    def list_dir(self, path: str) -> Iterator[Entry]:
+        """Entries of a directory, without "." and ".."; symlink targets filled in."""
+        ...
+
+    def open_read(self, path: str) -> ReadStream:
+        """Open a regular file for download; NotRegularFile for anything else."""
+        ...
+
+    def open_write(self, path: str, mode: str) -> WriteStream:
+        """Open for upload: mode "w" truncates, "a" appends, "r+" resumes (seek follows)."""
+        ...
+
+    def create_unique(self, directory: str, prefix: str) -> WriteStream:
+        """Create a new file with a unique name in ``directory`` (STOU)."""
+        ...
+
+    def mkdir(self, path: str) -> None:
+        """Create a directory."""
+        ...
+
+    def rmdir(self, path: str) -> None:
+        """Remove an empty directory."""
+        ...
+
+    def remove(self, path: str) -> None:
+        """Remove a file or symlink."""
+        ...
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename, replacing an existing ``dst`` file."""
+        ...
+
+    def chmod(self, path: str, mode: int) -> None:
+        """Set permission bits."""
+        ...
+
+    def set_mtime(self, path: str, mtime: int) -> None:
+        """Set the modification time (seconds since the epoch, UTC)."""
+        ...
+
+    def close(self) -> None:
+        """End the backend session."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """A successful login: the storage session and the backend root that is "/"."""
+
+    storage: Storage
+    root: str
+    route_name: str
+    banner: str | None = None
+
+
+#: How the FTP side logs a user in: (user, password, client_ip) -> Login.
+#: Raises LoginRefused for bad credentials and BackendUnavailable for a dead backend.
+Authenticate = Callable[[str, str, str], Login]
