@@ -127,9 +127,14 @@ class _Section:
         return default
 
     def typed(
-        self, name: str, kind: type[T], default: T, check: Callable[[T], str | None] | None = None
+        self,
+        name: str,
+        kind: type[T],
+        default: T,
+        check: Callable[[T], str | None] | None = None,
+        required: bool = False,
     ) -> T:
-        value = self.raw(name, default)
+        value = self.raw(name, _MISSING if required else default)
         if value is _MISSING:
             return default
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -165,6 +170,10 @@ class _Section:
 
 def _port(value: int) -> str | None:
     return None if 1 <= value <= 65535 else "must be a TCP port 1-65535"
+
+
+def _listen_port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a TCP port 1-65535 (0 picks a free port)"
 
 
 def _positive(value: float) -> str | None:
@@ -248,7 +257,7 @@ def _listen(data: Any, problems: list[str]) -> ListenConfig:
     d = ListenConfig()
     cfg = ListenConfig(
         address=s.typed("address", str, d.address, _ip),
-        port=s.typed("port", int, d.port, _port),
+        port=s.typed("port", int, d.port, _listen_port),
         passive_ports=_passive_ports(s),
         masquerade_address=s.optional_str("masquerade_address", _ipv4),
         active_mode=s.typed("active_mode", bool, d.active_mode),
@@ -289,9 +298,9 @@ def _backends(data: Any, problems: list[str]) -> dict[str, BackendConfig]:
         s = _Section(body, f"backends.{name}", problems)
         out[name] = BackendConfig(
             name=name,
-            host=s.typed("host", str, "", lambda v: None if v.strip() else "must not be empty"),
+            host=s.typed("host", str, "", lambda v: None if v.strip() else "must not be empty", required=True),
             port=s.typed("port", int, 22, _port),
-            known_hosts=s.typed("known_hosts", str, "", _known_hosts_file),
+            known_hosts=s.typed("known_hosts", str, "", _known_hosts_file, required=True),
             connect_timeout=s.typed("connect_timeout", float, 10.0, _positive),
             operation_timeout=s.typed("operation_timeout", float, 30.0, _positive),
             keepalive_interval=s.typed("keepalive_interval", int, 30, _at_least(0)),
@@ -310,7 +319,7 @@ def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) 
         match = _Section(s.raw("match"), f"routes[{index}].match", problems)
         user = match.typed("user", str, "*", lambda v: None if v else "must not be empty")
         match.finish()
-        backend = s.typed("backend", str, "")
+        backend = s.typed("backend", str, "", required=True)
         if backend and backends and backend not in backends:
             s.problem("backend", f"unknown backend {backend!r} (defined: {', '.join(sorted(backends))})")
         out.append(

@@ -1,0 +1,137 @@
+"""Shared fixtures: a real OpenSSH sshd with real Unix users, and the real gateway in front."""
+
+from __future__ import annotations
+
+import ftplib
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import config
+from gateway.app import Gateway
+from tests.helpers.sshd import BASE, OpenSSHServer, TestUser, ensure_user, reset_home
+
+PASSWORD = "Gw-test-pass-1"
+PASSIVE = [41000, 41199]
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[OpenSSHServer]:
+    server = OpenSSHServer(BASE / "sshd").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def _users() -> dict[str, TestUser]:
+    return {name: ensure_user(name, PASSWORD) for name in ("gwtest1", "gwtest2")}
+
+
+@pytest.fixture
+def user(_users: dict[str, TestUser]) -> TestUser:
+    """gwtest1 with an empty home directory (its backend root)."""
+    u = _users["gwtest1"]
+    reset_home(u.home, u.name)
+    return u
+
+
+@pytest.fixture
+def user2(_users: dict[str, TestUser]) -> TestUser:
+    """gwtest2 with an empty home directory."""
+    u = _users["gwtest2"]
+    reset_home(u.home, u.name)
+    return u
+
+
+def base_config(sshd: OpenSSHServer, **sections: Any) -> dict[str, Any]:
+    """A config document with backend ``main`` on the test sshd and one catch-all route."""
+    doc: dict[str, Any] = {
+        "listen": {"address": "127.0.0.1", "port": 0, "passive_ports": PASSIVE},
+        "limits": {"failed_login_delay": 0.2},
+        "backends": {
+            "main": {"host": "127.0.0.1", "port": sshd.port, "known_hosts": str(sshd.known_hosts),
+                     "operation_timeout": 10}
+        },
+        "routes": [{"match": {"user": "*"}, "backend": "main", "auth": "passthrough", "root": "~"}],
+    }
+    doc.update(sections)
+    return doc
+
+
+class RunningGateway:
+    """A gateway serving in a background thread of the test process."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.gateway = Gateway(config.parse(doc))
+        self.host, self.port = self.gateway.address
+        self._thread = threading.Thread(target=self.gateway.serve_forever, daemon=True)
+        self._thread.start()
+
+    def connect(self, timeout: float = 20) -> ftplib.FTP:
+        """An ftplib client connected (not logged in)."""
+        ftp = ftplib.FTP()
+        ftp.connect(self.host, self.port, timeout=timeout)
+        return ftp
+
+    def login(self, user: TestUser, timeout: float = 20) -> ftplib.FTP:
+        """An ftplib client logged in as ``user``."""
+        ftp = self.connect(timeout)
+        ftp.login(user.name, user.password)
+        return ftp
+
+    @property
+    def url(self) -> str:
+        return f"ftp://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self._thread.join(15)
+
+
+@pytest.fixture
+def gateway_factory(sshd: OpenSSHServer) -> Iterator[Callable[..., RunningGateway]]:
+    """Start gateways from config documents (``base_config`` plus overrides)."""
+    running: list[RunningGateway] = []
+
+    def start(doc: dict[str, Any] | None = None) -> RunningGateway:
+        gw = RunningGateway(doc or base_config(sshd))
+        running.append(gw)
+        return gw
+
+    yield start
+    for gw in running:
+        gw.stop()
+
+
+@pytest.fixture
+def gw(gateway_factory: Callable[..., RunningGateway]) -> RunningGateway:
+    """The default gateway: every user routed to the test sshd, root = login directory."""
+    return gateway_factory()
+
+
+@pytest.fixture
+def ftp(gw: RunningGateway, user: TestUser) -> Iterator[ftplib.FTP]:
+    """An ftplib session logged in as gwtest1."""
+    client = gw.login(user)
+    yield client
+    try:
+        client.quit()
+    except (ftplib.Error, OSError, EOFError):
+        client.close()
+
+
+def seed(user: TestUser, rel: str, data: bytes | str) -> Path:
+    """Create a file in the user's backend home directly on disk (owned by the user)."""
+    import shutil
+
+    path = user.home / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    path.write_bytes(data)
+    for p in [path, *path.relative_to(user.home).parents]:
+        shutil.chown(user.home / p, user.name, user.name)
+    return path

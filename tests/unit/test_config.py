@@ -1,0 +1,126 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway import config
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "gateway.example.yaml"
+
+
+@pytest.fixture
+def known_hosts(tmp_path):
+    path = tmp_path / "known_hosts"
+    path.write_text("[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn3tQ4+aZWv6N3sDPdTRR0Oq8M9hzJ2g4HxWxYkHtbA\n")
+    return str(path)
+
+
+def example_doc(known_hosts):
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["backends"]["main"]["known_hosts"] = known_hosts
+    return doc
+
+
+def test_example_config_is_valid_and_matches_defaults(known_hosts):
+    cfg = config.parse(example_doc(known_hosts))
+    assert cfg.listen == config.ListenConfig()
+    assert cfg.limits == config.LimitsConfig()
+    assert cfg.backends["main"].known_hosts == known_hosts
+    assert cfg.routes[0].root == "/home/{user}"
+    assert cfg.routes[0].auth == "passthrough"
+
+
+def test_minimal_config(known_hosts):
+    cfg = config.parse({
+        "backends": {"b": {"host": "h", "known_hosts": known_hosts}},
+        "routes": [{"match": {"user": "*"}, "backend": "b"}],
+    })
+    assert cfg.listen.port == 2121
+    assert cfg.backends["b"].port == 22
+    assert cfg.routes[0].root == "~"
+
+
+def problems_of(doc):
+    with pytest.raises(config.ConfigError) as exc:
+        config.parse(doc)
+    return exc.value.problems
+
+
+def test_every_problem_is_reported_at_once_with_its_key(known_hosts, tmp_path):
+    doc = example_doc(known_hosts)
+    doc["listen"]["port"] = 70000
+    doc["listen"]["passive_ports"] = [3000]
+    doc["listen"]["masquerade_address"] = "not-an-ip"
+    doc["listen"]["colour"] = "blue"
+    doc["limits"]["idle_timeout"] = "soon"
+    doc["backends"]["main"]["known_hosts"] = str(tmp_path / "missing")
+    doc["backends"]["main"]["port"] = True
+    doc["routes"][0]["backend"] = "nope"
+    doc["routes"][0]["root"] = "relative/{user}"
+    doc["routes"][0]["auth"] = "magic"
+    doc["routes"][0]["match"]["group"] = "x"
+    doc["log"]["level"] = "loud"
+    doc["extra"] = 1
+    problems = problems_of(doc)
+    keys = [p.split(":")[0] for p in problems]
+    assert keys == [
+        "backends.main.port",
+        "backends.main.known_hosts",
+        "listen.port",
+        "listen.passive_ports",
+        "listen.masquerade_address",
+        "listen.colour",
+        "limits.idle_timeout",
+        "routes[0].match.group",
+        "routes[0].backend",
+        "routes[0].auth",
+        "routes[0].root",
+        "log.level",
+        "extra",
+    ]
+    text = "\n".join(problems)
+    assert "file not found" in text and "ssh-keyscan" in text  # names the fix
+    assert "unknown backend 'nope' (defined: main)" in text
+    assert "unknown key" in text
+
+
+def test_required_keys(known_hosts):
+    problems = problems_of({"routes": [{"match": {"user": "*"}}]})
+    assert any(p.startswith("backends:") for p in problems)
+    assert any(p.startswith("routes[0].backend: required") for p in problems)
+    problems = problems_of({"backends": {"b": {"host": "h"}}, "routes": [{"backend": "b"}]})
+    assert "backends.b.known_hosts: required key is missing" in problems
+    assert "routes[0].match: required key is missing" in problems
+
+
+def test_known_hosts_without_keys_is_refused(tmp_path):
+    empty = tmp_path / "kh"
+    empty.write_text("# nothing\n")
+    problems = problems_of({"backends": {"b": {"host": "h", "known_hosts": str(empty)}},
+                            "routes": [{"match": {"user": "*"}, "backend": "b"}]})
+    assert problems == [f"backends.b.known_hosts: file has no host keys: {empty} (host keys are always verified)"]
+
+
+def test_root_template_placeholders(known_hosts):
+    problems = problems_of({"backends": {"b": {"host": "h", "known_hosts": known_hosts}},
+                            "routes": [{"match": {"user": "*"}, "backend": "b", "root": "/x/{uid}"}]})
+    assert problems == ["routes[0].root: unknown placeholder {uid} (only {user} is supported)"]
+
+
+def test_load_reports_yaml_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen: [unclosed\n")
+    with pytest.raises(config.ConfigError) as exc:
+        config.load(bad)
+    assert "not valid YAML" in exc.value.problems[0]
+    with pytest.raises(config.ConfigError) as exc:
+        config.load(tmp_path / "absent.yaml")
+    assert "cannot read config file" in exc.value.problems[0]
+
+
+def test_yaml_tags_are_not_executed(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("listen: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(config.ConfigError) as exc:
+        config.load(evil)
+    assert "not valid YAML" in exc.value.problems[0]

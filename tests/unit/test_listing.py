@@ -1,0 +1,78 @@
+import calendar
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import listing
+from gateway.storage import Attrs, Entry, Kind
+
+NOW = calendar.timegm((2026, 11, 25, 12, 0, 0))
+RECENT = calendar.timegm((2026, 10, 1, 8, 5, 0))
+OLD = calendar.timegm((2019, 3, 9, 8, 5, 0))
+
+
+def entry(name, kind=Kind.FILE, size=12, mtime=RECENT, mode=0o644, target=None, owner="alice", group="staff"):
+    return Entry(name, Attrs(kind, size, mtime, mode, 1000, 1000, 1, owner, group), target)
+
+
+def test_list_line_recent_file():
+    line = listing.list_line(entry("report.csv"), NOW)
+    assert line == "-rw-r--r--   1 alice    staff              12 Oct  1 08:05 report.csv"
+
+
+def test_list_line_old_file_shows_year_and_big_size():
+    line = listing.list_line(entry("big.iso", size=5 * 2**30 + 7, mtime=OLD), NOW)
+    assert line.split() == ["-rw-r--r--", "1", "alice", "staff", str(5 * 2**30 + 7), "Mar", "9", "2019", "big.iso"]
+
+
+def test_list_line_directory_symlink_and_special_bits():
+    assert listing.list_line(entry("d", Kind.DIR, mode=0o755), NOW).startswith("drwxr-xr-x ")
+    assert listing.list_line(entry("t", Kind.DIR, mode=0o1777), NOW).startswith("drwxrwxrwt ")
+    assert listing.list_line(entry("s", mode=0o4755), NOW).startswith("-rwsr-xr-x ")
+    line = listing.list_line(entry("ln", Kind.SYMLINK, mode=0o777, target="../x"), NOW)
+    assert line.startswith("lrwxrwxrwx ") and line.endswith(" ln -> ../x")
+
+
+def test_numeric_owner_when_name_unknown():
+    line = listing.list_line(entry("f", owner=None, group=None), NOW)
+    assert line.split()[2:4] == ["1000", "1000"]
+
+
+def test_names_with_spaces_and_utf8_survive():
+    lines = list(listing.list_lines([entry("my file.txt"), entry("prüfung é.txt")], NOW))
+    assert lines[0].endswith(" my file.txt")
+    assert lines[1].endswith(" prüfung é.txt")
+
+
+def test_unsafe_names_are_skipped_everywhere():
+    entries = [entry("ok"), entry("evil\r\n226 fake"), entry("a\nb"), entry("tab\tname"), entry("bad\udcff")]
+    assert [line.split()[-1] for line in listing.list_lines(entries, NOW)] == ["ok"]
+    assert list(listing.nlst_names(entries)) == ["ok"]
+    assert [line.split(" ", 1)[1] for line in listing.mlsd_lines(entries, "elr", listing.FACTS)] == ["ok"]
+
+
+def test_mlsx_facts():
+    facts = listing.mlsx_facts(entry("f", mtime=OLD, mode=0o640), "elradfmwMT", listing.FACTS)
+    assert facts == "type=file;size=12;modify=20190309080500;perm=adfrw;unix.mode=0640;unix.uid=1000;unix.gid=1000;"
+    dfacts = listing.mlsx_facts(entry("d", Kind.DIR), "elr", ["type", "perm"])
+    assert dfacts == "type=dir;perm=el;"
+    assert listing.mlsx_facts(entry("l", Kind.SYMLINK), "elr", ["type"]) == "type=OS.unix=symlink;"
+
+
+def test_sorted_by_name():
+    names = list(listing.nlst_names([entry("b"), entry("a"), entry("C")]))
+    assert names == ["C", "a", "b"]
+
+
+@given(st.text())
+def test_printable_is_one_line_and_reversible_enough(text):
+    out = listing.printable(text)
+    assert "\n" not in out and "\r" not in out and "\0" not in out
+    if text.isprintable():
+        assert out == text
+
+
+@given(st.text(min_size=1))
+def test_every_emitted_line_is_one_line(name):
+    for line in listing.list_lines([entry(name)], NOW):
+        assert "\n" not in line and "\r" not in line

@@ -1,0 +1,33 @@
+import pytest
+
+from gateway.config import RouteConfig
+from gateway.routing import is_safe_user, match_route, render_root
+
+ROUTES = (
+    RouteConfig(name="partners", user="partner-*", backend="b1", root="/data/{user}"),
+    RouteConfig(name="alice", user="alice", backend="b2"),
+    RouteConfig(name="rest", user="*", backend="b3", root="~/ftp"),
+)
+
+
+@pytest.mark.parametrize(
+    ("user", "route"), [("partner-acme", "partners"), ("alice", "alice"), ("bob", "rest"), ("Alice", "rest")]
+)
+def test_first_match_wins(user, route):
+    found = match_route(ROUTES, user)
+    assert found is not None
+    assert found.name == route
+
+
+@pytest.mark.parametrize("user", ["..", ".", "a/b", "a\nb", "", "x\0", "a\\b"])
+def test_unsafe_user_names_match_nothing(user):
+    assert not is_safe_user(user)
+    assert match_route(ROUTES, user) is None
+
+
+def test_render_root():
+    assert render_root("/data/{user}", "acme", "/home/acme") == "/data/acme"
+    assert render_root("~", "acme", "/home/acme") == "/home/acme"
+    assert render_root("~/ftp/", "acme", "/home/acme") == "/home/acme/ftp"
+    assert render_root("/", "acme", "/x") == "/"
+    assert render_root("//data//{user}", "acme", "/x") == "/data/acme"
