@@ -298,7 +298,9 @@ def _backends(data: Any, problems: list[str]) -> dict[str, BackendConfig]:
         s = _Section(body, f"backends.{name}", problems)
         out[name] = BackendConfig(
             name=name,
-            host=s.typed("host", str, "", lambda v: None if v.strip() else "must not be empty", required=True),
+            host=s.typed(
+                "host", str, "", lambda v: None if v.strip() else "must not be empty", required=True
+            ),
             port=s.typed("port", int, 22, _port),
             known_hosts=s.typed("known_hosts", str, "", _known_hosts_file, required=True),
             connect_timeout=s.typed("connect_timeout", float, 10.0, _positive),

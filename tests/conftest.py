@@ -52,8 +52,12 @@ def base_config(sshd: OpenSSHServer, **sections: Any) -> dict[str, Any]:
         "listen": {"address": "127.0.0.1", "port": 0, "passive_ports": PASSIVE},
         "limits": {"failed_login_delay": 0.2},
         "backends": {
-            "main": {"host": "127.0.0.1", "port": sshd.port, "known_hosts": str(sshd.known_hosts),
-                     "operation_timeout": 10}
+            "main": {
+                "host": "127.0.0.1",
+                "port": sshd.port,
+                "known_hosts": str(sshd.known_hosts),
+                "operation_timeout": 10,
+            }
         },
         "routes": [{"match": {"user": "*"}, "backend": "main", "auth": "passthrough", "root": "~"}],
     }

@@ -69,25 +69,27 @@ class OpenSSHServer:
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {pub[0]} {pub[1]}\n")
         cfg = self.workdir / "sshd_config"
         cfg.write_text(
-            "\n".join([
-                "ListenAddress 127.0.0.1",
-                f"Port {self.port}",
-                f"HostKey {key}",
-                f"PidFile {self.workdir / 'sshd.pid'}",
-                "StrictModes no",
-                "UsePAM no",
-                "PasswordAuthentication yes",
-                "KbdInteractiveAuthentication no",
-                "PubkeyAuthentication no",
-                "PermitRootLogin no",
-                "Subsystem sftp internal-sftp",
-                "ForceCommand internal-sftp",
-                "MaxStartups 200:30:400",
-                "MaxSessions 50",
-                "MaxAuthTries 3",
-                "LogLevel VERBOSE",
-                "",
-            ])
+            "\n".join(
+                [
+                    "ListenAddress 127.0.0.1",
+                    f"Port {self.port}",
+                    f"HostKey {key}",
+                    f"PidFile {self.workdir / 'sshd.pid'}",
+                    "StrictModes no",
+                    "UsePAM no",
+                    "PasswordAuthentication yes",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication no",
+                    "PermitRootLogin no",
+                    "Subsystem sftp internal-sftp",
+                    "ForceCommand internal-sftp",
+                    "MaxStartups 200:30:400",
+                    "MaxSessions 50",
+                    "MaxAuthTries 3",
+                    "LogLevel VERBOSE",
+                    "",
+                ]
+            )
         )
         return cfg
 

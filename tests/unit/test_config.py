@@ -11,7 +11,9 @@ EXAMPLE = Path(__file__).parents[2] / "config" / "gateway.example.yaml"
 @pytest.fixture
 def known_hosts(tmp_path):
     path = tmp_path / "known_hosts"
-    path.write_text("[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn3tQ4+aZWv6N3sDPdTRR0Oq8M9hzJ2g4HxWxYkHtbA\n")
+    path.write_text(
+        "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn3tQ4+aZWv6N3sDPdTRR0Oq8M9hzJ2g4HxWxYkHtbA\n"
+    )
     return str(path)
 
 
@@ -31,10 +33,12 @@ def test_example_config_is_valid_and_matches_defaults(known_hosts):
 
 
 def test_minimal_config(known_hosts):
-    cfg = config.parse({
-        "backends": {"b": {"host": "h", "known_hosts": known_hosts}},
-        "routes": [{"match": {"user": "*"}, "backend": "b"}],
-    })
+    cfg = config.parse(
+        {
+            "backends": {"b": {"host": "h", "known_hosts": known_hosts}},
+            "routes": [{"match": {"user": "*"}, "backend": "b"}],
+        }
+    )
     assert cfg.listen.port == 2121
     assert cfg.backends["b"].port == 22
     assert cfg.routes[0].root == "~"
@@ -96,14 +100,24 @@ def test_required_keys(known_hosts):
 def test_known_hosts_without_keys_is_refused(tmp_path):
     empty = tmp_path / "kh"
     empty.write_text("# nothing\n")
-    problems = problems_of({"backends": {"b": {"host": "h", "known_hosts": str(empty)}},
-                            "routes": [{"match": {"user": "*"}, "backend": "b"}]})
-    assert problems == [f"backends.b.known_hosts: file has no host keys: {empty} (host keys are always verified)"]
+    problems = problems_of(
+        {
+            "backends": {"b": {"host": "h", "known_hosts": str(empty)}},
+            "routes": [{"match": {"user": "*"}, "backend": "b"}],
+        }
+    )
+    assert problems == [
+        f"backends.b.known_hosts: file has no host keys: {empty} (host keys are always verified)"
+    ]
 
 
 def test_root_template_placeholders(known_hosts):
-    problems = problems_of({"backends": {"b": {"host": "h", "known_hosts": known_hosts}},
-                            "routes": [{"match": {"user": "*"}, "backend": "b", "root": "/x/{uid}"}]})
+    problems = problems_of(
+        {
+            "backends": {"b": {"host": "h", "known_hosts": known_hosts}},
+            "routes": [{"match": {"user": "*"}, "backend": "b", "root": "/x/{uid}"}],
+        }
+    )
     assert problems == ["routes[0].root: unknown placeholder {uid} (only {user} is supported)"]
 
 

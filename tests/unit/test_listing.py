@@ -22,7 +22,17 @@ def test_list_line_recent_file():
 
 def test_list_line_old_file_shows_year_and_big_size():
     line = listing.list_line(entry("big.iso", size=5 * 2**30 + 7, mtime=OLD), NOW)
-    assert line.split() == ["-rw-r--r--", "1", "alice", "staff", str(5 * 2**30 + 7), "Mar", "9", "2019", "big.iso"]
+    assert line.split() == [
+        "-rw-r--r--",
+        "1",
+        "alice",
+        "staff",
+        str(5 * 2**30 + 7),
+        "Mar",
+        "9",
+        "2019",
+        "big.iso",
+    ]
 
 
 def test_list_line_directory_symlink_and_special_bits():
@@ -53,7 +63,10 @@ def test_unsafe_names_are_skipped_everywhere():
 
 def test_mlsx_facts():
     facts = listing.mlsx_facts(entry("f", mtime=OLD, mode=0o640), "elradfmwMT", listing.FACTS)
-    assert facts == "type=file;size=12;modify=20190309080500;perm=adfrw;unix.mode=0640;unix.uid=1000;unix.gid=1000;"
+    assert (
+        facts
+        == "type=file;size=12;modify=20190309080500;perm=adfrw;unix.mode=0640;unix.uid=1000;unix.gid=1000;"
+    )
     dfacts = listing.mlsx_facts(entry("d", Kind.DIR), "elr", ["type", "perm"])
     assert dfacts == "type=dir;perm=el;"
     assert listing.mlsx_facts(entry("l", Kind.SYMLINK), "elr", ["type"]) == "type=OS.unix=symlink;"
