@@ -1,0 +1,175 @@
+"""Backend trouble: a stalled backend stalls only its own session; dead, down or impostor backends
+give the documented replies (421/426/451), never a hang, a crash or a false 226."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import threading
+import time
+
+import pytest
+
+from tests.conftest import base_config, seed
+from tests.helpers.relay import Relay
+from tests.helpers.sshd import OpenSSHServer, free_port
+
+
+@pytest.fixture
+def relay(sshd):
+    r = Relay(("127.0.0.1", sshd.port))
+    yield r
+    r.close()
+
+
+def relayed_config(sshd, relay, **backend):
+    """gwtest2 reaches sshd through the relay; everyone else directly."""
+    doc = base_config(sshd)
+    doc["backends"]["relayed"] = {
+        "host": "127.0.0.1",
+        "port": relay.port,
+        "known_hosts": str(relay_known_hosts(sshd, relay)),
+        **backend,
+    }
+    doc["routes"].insert(0, {"match": {"user": "gwtest2"}, "backend": "relayed", "root": "~"})
+    return doc
+
+
+def relay_known_hosts(sshd: OpenSSHServer, relay: Relay):
+    path = sshd.workdir / f"known_hosts_relay_{relay.port}"
+    key = sshd.known_hosts.read_text().split(" ", 1)[1]
+    path.write_text(f"[127.0.0.1]:{relay.port} {key}")
+    return path
+
+
+def read_all(conn):
+    data = b""
+    try:
+        while chunk := conn.recv(1 << 20):
+            data += chunk
+    except OSError:
+        pass
+    conn.close()
+    return data
+
+
+def test_stalled_backend_does_not_stall_other_sessions(gateway_factory, sshd, relay, user, user2):
+    gw = gateway_factory(relayed_config(sshd, relay))
+    seed(user, "a.txt", b"fast path")
+    seed(user2, "b.txt", b"slow path")
+    slow = gw.login(user2)
+    fast = gw.login(user)
+    relay.stall()
+    result: dict[str, object] = {}
+
+    def slow_listing():
+        try:
+            result["names"] = slow.nlst()
+        except ftplib.all_errors as err:
+            result["error"] = err
+
+    stuck = threading.Thread(target=slow_listing)
+    stuck.start()
+    time.sleep(0.5)
+    # While the other session waits on its stalled backend, this one is served normally.
+    for _ in range(5):
+        assert fast.sendcmd("NOOP").startswith("200")
+        assert fast.nlst() == ["a.txt"]
+        buf = io.BytesIO()
+        fast.retrbinary("RETR a.txt", buf.write)
+        assert buf.getvalue() == b"fast path"
+    assert stuck.is_alive(), "the stalled session should still be waiting on its backend"
+    relay.resume()
+    stuck.join(20)
+    assert result == {"names": ["b.txt"]}
+    assert slow.sendcmd("NOOP").startswith("200")
+
+
+def test_operation_timeout_gives_451_not_a_hang(gateway_factory, sshd, relay, user2):
+    gw = gateway_factory(relayed_config(sshd, relay, operation_timeout=1.5))
+    ftp = gw.login(user2)
+    relay.stall()
+    with pytest.raises(ftplib.error_temp, match="^451"):
+        ftp.sendcmd("MKD slow")
+    assert ftp.sendcmd("NOOP").startswith("200")
+    relay.resume()
+
+
+def test_backend_killed_mid_download(gateway_factory, sshd, relay, user2):
+    seed(user2, "big.bin", os.urandom(64 * 2**20))
+    gw = gateway_factory(relayed_config(sshd, relay))
+    ftp = gw.login(user2)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("RETR big.bin")
+    conn.recv(65536)
+    relay.reset()
+    received = read_all(conn)
+    assert len(received) < 64 * 2**20
+    with pytest.raises(ftplib.error_temp) as exc:
+        ftp.voidresp()
+    assert str(exc.value)[:3] in ("426", "451")
+    assert ftp.getline().startswith("421")
+    # The gateway is alive: a new session works once the backend is reachable again.
+    again = gw.login(user2)
+    again.voidcmd("TYPE I")
+    assert again.size("big.bin") == 64 * 2**20
+
+
+def test_backend_killed_mid_upload_never_reports_success(gateway_factory, sshd, relay, user2):
+    gw = gateway_factory(relayed_config(sshd, relay))
+    ftp = gw.login(user2)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR up.bin")
+    conn.sendall(os.urandom(2**20))
+    relay.reset()
+    try:
+        for _ in range(64):
+            conn.sendall(os.urandom(2**20))
+    except OSError:
+        pass
+    conn.close()
+    reply = ftp.getline()
+    assert reply[:3] in ("426", "451"), reply
+    assert ftp.getline().startswith("421")
+
+
+def test_backend_dying_while_idle_ends_the_session_with_421(gateway_factory, sshd, relay, user2):
+    gw = gateway_factory(relayed_config(sshd, relay))
+    ftp = gw.login(user2)
+    relay.reset()
+    time.sleep(0.5)
+    with pytest.raises(ftplib.error_temp, match="^421"):
+        ftp.sendcmd("NOOP")
+
+
+def test_backend_down_at_login_is_421_without_details(gateway_factory, sshd, user):
+    doc = base_config(sshd)
+    doc["backends"]["main"]["port"] = free_port()  # nothing listens there
+    doc["backends"]["main"]["connect_timeout"] = 3
+    ftp = gateway_factory(doc).connect()
+    ftp.sendcmd(f"USER {user.name}")
+    with pytest.raises(ftplib.error_temp) as exc:
+        ftp.sendcmd(f"PASS {user.password}")
+    text = str(exc.value)
+    assert text.startswith("421 ")
+    for leak in ("refused", "Errno", "127.0.0.1", str(doc["backends"]["main"]["port"])):
+        assert leak not in text
+
+
+def test_host_key_mismatch_is_421_and_no_password_is_sent(gateway_factory, sshd, user, tmp_path):
+    impostor_key = tmp_path / "impostor"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {impostor_key}")
+    known = tmp_path / "known_hosts"
+    pub = (tmp_path / "impostor.pub").read_text().split()
+    known.write_text(f"[127.0.0.1]:{sshd.port} {pub[0]} {pub[1]}\n")
+    doc = base_config(sshd)
+    doc["backends"]["main"]["known_hosts"] = str(known)
+    log_before = sshd.log.read_text()
+    ftp = gateway_factory(doc).connect()
+    ftp.sendcmd(f"USER {user.name}")
+    with pytest.raises(ftplib.error_temp, match="^421"):
+        ftp.sendcmd(f"PASS {user.password}")
+    time.sleep(0.3)
+    new_log = sshd.log.read_text()[len(log_before) :]
+    assert "password for" not in new_log  # neither "Accepted" nor "Failed password for"

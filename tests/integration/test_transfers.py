@@ -1,0 +1,257 @@
+"""RETR / STOR / STOU / APPE / REST / TYPE A / ABOR / active and passive modes, end to end."""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import os
+import socket
+
+import pytest
+
+from tests.conftest import seed
+
+
+def retr(ftp, name, rest=None):
+    buf = io.BytesIO()
+    ftp.retrbinary(f"RETR {name}", buf.write, rest=rest)
+    return buf.getvalue()
+
+
+def stor(ftp, name, data, cmd="STOR", rest=None):
+    return ftp.storbinary(f"{cmd} {name}", io.BytesIO(data), rest=rest)
+
+
+def test_small_retr_and_stor(ftp, user):
+    seed(user, "in.txt", b"hello world\n")
+    assert retr(ftp, "in.txt") == b"hello world\n"
+    assert stor(ftp, "out.bin", b"\x00\x01\x02" * 1000).startswith("226")
+    assert (user.home / "out.bin").read_bytes() == b"\x00\x01\x02" * 1000
+
+
+def test_empty_file_both_ways(ftp, user):
+    seed(user, "empty", b"")
+    assert retr(ftp, "empty") == b""
+    assert stor(ftp, "empty2", b"").startswith("226")
+    assert (user.home / "empty2").read_bytes() == b""
+
+
+def test_stor_truncates_existing_file(ftp, user):
+    seed(user, "f", b"x" * 10000)
+    stor(ftp, "f", b"short")
+    assert (user.home / "f").read_bytes() == b"short"
+
+
+@pytest.mark.slow
+def test_50_mib_upload_and_download_keep_sha256(ftp, user):
+    data = os.urandom(50 * 2**20)
+    digest = hashlib.sha256(data).hexdigest()
+    assert stor(ftp, "big.bin", data).startswith("226")
+    assert hashlib.sha256((user.home / "big.bin").read_bytes()).hexdigest() == digest
+    got = hashlib.sha256()
+    ftp.retrbinary("RETR big.bin", got.update)
+    assert got.hexdigest() == digest
+
+
+def test_stou_creates_unique_names(ftp, user):
+    ftp.voidcmd("TYPE I")
+    names = []
+    for payload in (b"one", b"two"):
+        conn, _ = ftp.ntransfercmd("STOU")
+        reply = ftp.lastresp
+        conn.sendall(payload)
+        conn.close()
+        assert ftp.voidresp().startswith("226")
+        names.append(reply)
+    files = sorted(p.read_bytes() for p in user.home.iterdir())
+    assert files == [b"one", b"two"]
+
+
+def test_stou_reply_names_the_file(ftp, user):
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOU")
+    conn.sendall(b"data")
+    conn.close()
+    ftp.voidresp()
+    (created,) = os.listdir(user.home)
+    assert created.startswith("ftpd.")
+
+
+def test_appe_keeps_existing_bytes(ftp, user):
+    seed(user, "log.txt", b"line1\n")
+    assert stor(ftp, "log.txt", b"line2\n", cmd="APPE").startswith("226")
+    assert (user.home / "log.txt").read_bytes() == b"line1\nline2\n"
+    assert stor(ftp, "new.txt", b"first\n", cmd="APPE").startswith("226")
+    assert (user.home / "new.txt").read_bytes() == b"first\n"
+
+
+def test_appe_of_a_large_pipelined_upload(ftp, user):
+    head = os.urandom(300_000)
+    tail = os.urandom(3 * 2**20 + 17)
+    seed(user, "f.bin", head)
+    stor(ftp, "f.bin", tail, cmd="APPE")
+    assert (user.home / "f.bin").read_bytes() == head + tail
+
+
+def test_rest_retr_resumes_download(ftp, user):
+    data = os.urandom(1_000_000)
+    seed(user, "f.bin", data)
+    ftp.voidcmd("TYPE I")
+    assert retr(ftp, "f.bin", rest=600_000) == data[600_000:]
+    assert retr(ftp, "f.bin", rest=1_000_000) == b""
+    with pytest.raises(ftplib.error_perm, match="^554"):
+        retr(ftp, "f.bin", rest=1_000_001)
+
+
+def test_rest_stor_resumes_upload_keeping_the_prefix(ftp, user):
+    data = os.urandom(1_000_000)
+    seed(user, "f.bin", data[:400_000])
+    assert stor(ftp, "f.bin", data[400_000:], rest=400_000).startswith("226")
+    assert (user.home / "f.bin").read_bytes() == data
+
+
+def test_rest_beyond_4_gib_both_directions(ftp, user):
+    offset = 4 * 2**30 + 12345
+    path = seed(user, "huge.bin", b"")
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(b"tail-marker")
+    ftp.voidcmd("TYPE I")
+    assert ftp.size("huge.bin") == offset + 11
+    assert retr(ftp, "huge.bin", rest=offset) == b"tail-marker"
+    stor(ftp, "huge.bin", b"NEW", rest=offset + 11)
+    with path.open("rb") as f:
+        f.seek(offset)
+        assert f.read() == b"tail-markerNEW"
+    assert path.stat().st_size == offset + 14
+
+
+def test_type_a_converts_line_endings_both_ways(ftp, user):
+    seed(user, "unix.txt", b"one\ntwo\nthree\n")
+    lines: list[str] = []
+    ftp.retrlines("RETR unix.txt", lines.append)
+    assert lines == ["one", "two", "three"]
+    ftp.voidcmd("TYPE A")
+    conn = ftp.transfercmd("RETR unix.txt")
+    raw = b""
+    while chunk := conn.recv(65536):
+        raw += chunk
+    conn.close()
+    ftp.voidresp()
+    assert raw == b"one\r\ntwo\r\nthree\r\n"
+    ftp.storlines("STOR dos.txt", io.BytesIO(b"alpha\r\nbeta\r\n"))
+    assert (user.home / "dos.txt").read_bytes() == b"alpha\nbeta\n"
+
+
+def test_rest_is_refused_in_ascii_mode(ftp):
+    ftp.voidcmd("TYPE A")
+    with pytest.raises(ftplib.error_perm, match="^501"):
+        ftp.sendcmd("REST 100")
+
+
+def test_abor_during_retr_then_session_goes_on(ftp, user):
+    seed(user, "big.bin", os.urandom(32 * 2**20))
+    seed(user, "small.txt", b"still works")
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("RETR big.bin")
+    assert len(conn.recv(65536)) > 0
+    reply = ftp.abort()
+    assert reply[:3] in ("426", "225", "226")
+    if reply.startswith("426"):
+        assert ftp.getresp().startswith("226")
+    conn.close()
+    assert ftp.sendcmd("NOOP").startswith("200")
+    assert retr(ftp, "small.txt") == b"still works"
+
+
+def test_abor_during_stor_leaves_no_false_success(ftp, user):
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR partial.bin")
+    conn.sendall(os.urandom(2 * 2**20))
+    reply = ftp.abort()
+    assert reply[:3] in ("426", "225", "226")
+    if reply.startswith("426"):
+        assert ftp.getresp().startswith("226")
+    conn.close()
+    assert ftp.sendcmd("NOOP").startswith("200")
+
+
+def test_client_closing_the_data_connection_early_gives_426(ftp, user):
+    seed(user, "big.bin", os.urandom(16 * 2**20))
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("RETR big.bin")
+    conn.recv(1024)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    conn.close()
+    with pytest.raises(ftplib.error_temp, match="^426"):
+        ftp.voidresp()
+    assert ftp.sendcmd("NOOP").startswith("200")
+
+
+def test_pasv_and_epsv(ftp, user):
+    seed(user, "f", b"data")
+    ftp.af = socket.AF_INET
+    assert retr(ftp, "f") == b"data"
+    reply = ftp.sendcmd("EPSV")
+    assert reply.startswith("229 ")
+    ftp.sock.sendall(b"ABOR\r\n")
+    ftp.getresp()
+    pasv = ftp.sendcmd("PASV")
+    assert pasv.startswith("227 ")
+    port = ftplib.parse227(pasv)[1]
+    assert 41000 <= port <= 41199
+
+
+def test_active_mode_port_and_eprt(ftp, user):
+    seed(user, "f.txt", b"active data")
+    ftp.set_pasv(False)
+    assert retr(ftp, "f.txt") == b"active data"
+    stor(ftp, "up.txt", b"uploaded actively")
+    assert (user.home / "up.txt").read_bytes() == b"uploaded actively"
+    # EPRT: ftplib uses it for IPv6 only, so drive it by hand.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        assert ftp.sendcmd(f"EPRT |1|127.0.0.1|{port}|").startswith("200")
+        ftp.voidcmd("TYPE I")
+        ftp.sock.sendall(b"RETR f.txt\r\n")
+        conn, _ = listener.accept()
+        assert ftp.getresp()[:3] in ("125", "150")
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+        conn.close()
+    assert data == b"active data"
+    assert ftp.voidresp().startswith("226")
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    ["PORT 127,0,0,2,160,1", "EPRT |1|127.0.0.2|40961|", "PORT 127,0,0,1,0,80", "EPRT |1|127.0.0.1|21|"],
+)
+def test_port_to_another_host_or_privileged_port_is_refused(ftp, cmd):
+    with pytest.raises(ftplib.error_perm, match="^501"):
+        ftp.sendcmd(cmd)
+    assert ftp.sendcmd("NOOP").startswith("200")
+
+
+def test_active_mode_can_be_disabled(gateway_factory, sshd, user):
+    from tests.conftest import base_config
+
+    doc = base_config(sshd)
+    doc["listen"]["active_mode"] = False
+    ftp = gateway_factory(doc).login(user)
+    with pytest.raises(ftplib.error_perm, match="^500"):
+        ftp.sendcmd("PORT 127,0,0,1,160,1")
+    feat = ftp.sendcmd("FEAT")
+    assert "EPRT" not in feat and "EPSV" in feat
+
+
+def test_upload_into_forbidden_directory_is_550_before_150(ftp, user):
+    locked = user.home / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        stor(ftp, "locked/f.txt", b"x")
+    assert not (locked / "f.txt").exists()
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        stor(ftp, "missing-dir/f.txt", b"x")
