@@ -90,7 +90,7 @@ def test_operation_timeout_gives_451_not_a_hang(gateway_factory, sshd, relay, us
     gw = gateway_factory(relayed_config(sshd, relay, operation_timeout=1.5))
     ftp = gw.login(user2)
     relay.stall()
-    with pytest.raises(ftplib.error_temp, match="^451"):
+    with pytest.raises(ftplib.error_temp, match=r"^451"):
         ftp.sendcmd("MKD slow")
     assert ftp.sendcmd("NOOP").startswith("200")
     relay.resume()
@@ -139,7 +139,7 @@ def test_backend_dying_while_idle_ends_the_session_with_421(gateway_factory, ssh
     ftp = gw.login(user2)
     relay.reset()
     time.sleep(0.5)
-    with pytest.raises(ftplib.error_temp, match="^421"):
+    with pytest.raises(ftplib.error_temp, match=r"^421"):
         ftp.sendcmd("NOOP")
 
 
@@ -168,7 +168,7 @@ def test_host_key_mismatch_is_421_and_no_password_is_sent(gateway_factory, sshd,
     log_before = sshd.log.read_text()
     ftp = gateway_factory(doc).connect()
     ftp.sendcmd(f"USER {user.name}")
-    with pytest.raises(ftplib.error_temp, match="^421"):
+    with pytest.raises(ftplib.error_temp, match=r"^421"):
         ftp.sendcmd(f"PASS {user.password}")
     time.sleep(0.3)
     new_log = sshd.log.read_text()[len(log_before) :]

@@ -65,7 +65,7 @@ def test_list_of_a_file_and_of_a_subdir(ftp, user):
     seed(user, "d/inner.txt", "abc")
     assert list(by_name(list_lines(ftp, "d/inner.txt"))) == ["inner.txt"]
     assert list(by_name(list_lines(ftp, "-la d"))) == ["inner.txt"]
-    with pytest.raises(ftplib.error_perm, match="^550"):
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
         list_lines(ftp, "missing")
 
 
@@ -99,9 +99,9 @@ def test_mlsd_facts(ftp, user):
 
 def test_mlsd_on_a_file_is_501_and_missing_550(ftp, user):
     seed(user, "f", "x")
-    with pytest.raises(ftplib.error_perm, match="^501"):
+    with pytest.raises(ftplib.error_perm, match=r"^501"):
         list(ftp.mlsd("f"))
-    with pytest.raises(ftplib.error_perm, match="^550"):
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
         list(ftp.mlsd("missing"))
 
 
@@ -113,7 +113,7 @@ def test_mlst(ftp, user):
     assert reply[1].endswith(" /d/f.txt")
     assert reply[-1] == "250 End MLST."
     assert ftp.sendcmd("MLST").splitlines()[1].endswith(" /")
-    with pytest.raises(ftplib.error_perm, match="^550"):
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
         ftp.sendcmd("MLST missing")
 
 

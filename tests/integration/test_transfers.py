@@ -100,7 +100,7 @@ def test_rest_retr_resumes_download(ftp, user):
     ftp.voidcmd("TYPE I")
     assert retr(ftp, "f.bin", rest=600_000) == data[600_000:]
     assert retr(ftp, "f.bin", rest=1_000_000) == b""
-    with pytest.raises(ftplib.error_perm, match="^554"):
+    with pytest.raises(ftplib.error_perm, match=r"^554"):
         retr(ftp, "f.bin", rest=1_000_001)
 
 
@@ -146,7 +146,7 @@ def test_type_a_converts_line_endings_both_ways(ftp, user):
 
 def test_rest_is_refused_in_ascii_mode(ftp):
     ftp.voidcmd("TYPE A")
-    with pytest.raises(ftplib.error_perm, match="^501"):
+    with pytest.raises(ftplib.error_perm, match=r"^501"):
         ftp.sendcmd("REST 100")
 
 
@@ -184,7 +184,7 @@ def test_client_closing_the_data_connection_early_gives_426(ftp, user):
     conn.recv(1024)
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     conn.close()
-    with pytest.raises(ftplib.error_temp, match="^426"):
+    with pytest.raises(ftplib.error_temp, match=r"^426"):
         ftp.voidresp()
     assert ftp.sendcmd("NOOP").startswith("200")
 
@@ -230,7 +230,7 @@ def test_active_mode_port_and_eprt(ftp, user):
     ["PORT 127,0,0,2,160,1", "EPRT |1|127.0.0.2|40961|", "PORT 127,0,0,1,0,80", "EPRT |1|127.0.0.1|21|"],
 )
 def test_port_to_another_host_or_privileged_port_is_refused(ftp, cmd):
-    with pytest.raises(ftplib.error_perm, match="^501"):
+    with pytest.raises(ftplib.error_perm, match=r"^501"):
         ftp.sendcmd(cmd)
     assert ftp.sendcmd("NOOP").startswith("200")
 
@@ -241,7 +241,7 @@ def test_active_mode_can_be_disabled(gateway_factory, sshd, user):
     doc = base_config(sshd)
     doc["listen"]["active_mode"] = False
     ftp = gateway_factory(doc).login(user)
-    with pytest.raises(ftplib.error_perm, match="^500"):
+    with pytest.raises(ftplib.error_perm, match=r"^500"):
         ftp.sendcmd("PORT 127,0,0,1,160,1")
     feat = ftp.sendcmd("FEAT")
     assert "EPRT" not in feat and "EPSV" in feat
@@ -250,8 +250,8 @@ def test_active_mode_can_be_disabled(gateway_factory, sshd, user):
 def test_upload_into_forbidden_directory_is_550_before_150(ftp, user):
     locked = user.home / "locked"
     locked.mkdir(mode=0o555)
-    with pytest.raises(ftplib.error_perm, match="^550"):
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
         stor(ftp, "locked/f.txt", b"x")
     assert not (locked / "f.txt").exists()
-    with pytest.raises(ftplib.error_perm, match="^550"):
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
         stor(ftp, "missing-dir/f.txt", b"x")

@@ -1,0 +1,106 @@
+"""The command line as an operator uses it: check-config, run, demo (real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import base_config, seed
+from tests.helpers.sshd import free_port, wait_port
+
+CLI = [sys.executable, "-m", "gateway"]
+
+
+def write_config(tmp_path: Path, doc) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_check_config_ok(sshd, tmp_path):
+    path = write_config(tmp_path, base_config(sshd))
+    result = subprocess.run([*CLI, "check-config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_check_config_lists_every_problem_and_fails(sshd, tmp_path):
+    doc = base_config(sshd)
+    doc["backends"]["main"]["known_hosts"] = "/nonexistent/known_hosts"
+    doc["listen"]["passive_ports"] = [10, 5]
+    doc["routes"][0]["backend"] = "typo"
+    doc["listen"]["prot"] = 1
+    path = write_config(tmp_path, doc)
+    result = subprocess.run([*CLI, "check-config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    err = result.stderr
+    assert "4 problem(s)" in err
+    assert "backends.main.known_hosts: file not found: /nonexistent/known_hosts" in err
+    assert "listen.passive_ports:" in err
+    assert "routes[0].backend: unknown backend 'typo'" in err
+    assert "listen.prot: unknown key" in err
+
+
+def test_run_refuses_a_broken_config(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("listen: {port: 21}\n")
+    result = subprocess.run([*CLI, "run", "--config", str(path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "backends:" in result.stderr and "routes:" in result.stderr
+
+
+def test_run_serves_and_stops_on_sigterm(sshd, user, tmp_path):
+    port = free_port()
+    doc = base_config(sshd)
+    doc["listen"]["port"] = port
+    path = write_config(tmp_path, doc)
+    seed(user, "served.txt", "served by run\n")
+    proc = subprocess.Popen([*CLI, "run", "--config", str(path)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port("127.0.0.1", port)
+        out = subprocess.run(
+            ["curl", "-sS", "-u", f"{user.name}:{user.password}", f"ftp://127.0.0.1:{port}/served.txt"],
+            capture_output=True,
+            timeout=30,
+        )
+        assert out.stdout == b"served by run\n", out.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    logs = proc.stderr.read()
+    assert user.password not in logs
+    assert "login ok" in logs
+
+
+def test_demo_serves_a_real_transfer_with_curl(tmp_path):
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*CLI, "demo", "--port", str(port), "--data", "demo-data"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        wait_port("127.0.0.1", port, timeout=30)
+        url = f"ftp://demo:demo@127.0.0.1:{port}/"
+        listing = subprocess.run(["curl", "-sS", url], capture_output=True, text=True, timeout=30)
+        assert "welcome.txt" in listing.stdout, listing.stderr
+        upload = tmp_path / "upload.txt"
+        upload.write_text("uploaded through the demo\n")
+        subprocess.run(["curl", "-sS", "-T", str(upload), url], check=True, timeout=30)
+        assert (tmp_path / "demo-data" / "upload.txt").read_text() == "uploaded through the demo\n"
+        wrong = subprocess.run(["curl", "-sS", f"ftp://demo:nope@127.0.0.1:{port}/"], capture_output=True)
+        assert wrong.returncode == 67  # curl: login denied
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    output = proc.stdout.read()
+    assert f"curl ftp://demo:demo@127.0.0.1:{port}/" in output

@@ -1,0 +1,105 @@
+"""Logins: password passthrough to the real sshd, routing by user, root templates, banners."""
+
+from __future__ import annotations
+
+import ftplib
+import time
+
+import pytest
+
+from tests.conftest import base_config, seed
+
+
+def test_good_login_lands_in_the_backend_home(ftp, user):
+    seed(user, "mine.txt", "x")
+    assert ftp.pwd() == "/"
+    assert ftp.nlst() == ["mine.txt"]
+
+
+def test_wrong_password_is_530_after_a_delay_and_session_survives(gw, user):
+    ftp = gw.connect()
+    started = time.monotonic()
+    with pytest.raises(ftplib.error_perm, match=r"^530"):
+        ftp.login(user.name, "wrong-password")
+    assert time.monotonic() - started >= 0.2  # failed_login_delay in the test config
+    ftp.login(user.name, user.password)
+    assert ftp.pwd() == "/"
+
+
+def test_too_many_failures_close_the_session(gw, user):
+    ftp = gw.connect()
+    for attempt in range(3):
+        with pytest.raises(ftplib.error_perm, match=r"^530"):
+            ftp.login(user.name, f"wrong-{attempt}")
+    with pytest.raises((EOFError, OSError, ftplib.Error)):
+        ftp.sendcmd("NOOP")
+
+
+def test_unknown_user_and_unrouted_user_get_the_same_530(gateway_factory, sshd, user):
+    doc = base_config(sshd)
+    doc["routes"][0]["match"]["user"] = "gwtest*"
+    gw = gateway_factory(doc)
+    replies = []
+    for name in ("no-such-unix-user", "outsider", "../etc"):
+        ftp = gw.connect()
+        with pytest.raises(ftplib.error_perm) as exc:
+            ftp.login(name, "whatever")
+        replies.append(str(exc.value))
+    assert all(r.startswith("530 ") for r in replies)
+    assert len(set(replies)) == 1  # no user enumeration through reply texts
+
+
+def test_pass_before_user_and_double_login(gw, user):
+    ftp = gw.connect()
+    with pytest.raises(ftplib.error_perm, match=r"^503"):
+        ftp.sendcmd("PASS x")
+    ftp.login(user.name, user.password)
+    with pytest.raises(ftplib.error_perm, match=r"^503"):
+        ftp.sendcmd("PASS x")
+
+
+def test_root_template_and_banner(gateway_factory, sshd, user, user2):
+    (user.home / "ftp").mkdir()
+    seed(user, "ftp/inside.txt", "x")
+    seed(user, "outside.txt", "x")
+    doc = base_config(sshd)
+    doc["routes"] = [
+        {
+            "name": "jailed",
+            "match": {"user": user.name},
+            "backend": "main",
+            "root": str(user.home.parent) + "/{user}/ftp",
+            "banner": "Welcome; FTP retires on 2027-03-31.",
+        },
+        {"match": {"user": "*"}, "backend": "main", "root": "~"},
+    ]
+    gw = gateway_factory(doc)
+    ftp = gw.connect()
+    reply = ftp.login(user.name, user.password)
+    assert reply == "230 Welcome; FTP retires on 2027-03-31."
+    assert ftp.nlst() == ["inside.txt"]
+    assert ftp.nlst("..") == ["inside.txt"]
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        ftp.sendcmd("SIZE ../outside.txt")
+    other = gw.login(user2)
+    assert other.sendcmd("NOOP").startswith("200")
+
+
+def test_missing_root_refuses_the_login(gateway_factory, sshd, user):
+    doc = base_config(sshd)
+    doc["routes"][0]["root"] = "/srv/ftpgw-test/does-not-exist/{user}"
+    ftp = gateway_factory(doc).connect()
+    with pytest.raises(ftplib.error_perm, match=r"^530"):
+        ftp.login(user.name, user.password)
+
+
+def test_password_never_appears_in_logs(gw, user, caplog):
+    caplog.set_level("DEBUG")
+    ftp = gw.connect()
+    with pytest.raises(ftplib.error_perm):
+        ftp.login(user.name, "Secret-Wrong-Pw-123")
+    ftp.login(user.name, user.password)
+    ftp.quit()
+    text = caplog.text
+    assert "Secret-Wrong-Pw-123" not in text
+    assert user.password not in text

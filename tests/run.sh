@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh Debian machine (OpenSSH server,
+# curl, lftp, ncftp; a virtualenv with the project and its test tools), then runs ruff, mypy
+# and pytest. Needs root: the tests create Unix users and start a real sshd.
+# Extra arguments go to pytest, e.g. `bash tests/run.sh -k listing`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v curl >/dev/null || missing+=(curl)
+command -v lftp >/dev/null || missing+=(lftp)
+command -v ncftpput >/dev/null || missing+=(ncftp)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run.sh: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,speed]'
+
+echo "== ruff"
+.venv/bin/ruff check gateway tests bench
+.venv/bin/ruff format --check gateway tests bench
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+exec .venv/bin/python -m pytest "$@"
