@@ -18,6 +18,13 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 _SIX_MONTHS = 180 * 24 * 3600
 _TYPE_CHAR = {Kind.FILE: "-", Kind.DIR: "d", Kind.SYMLINK: "l", Kind.OTHER: "-"}
 
+_MLSX_TYPE = {
+    Kind.FILE: "file",
+    Kind.DIR: "dir",
+    Kind.SYMLINK: "OS.unix=symlink",
+    Kind.OTHER: "OS.unix=other",
+}
+
 #: MLST facts this gateway can produce, in the order FEAT advertises them.
 FACTS = ("type", "size", "modify", "perm", "unix.mode", "unix.uid", "unix.gid")
 
@@ -90,16 +97,13 @@ def list_lines(entries: Iterable[Entry], now: float | None = None) -> Iterator[s
         yield list_line(entry, when)
 
 
-def mlsx_facts(entry: Entry, perm: str, facts: Iterable[str], type_override: str | None = None) -> str:
+def mlsx_facts(entry: Entry, perm: str, facts: Iterable[str]) -> str:
     """RFC 3659 fact string (``type=file;size=3;...;``) for one entry, in the requested facts."""
     a = entry.attrs
     wanted = set(facts)
     out = []
     if "type" in wanted:
-        kind = type_override or {Kind.DIR: "dir", Kind.FILE: "file"}.get(a.kind, "OS.unix=other")
-        if a.kind is Kind.SYMLINK and type_override is None:
-            kind = "OS.unix=symlink"
-        out.append(f"type={kind}")
+        out.append(f"type={_MLSX_TYPE[a.kind]}")
     if "size" in wanted:
         out.append(f"size={a.size}")
     if "modify" in wanted and a.mtime is not None:

@@ -59,8 +59,3 @@ def to_virtual(root: str, backend: str) -> str | None:
     if backend.startswith(prefix):
         return "/" + backend[len(prefix) :]
     return None
-
-
-def quote(path: str) -> str:
-    """Quote a path for a 257 reply: embedded double quotes are doubled (RFC 959 App. II)."""
-    return '"' + path.replace('"', '""') + '"'

@@ -21,9 +21,8 @@ FULL_PERMS = "elradfmwMT"
 class SessionAuthorizer:
     """Duck-typed pyftpdlib authorizer bound to one control connection."""
 
-    def __init__(self, authenticate: Authenticate, handler: Any) -> None:
+    def __init__(self, authenticate: Authenticate) -> None:
         self._authenticate = authenticate
-        self._handler = handler
         self.login: Login | None = None
 
     def validate_authentication(self, username: str, password: str, handler: Any) -> None:

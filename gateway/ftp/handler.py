@@ -70,7 +70,7 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
         failure = self._finish_upload()
         super().close()
         if failure is not None and failure.fatal:
-            control.backend_gone(failure)
+            control.backend_gone()
 
     def handle_error(self) -> None:
         try:
@@ -83,7 +83,7 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
             self.transfer_finished = False
             super().close()
             if err.fatal:
-                control.backend_gone(err)
+                control.backend_gone()
         except Exception:
             super().handle_error()
 
@@ -103,7 +103,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
 
     def __init__(self, conn: Any, server: Any, ioloop: Any = None) -> None:
         super().__init__(conn, server, ioloop=ioloop)
-        self.authorizer = SessionAuthorizer(type(self).authenticate, self)
+        self.authorizer = SessionAuthorizer(type(self).authenticate)
         self._available_facts = list(listing.FACTS)
         self._current_facts = ["type", "size", "modify", "perm", "unix.mode"]
 
@@ -120,18 +120,18 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         try:
             paths.check_argument(line)
             if self.authenticated and not self.storage.alive:
-                self.backend_gone(None)
+                self.backend_gone()
                 return
             if cmd in _LS_COMMANDS:
                 arg = strip_ls_options(arg)
             super().pre_process_command(line, cmd, arg)
         except GatewayError as err:
-            self.respond(err.reply(), logfun=ftplog.warning if err.code >= 500 else ftplog.info)
+            self.respond(err.reply(), logfun=ftplog.warning if err.fatal else ftplog.info)
             self.log_cmd(cmd, arg, err.code, err.text)
             if err.fatal:
                 self.close_when_done()
 
-    def backend_gone(self, err: GatewayError | None) -> None:
+    def backend_gone(self) -> None:
         """The backend connection died: tell the client (421) and end the session."""
         if self._closed:
             return

@@ -61,7 +61,3 @@ def test_root_slash_maps_identically():
 def test_to_virtual_rejects_siblings_of_root():
     assert paths.to_virtual("/home/u", "/home/u2/x") is None
     assert paths.to_virtual("/home/u", "/home") is None
-
-
-def test_quote_doubles_quotes():
-    assert paths.quote('/a "b"') == '"/a ""b"""'

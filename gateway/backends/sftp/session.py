@@ -37,30 +37,35 @@ _OPEN_FLAGS = {
 }
 
 
+def _kind(a: asyncssh.SFTPAttrs) -> Kind:
+    """File type from the v4+ type field, else from the S_IFMT bits of the v3 permissions."""
+    if a.type in _KIND_BY_TYPE:
+        return _KIND_BY_TYPE[a.type]
+    mode = a.permissions or 0
+    for test, kind in (
+        (statmod.S_ISREG, Kind.FILE),
+        (statmod.S_ISDIR, Kind.DIR),
+        (statmod.S_ISLNK, Kind.SYMLINK),
+    ):
+        if test(mode):
+            return kind
+    return Kind.OTHER
+
+
 def to_attrs(a: asyncssh.SFTPAttrs, longname: str = "") -> Attrs:
     """Storage attrs from SFTP attrs; owner/group names from an OpenSSH ``ls -l`` longname."""
-    kind = _KIND_BY_TYPE.get(a.type)
-    if kind is None and a.permissions is not None:
-        mode = a.permissions
-        kind = (
-            Kind.DIR
-            if statmod.S_ISDIR(mode)
-            else Kind.SYMLINK
-            if statmod.S_ISLNK(mode)
-            else (Kind.FILE if statmod.S_ISREG(mode) else Kind.OTHER)
-        )
     fields = longname.split(None, 8)
-    owner, group = (fields[2], fields[3]) if len(fields) == 9 else (a.owner, a.group)
+    from_longname = len(fields) == 9
     return Attrs(
-        kind=kind or Kind.OTHER,
+        kind=_kind(a),
         size=a.size or 0,
         mtime=a.mtime,
         mode=(a.permissions or 0) & 0o7777,
         uid=a.uid or 0,
         gid=a.gid or 0,
-        nlink=a.nlink or (int(fields[1]) if len(fields) == 9 and fields[1].isdigit() else 1),
-        owner=owner,
-        group=group,
+        nlink=a.nlink or (int(fields[1]) if from_longname and fields[1].isdigit() else 1),
+        owner=fields[2] if from_longname else a.owner,
+        group=fields[3] if from_longname else a.group,
     )
 
 
