@@ -149,7 +149,9 @@ class ConnectionLost(BackendUnavailable):
     text = "Backend connection lost, closing control connection."
 
     def transfer_code(self, receiving: bool) -> int:
-        return 426
+        # A download cut off is "426 connection closed; transfer aborted"; an upload the
+        # backend could not complete is "451 local error in processing" (RFC 959).
+        return 451 if receiving else 426
 
 
 class HostKeyMismatch(BackendUnavailable):

@@ -53,6 +53,7 @@ class Relay:
             for sock in (src, dst):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+            src.close()  # the pump of the other direction closes dst
 
     @property
     def connections(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import asyncssh
@@ -137,9 +138,11 @@ class SFTPWriteStream(_Handle):
         offset: int,
         block: int,
         depth: int = DEFAULT_DEPTH,
+        refine: Callable[[GatewayError], GatewayError] = lambda err: err,
     ) -> None:
         super().__init__(loop, fh, name, timeout)
         self._offset, self._block, self._depth = offset, block, depth
+        self._refine = refine
         self._buffer = bytearray()
         self._pending: deque[tuple[int, concurrent.futures.Future[None]]] = deque()
 
@@ -163,10 +166,13 @@ class SFTPWriteStream(_Handle):
     def write(self, data: bytes) -> int:
         """Queue ``data``; raise the first backend error seen so far."""
         self._buffer += data
-        while len(self._buffer) >= self._block:
-            chunk = bytes(self._buffer[: self._block])
-            del self._buffer[: self._block]
-            self._submit(chunk)
+        try:
+            while len(self._buffer) >= self._block:
+                chunk = bytes(self._buffer[: self._block])
+                del self._buffer[: self._block]
+                self._submit(chunk)
+        except GatewayError as err:
+            raise self._refine(err) from err
         return len(data)
 
     def close(self) -> None:
@@ -178,10 +184,10 @@ class SFTPWriteStream(_Handle):
                 self._submit(bytes(self._buffer))
                 self._buffer.clear()
             self._reap(block=True)
-        except GatewayError:
+            self.close_handle(check=True)
+        except GatewayError as err:
             self.abort()
-            raise
-        self.close_handle(check=True)
+            raise self._refine(err) from err
 
     def abort(self) -> None:
         """Drop the upload: forget queued data and release the handle."""

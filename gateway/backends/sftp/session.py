@@ -6,7 +6,6 @@ asyncssh exceptions never leave this module untranslated.
 
 from __future__ import annotations
 
-import logging
 import secrets
 import stat as statmod
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,7 +21,6 @@ from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.storage import Attrs, Entry, Kind
 
 T = TypeVar("T")
-log = logging.getLogger("gateway.sftp")
 
 _KIND_BY_TYPE = {
     fx.FILEXFER_TYPE_REGULAR: Kind.FILE,
@@ -98,6 +96,20 @@ class SFTPStorage:
         if self._lost():
             raise errors.ConnectionLost()
         return self._loop.run(guarded(), self._timeout)
+
+    def _write_failure(self, path: str) -> Callable[[errors.GatewayError], errors.GatewayError]:
+        """Refines upload failures: OpenSSH reports ENOSPC as a bare FX_FAILURE."""
+
+        def refine(err: errors.GatewayError) -> errors.GatewayError:
+            if not isinstance(err, errors.BackendFailure):
+                return err
+            try:
+                vfs = self._run(lambda: self._sftp.statvfs(path.rsplit("/", 1)[0] or "/"))
+            except errors.GatewayError:
+                return err
+            return errors.NoSpace() if vfs.bavail * vfs.frsize < self._wblock else err
+
+        return refine
 
     def _lstat_or_none(self, path: str) -> Attrs | None:
         try:
@@ -185,7 +197,9 @@ class SFTPStorage:
             if (found := self._lstat_or_none(path)) is not None and found.kind is Kind.DIR:
                 raise errors.IsADirectory() from None
             raise
-        return SFTPWriteStream(self._loop, fh, path, self._timeout, offset, self._wblock)
+        return SFTPWriteStream(
+            self._loop, fh, path, self._timeout, offset, self._wblock, refine=self._write_failure(path)
+        )
 
     def create_unique(self, directory: str, prefix: str) -> SFTPWriteStream:
         """Create a new, uniquely named file in ``directory`` (O_EXCL on the backend)."""
@@ -202,7 +216,9 @@ class SFTPStorage:
                 if self._lstat_or_none(path) is None:
                     raise
                 continue
-            return SFTPWriteStream(self._loop, fh, path, self._timeout, 0, self._wblock)
+            return SFTPWriteStream(
+                self._loop, fh, path, self._timeout, 0, self._wblock, refine=self._write_failure(path)
+            )
         raise errors.AlreadyExists("No usable unique file name found.")
 
     # --- namespace
