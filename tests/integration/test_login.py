@@ -103,3 +103,17 @@ def test_password_never_appears_in_logs(gw, user, caplog):
     text = caplog.text
     assert "Secret-Wrong-Pw-123" not in text
     assert user.password not in text
+
+
+def test_connection_limits(gateway_factory, sshd, user):
+    doc = base_config(sshd)
+    doc["limits"].update({"max_connections": 3, "max_connections_per_ip": 2})
+    gw = gateway_factory(doc)
+    first, second = gw.connect(), gw.connect()
+    with pytest.raises(ftplib.error_temp, match=r"^421"):
+        gw.connect()
+    second.close()
+    time.sleep(0.5)
+    third = gw.login(user)  # a slot is free again
+    assert third.sendcmd("NOOP").startswith("200")
+    first.close()
