@@ -8,6 +8,7 @@ single-name replies and logs use ``printable``.
 
 from __future__ import annotations
 
+import fnmatch
 import stat
 import time
 from collections.abc import Iterable, Iterator
@@ -49,6 +50,21 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+def has_glob(name: str) -> bool:
+    """True if ``name`` holds shell wildcards (``*``, ``?``, ``[``)."""
+    return any(ch in name for ch in "*?[")
+
+
+def glob_filter(entries: Iterable[Entry], pattern: str) -> list[Entry]:
+    """Entries whose name matches a shell pattern (one path component, case-sensitive).
+
+    Not in RFC 959, but vsftpd, ProFTPD and Pure-FTPd expand wildcards in LIST/NLST and
+    legacy scripts rely on it (``mget *.csv`` sends ``NLST *.csv``). fnmatch compiles to a
+    regular expression without catastrophic backtracking (CPython >= 3.9, bpo-40480).
+    """
+    return [e for e in entries if fnmatch.fnmatchcase(e.name, pattern)]
+
+
 def safe_entries(entries: Iterable[Entry]) -> list[Entry]:
     """Entries whose names are safe to emit, sorted by name (RFC 959 recommends sorting)."""
     return sorted((e for e in entries if is_safe_name(e.name)), key=lambda e: e.name)
@@ -77,12 +93,12 @@ def _ls_date(mtime: int | None, now: float) -> str:
     return f"{month} {t.tm_mday:2d}  {t.tm_year}"
 
 
-def list_line(entry: Entry, now: float) -> str:
-    """One ``ls -l`` style LIST line (without CRLF), as old clients parse it."""
+def list_line(entry: Entry, now: float, prefix: str = "") -> str:
+    """One ``ls -l`` style LIST line (without CRLF); ``prefix`` goes before the name."""
     a = entry.attrs
     owner = a.owner if a.owner and is_safe_name(a.owner) and " " not in a.owner else str(a.uid)
     group = a.group if a.group and is_safe_name(a.group) and " " not in a.group else str(a.gid)
-    name = entry.name
+    name = prefix + entry.name
     if a.kind is Kind.SYMLINK and entry.link_target and entry.link_target.isprintable():
         name = f"{name} -> {entry.link_target}"
     return (
@@ -90,11 +106,11 @@ def list_line(entry: Entry, now: float) -> str:
     )
 
 
-def list_lines(entries: Iterable[Entry], now: float | None = None) -> Iterator[str]:
+def list_lines(entries: Iterable[Entry], now: float | None = None, prefix: str = "") -> Iterator[str]:
     """LIST lines for the safe entries, sorted by name."""
     when = time.time() if now is None else now
     for entry in safe_entries(entries):
-        yield list_line(entry, when)
+        yield list_line(entry, when, prefix)
 
 
 def mlsx_facts(entry: Entry, perm: str, facts: Iterable[str]) -> str:
@@ -137,7 +153,7 @@ def mlsd_lines(entries: Iterable[Entry], perm: str, facts: Iterable[str]) -> Ite
         yield f"{mlsx_facts(entry, perm, wanted)} {entry.name}"
 
 
-def nlst_names(entries: Iterable[Entry]) -> Iterator[str]:
-    """NLST lines: bare names of the safe entries."""
+def nlst_names(entries: Iterable[Entry], prefix: str = "") -> Iterator[str]:
+    """NLST lines: names of the safe entries, after ``prefix``."""
     for entry in safe_entries(entries):
-        yield entry.name
+        yield prefix + entry.name

@@ -17,7 +17,7 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler
 from pyftpdlib.log import logger as ftplog
 
 from gateway import listing, paths
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, NotFound
 from gateway.ftp.authorizer import SessionAuthorizer
 from gateway.ftp.filesystem import GatewayFS
 from gateway.storage import Authenticate, Entry, Kind, Storage
@@ -106,6 +106,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self.authorizer = SessionAuthorizer(type(self).authenticate)
         self._available_facts = list(listing.FACTS)
         self._current_facts = ["type", "size", "modify", "perm", "unix.mode"]
+        self._listing_arg = ""  # argument of the current LIST/NLST/STAT, options removed
 
     @property
     def storage(self) -> Storage:
@@ -123,7 +124,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
                 self.backend_gone()
                 return
             if cmd in _LS_COMMANDS:
-                arg = strip_ls_options(arg)
+                arg = self._listing_arg = strip_ls_options(arg)
             super().pre_process_command(line, cmd, arg)
         except GatewayError as err:
             self.respond(err.reply(), logfun=ftplog.warning if err.fatal else ftplog.info)
@@ -159,31 +160,41 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
 
     # --- listings (READDIR attrs, sanitised names; see gateway.listing)
 
-    def _entries(self, path: str) -> tuple[bool, list[Entry]]:
-        """(is_directory, entries): a directory's entries, or the one entry for a file."""
-        if self.fs.attrs(path).kind is Kind.DIR:
-            return True, list(self.storage.list_dir(path))
-        return False, [Entry(posixpath.basename(path), self.fs.attrs(path, follow=False))]
+    def _entries(self, path: str, glob: bool = False) -> tuple[bool, list[Entry], str]:
+        """(is_directory, entries, name prefix) for a directory, a file or (``glob``) a pattern."""
+        try:
+            if self.fs.attrs(path).kind is Kind.DIR:
+                return True, list(self.storage.list_dir(path)), ""
+            return False, [Entry(posixpath.basename(path), self.fs.attrs(path, follow=False))], ""
+        except NotFound:
+            pattern = posixpath.basename(path)
+            if not (glob and listing.has_glob(pattern)):
+                raise
+        matches = listing.glob_filter(self.storage.list_dir(posixpath.dirname(path)), pattern)
+        # Matches are named as the client wrote the pattern's directory (``mget sub/*.csv``
+        # then RETRs ``sub/a.csv``); that text passed paths.check_argument already.
+        client_dir = posixpath.dirname(self._listing_arg)
+        return False, matches, f"{client_dir}/" if client_dir else ""
 
     def _push_lines(self, lines: Iterable[str], cmd: str) -> None:
         data = "".join(f"{line}\r\n" for line in lines).encode(self.encoding, self.unicode_errors)
         self.push_dtp_data(data, cmd=cmd)
 
     def ftp_LIST(self, path: str) -> str:
-        """LIST: ``ls -l`` lines for a directory or a single file."""
-        _, entries = self._entries(path)
-        self._push_lines(listing.list_lines(entries), "LIST")
+        """LIST: ``ls -l`` lines for a directory, a single file or a wildcard pattern."""
+        _, entries, prefix = self._entries(path, glob=True)
+        self._push_lines(listing.list_lines(entries, prefix=prefix), "LIST")
         return path
 
     def ftp_NLST(self, path: str) -> str:
-        """NLST: bare names."""
-        _, entries = self._entries(path)
-        self._push_lines(listing.nlst_names(entries), "NLST")
+        """NLST: names in a directory, of a file, or matching a wildcard pattern."""
+        _, entries, prefix = self._entries(path, glob=True)
+        self._push_lines(listing.nlst_names(entries, prefix), "NLST")
         return path
 
     def ftp_MLSD(self, path: str) -> str | None:
         """MLSD: RFC 3659 facts for each entry of a directory (501 for a non-directory)."""
-        is_dir, entries = self._entries(path)
+        is_dir, entries, _ = self._entries(path)
         if not is_dir:
             self.respond("501 Not a directory.")
             return None
@@ -204,7 +215,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         """STAT: server status without argument, else a listing on the control channel."""
         if not path:
             return super().ftp_STAT(path)  # type: ignore[no-any-return]
-        _, entries = self._entries(path)
+        _, entries, _ = self._entries(path)  # pyftpdlib refuses wildcards in STAT already
         self.push(f'213-Status of "{self.fs.fs2ftp(path)}":\r\n')
         self.push("".join(f" {line}\r\n" for line in listing.list_lines(entries)))
         self.respond("213 End of status.")

@@ -137,3 +137,18 @@ def test_control_characters_in_backend_names_never_reach_the_client(ftp, user):
     for line in status.splitlines():
         assert re.match(r"^(\d{3}[ -]| )", line), line
     assert "226 fake" not in status
+
+
+def test_wildcards_in_list_and_nlst(ftp, user):
+    for name in ("a.csv", "b.csv", "c.txt", "sub/d.csv", "sub/e.txt"):
+        seed(user, name, "x")
+    assert ftp.nlst("*.csv") == ["a.csv", "b.csv"]
+    assert ftp.nlst("sub/*.csv") == ["sub/d.csv"]
+    assert ftp.nlst("/sub/?.txt") == ["/sub/e.txt"]
+    assert ftp.nlst("*.none") == []
+    assert list(by_name(list_lines(ftp, "-l *.txt"))) == ["c.txt"]
+    assert list(by_name(list_lines(ftp, "sub/[d]*"))) == ["sub/d.csv"]
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        ftp.nlst("missing/*.csv")
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        list(ftp.mlsd("*.csv"))  # RFC 3659: MLSD paths are literal

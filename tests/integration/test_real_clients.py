@@ -120,3 +120,30 @@ def test_ncftp_put_get_ls(gw, user, tmp_path):
     dest.mkdir()
     run("ncftpget", *login, gw.host, str(dest), "/ncftp/n.bin")
     assert (dest / "n.bin").read_bytes() == src.read_bytes()
+
+
+def test_classic_ftp_client_mget_mput_with_wildcards(gw, user, tmp_path):
+    require("ftp")
+    seed(user, "a.csv", "a")
+    seed(user, "b.csv", "b")
+    seed(user, "c.txt", "c")
+    seed(user, "sub/d.csv", "d")
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "e.dat").write_text("e")
+    (work / "f.dat").write_text("f")
+    script = (
+        f"user {user.name} {user.password}\nbinary\nmget *.csv\nmget sub/*.csv\n"
+        "mkdir up\ncd up\nmput *.dat\nbye\n"
+    )
+    result = subprocess.run(
+        ["ftp", "-i", "-n", "-p", "-v", gw.host, str(gw.port)],
+        input=script.encode(),
+        cwd=work,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in work.glob("*.csv")) == ["a.csv", "b.csv"]
+    assert (work / "sub" / "d.csv").read_text() == "d"
+    assert sorted(p.name for p in (user.home / "up").iterdir()) == ["e.dat", "f.dat"]

@@ -89,3 +89,18 @@ def test_printable_is_one_line_and_reversible_enough(text):
 def test_every_emitted_line_is_one_line(name):
     for line in listing.list_lines([entry(name)], NOW):
         assert "\n" not in line and "\r" not in line
+
+
+def test_glob_filter_and_prefix():
+    entries = [entry("a.csv"), entry("b.CSV"), entry("c.txt"), entry("[x]")]
+    assert listing.has_glob("*.csv") and listing.has_glob("a?") and not listing.has_glob("plain.txt")
+    assert [e.name for e in listing.glob_filter(entries, "*.csv")] == ["a.csv"]
+    assert [e.name for e in listing.glob_filter(entries, "[ab].*")] == ["a.csv", "b.CSV"]
+    assert list(listing.nlst_names(listing.glob_filter(entries, "*.csv"), "sub/")) == ["sub/a.csv"]
+    (line,) = listing.list_lines([entry("c.txt")], NOW, prefix="sub/")
+    assert line.endswith(" sub/c.txt")
+
+
+def test_glob_filter_is_not_exponential():
+    evil = "*a" * 50 + "b"
+    assert listing.glob_filter([entry("a" * 200)], evil) == []
