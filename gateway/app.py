@@ -42,7 +42,17 @@ class Gateway:
         if route is None:
             log.info("login refused: no route for user %r from %s", printable(user), client_ip)
             raise errors.LoginRefused()
-        storage = self.backends[route.backend].login(user, password)
+        try:
+            storage = self.backends[route.backend].login(user, password)
+        except errors.GatewayError as err:
+            log.info(
+                "login refused: user %r from %s via route %s: %s",
+                printable(user),
+                client_ip,
+                route.name,
+                "bad credentials" if isinstance(err, errors.LoginRefused) else err.text,
+            )
+            raise
         root = render_root(route.root, user, storage.home())
         try:
             if storage.stat(root).kind is not Kind.DIR:

@@ -127,7 +127,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
                 arg = self._listing_arg = strip_ls_options(arg)
             super().pre_process_command(line, cmd, arg)
         except GatewayError as err:
-            self.respond(err.reply(), logfun=ftplog.warning if err.fatal else ftplog.info)
+            self.respond(err.reply(), logfun=ftplog.warning if err.fatal else ftplog.debug)
             self.log_cmd(cmd, arg, err.code, err.text)
             if err.fatal:
                 self.close_when_done()
