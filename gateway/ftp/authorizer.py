@@ -27,7 +27,6 @@ class SessionAuthorizer:
 
     def validate_authentication(self, username: str, password: str, handler: Any) -> None:
         """Log in on the backend; AuthenticationFailed (530 after a delay) if refused."""
-        self.logout()
         try:
             self.login = self._authenticate(username, password, handler.remote_ip)
         except LoginRefused as err:
@@ -39,9 +38,14 @@ class SessionAuthorizer:
             raise LoginRefused("Log in with USER and PASS first.")
         return self.login.storage
 
+    def detach(self) -> Login | None:
+        """Forget the current login without closing it; returns it."""
+        login, self.login = self.login, None
+        return login
+
     def logout(self) -> None:
         """Close the backend session, if any."""
-        login, self.login = self.login, None
+        login = self.detach()
         if login is not None:
             login.storage.close()
 

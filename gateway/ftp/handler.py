@@ -13,20 +13,31 @@ import posixpath
 from collections.abc import Iterable
 from typing import Any
 
+from pyftpdlib.exceptions import _RetryError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY
 from pyftpdlib.log import logger as ftplog
 
 from gateway import listing, paths
 from gateway.errors import GatewayError, NotFound
 from gateway.ftp.authorizer import SessionAuthorizer
 from gateway.ftp.filesystem import GatewayFS
-from gateway.storage import Authenticate, Entry, Kind, Storage
+from gateway.storage import Authenticate, Entry, Kind, Login, Storage
 
 log = logging.getLogger("gateway.ftp")
 
 #: Commands whose argument may start with ls-style options that clients send (``LIST -la``,
 #: ``NLST -1``): the options are dropped, what follows is the path.
 _LS_COMMANDS = ("LIST", "NLST", "STAT")
+#: Commands that cancel a transfer announced with 150 whose data connection never came
+#: (pyftpdlib would otherwise keep it queued and run it on the *next* data connection).
+_CANCELS_QUEUED_TRANSFER = frozenset(
+    {
+        *("ABOR", "REIN", "USER"),
+        *("PASV", "EPSV", "PORT", "EPRT"),
+        *("RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"),
+    }
+)
 
 
 def strip_ls_options(arg: str) -> str:
@@ -43,9 +54,37 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
     ac_in_buffer_size = 256 * 1024
     ac_out_buffer_size = 256 * 1024
     transfer_finished: bool
+    _clean_eof = False
 
     def use_sendfile(self) -> bool:
         return False
+
+    def recv(self, buffer_size: int) -> bytes:
+        # pyftpdlib ends an upload the same way whether the client closed the data
+        # connection cleanly or it was reset or timed out (handle_close marks the transfer
+        # finished), which would commit a truncated file with 226. Here only a clean EOF
+        # (recv() == b"") completes an upload; see handle_close.
+        try:
+            data: bytes = self.socket.recv(buffer_size)
+        except OSError as err:
+            if err.errno in _ERRNOS_RETRY:
+                raise _RetryError from err
+            if err.errno not in _ERRNOS_DISCONNECTED:
+                raise
+            data = b""
+        else:
+            self._clean_eof = not data
+        if not data:
+            self.handle_close()
+        return data
+
+    def handle_close(self) -> None:
+        if self.receive and not self._closed and not self._clean_eof:
+            self._resp = ("426 Data connection lost; transfer aborted.", ftplog.warning)
+            self.transfer_finished = False
+            self.close()
+            return
+        super().handle_close()
 
     def _finish_upload(self) -> GatewayError | None:
         """Close (commit) or abort the upload's backend file; the error if the commit failed."""
@@ -93,6 +132,9 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
 
     authenticate: Authenticate  # set by gateway.ftp.server.build_server
     fs: GatewayFS  # None before login (pyftpdlib checks authenticated first)
+    _in_dtp_queue: Any  # pyftpdlib: (file, cmd) of an upload waiting for its data connection
+    _out_dtp_queue: Any  # pyftpdlib: (data, isproducer, file, cmd) of a download waiting
+    _in_buffer: list[bytes]  # pyftpdlib: the command line being received
     abstracted_fs = GatewayFS
     dtp_handler = GatewayDTPHandler
     use_sendfile = False
@@ -101,12 +143,18 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     banner = "ftp-sftp-gateway ready."
     log_prefix = "%(remote_ip)s:%(remote_port)s-[%(username)s]"
 
+    # Strict decoding: pyftpdlib's default "replace" maps every undecodable byte to U+FFFD,
+    # so two different Latin-1 names would name the same backend file (silent overwrite).
+    unicode_errors = "strict"
+
     def __init__(self, conn: Any, server: Any, ioloop: Any = None) -> None:
-        super().__init__(conn, server, ioloop=ioloop)
+        # Set up before pyftpdlib's __init__, which may close() at once (client already gone).
         self.authorizer = SessionAuthorizer(type(self).authenticate)
+        self._listing_arg = ""  # argument of the current LIST/NLST/STAT, options removed
+        self._retired: list[Login] = []  # logins replaced by REIN/USER during a transfer
+        super().__init__(conn, server, ioloop=ioloop)
         self._available_facts = list(listing.FACTS)
         self._current_facts = ["type", "size", "modify", "perm", "unix.mode"]
-        self._listing_arg = ""  # argument of the current LIST/NLST/STAT, options removed
 
     @property
     def storage(self) -> Storage:
@@ -114,6 +162,17 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         return self.authorizer.storage()
 
     # --- command dispatch and error mapping
+
+    def found_terminator(self) -> None:
+        # pyftpdlib answers an undecodable line with 501 but keeps it in its input buffer,
+        # so every later command would fail too: drop the line here instead.
+        try:
+            b"".join(self._in_buffer).decode(self.encoding)
+        except UnicodeDecodeError:
+            self._in_buffer, self._in_buffer_len = [], 0
+            self.respond("501 Can't decode command: the gateway speaks UTF-8.")
+            return
+        super().found_terminator()
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         if self.fs is not None:
@@ -123,6 +182,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             if self.authenticated and not self.storage.alive:
                 self.backend_gone()
                 return
+            if cmd in _CANCELS_QUEUED_TRANSFER:
+                self._drop_queued_transfer()
             if cmd in _LS_COMMANDS:
                 arg = self._listing_arg = strip_ls_options(arg)
             super().pre_process_command(line, cmd, arg)
@@ -148,15 +209,37 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     def flush_account(self) -> None:
         super().flush_account()
         self.fs = None  # type: ignore[assignment]
-        self.authorizer.logout()
+        login = self.authorizer.detach()
+        if login is not None and self.data_channel is not None:
+            # RFC 959: REIN and USER let a running transfer finish; its backend session
+            # is closed when the data channel is (_on_dtp_close).
+            self._retired.append(login)
+        elif login is not None:
+            login.storage.close()
+
+    def _on_dtp_close(self) -> None:
+        super()._on_dtp_close()
+        while self._retired:
+            self._retired.pop().storage.close()
+
+    def _drop_queued_transfer(self) -> None:
+        """Forget a transfer announced with 150 whose data connection never came."""
+        if getattr(self, "_in_dtp_queue", None) is not None:
+            self._in_dtp_queue[0].abort()  # an upload that never started is not complete
+            self._in_dtp_queue = None
+        if getattr(self, "_out_dtp_queue", None) is not None:
+            queued_file = self._out_dtp_queue[2]
+            if queued_file is not None:
+                queued_file.close()
+            self._out_dtp_queue = None
 
     def close(self) -> None:
         if not self._closed:
-            queued = self._in_dtp_queue
-            if queued is not None and queued[0] is not None:
-                queued[0].abort()  # upload announced (150) but no data came: not complete
+            self._drop_queued_transfer()
         super().close()
         self.authorizer.logout()
+        while self._retired:
+            self._retired.pop().storage.close()
 
     # --- listings (READDIR attrs, sanitised names; see gateway.listing)
 

@@ -6,6 +6,9 @@ settings between servers (and tests), so each server gets fresh subclasses inste
 
 from __future__ import annotations
 
+import threading
+
+from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
 from gateway.config import GatewayConfig
@@ -39,7 +42,11 @@ def handler_class(cfg: GatewayConfig, authenticate: Authenticate) -> type[Gatewa
 
 def build_server(cfg: GatewayConfig, authenticate: Authenticate) -> ThreadedFTPServer:
     """A ThreadedFTPServer (one thread per session) listening as configured."""
-    server = ThreadedFTPServer((cfg.listen.address, cfg.listen.port), handler_class(cfg, authenticate))
+    address = (cfg.listen.address, cfg.listen.port)
+    # Own IOLoop and stop flag: pyftpdlib's defaults (IOLoop.instance(), class-level _exit
+    # and _lock) are process-wide, so stopping one server would stop every other one.
+    server = ThreadedFTPServer(address, handler_class(cfg, authenticate), ioloop=IOLoop())
+    server._exit, server._lock = threading.Event(), threading.Lock()
     server.max_cons = cfg.limits.max_connections
     server.max_cons_per_ip = cfg.limits.max_connections_per_ip
     return server

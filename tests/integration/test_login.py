@@ -117,3 +117,15 @@ def test_connection_limits(gateway_factory, sshd, user):
     third = gw.login(user)  # a slot is free again
     assert third.sendcmd("NOOP").startswith("200")
     first.close()
+
+
+def test_client_gone_before_the_session_starts_is_quietly_ignored(gw, caplog):
+    import socket
+
+    from pyftpdlib.ioloop import IOLoop
+
+    handler_cls = gw.gateway.server.handler
+    caplog.set_level("DEBUG")
+    handler_cls(socket.socket(), gw.gateway.server, ioloop=IOLoop())  # never connected
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]

@@ -259,3 +259,55 @@ def test_upload_into_forbidden_directory_is_550_before_150(ftp, user):
     with pytest.raises(ftplib.error_perm, match=r"^550 Is a directory"):
         stor(ftp, "adir", b"x")
     assert (user.home / "adir").is_dir()
+
+
+def test_upload_cut_by_a_reset_is_426_not_226(ftp, user):
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR cut.bin")
+    conn.sendall(os.urandom(1_000_000))
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    conn.close()  # RST, not an orderly end of the upload
+    with pytest.raises(ftplib.error_temp, match=r"^426"):
+        ftp.voidresp()
+    assert ftp.sendcmd("NOOP").startswith("200")
+
+
+def test_abor_of_a_queued_transfer_does_not_leak_into_the_next_one(ftp, user):
+    seed(user, "a.txt", b"contents of a")
+    seed(user, "b.txt", b"contents of b")
+    ftp.voidcmd("TYPE I")
+    ftp.sendcmd("PASV")
+    # 150 is sent, the transfer waits for a data connection that never comes...
+    assert ftp.sendcmd("RETR a.txt")[:3] in ("125", "150")
+    assert ftp.abort()[:3] in ("225", "226")
+    # ...and must not be what the next data connection carries.
+    assert retr(ftp, "b.txt") == b"contents of b"
+    ftp.sendcmd("PASV")
+    assert ftp.sendcmd("STOR queued.txt")[:3] in ("125", "150")
+    assert ftp.abort()[:3] in ("225", "226")
+    assert retr(ftp, "a.txt") == b"contents of a"
+    assert not (user.home / "queued.txt").exists() or (user.home / "queued.txt").read_bytes() == b""
+
+
+def test_rein_during_a_download_lets_it_finish(ftp, user):
+    data = os.urandom(8 * 2**20)
+    seed(user, "big.bin", data)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("RETR big.bin")
+    first = conn.recv(65536)
+    assert ftp.sendcmd("REIN").startswith("230")
+    received = first
+    while chunk := conn.recv(1 << 20):
+        received += chunk
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    assert received == data
+    ftp.login(user.name, user.password)
+    assert ftp.nlst() == ["big.bin"]
+
+
+def test_undecodable_command_is_501_and_touches_nothing(ftp, user):
+    ftp.sock.sendall(b"MKD caf\xe9\r\n")  # Latin-1, not UTF-8
+    assert ftp.getline().startswith("501")
+    assert os.listdir(user.home) == []
+    assert ftp.sendcmd("NOOP").startswith("200")
