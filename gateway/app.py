@@ -9,7 +9,7 @@ import logging
 import threading
 
 from gateway import errors
-from gateway.backends.sftp.backend import SFTPBackend
+from gateway.backends.sftp.backend import SFTPBackend, known_hosts_problem
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.config import GatewayConfig
 from gateway.ftp.server import build_server
@@ -18,6 +18,15 @@ from gateway.routing import match_route, render_root
 from gateway.storage import Kind, Login
 
 log = logging.getLogger("gateway")
+
+
+def backend_problems(cfg: GatewayConfig) -> list[str]:
+    """Problems only the backend adapters can see (``key: message``), e.g. a host key missing."""
+    return [
+        f"backends.{name}.known_hosts: {problem}"
+        for name, backend in cfg.backends.items()
+        if (problem := known_hosts_problem(backend))
+    ]
 
 
 class Gateway:

@@ -16,13 +16,20 @@ log = logging.getLogger("gateway")
 
 
 def _load(path: str) -> config.GatewayConfig | None:
+    """The validated config, or None after printing every problem."""
+    from gateway.app import backend_problems
+
     try:
-        return config.load(path)
+        cfg = config.load(path)
+        problems = backend_problems(cfg)
     except config.ConfigError as err:
-        print(f"{path}: {len(err.problems)} problem(s):", file=sys.stderr)
-        for problem in err.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return None
+        problems = err.problems
+    if not problems:
+        return cfg
+    print(f"{path}: {len(problems)} problem(s):", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return None
 
 
 def _serve(cfg: config.GatewayConfig, banner: str | None = None) -> int:

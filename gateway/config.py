@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +107,7 @@ class _Section:
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            problems.append(f"{path}: must be a mapping, got {type(data).__name__}")
+            problems.append(f"{path or 'config'}: must be a mapping, got {type(data).__name__}")
             data = {}
         self.data: dict[Any, Any] = data
 
@@ -176,12 +175,25 @@ def _listen_port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be a TCP port 1-65535 (0 picks a free port)"
 
 
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
+#: Upper bound for every duration: a day. Larger values are mistakes (and an infinite one
+#: would overflow the timeouts it is passed to).
+MAX_SECONDS = 86400
 
 
-def _at_least(low: int) -> Callable[[int], str | None]:
-    return lambda value: None if value >= low else f"must be at least {low}"
+def _duration(value: float) -> str | None:
+    return None if 0 < value <= MAX_SECONDS else f"must be a number of seconds above 0, at most {MAX_SECONDS}"
+
+
+def _delay(value: float) -> str | None:
+    return None if 0 <= value <= MAX_SECONDS else f"must be a number of seconds from 0 to {MAX_SECONDS}"
+
+
+def _at_least(low: int, high: int = 10**6) -> Callable[[int], str | None]:
+    return lambda value: None if low <= value <= high else f"must be from {low} to {high}"
+
+
+def _printable(value: str) -> str | None:
+    return None if value.isprintable() else "must be one line of printable text (no CR, LF or tabs)"
 
 
 def _ip(value: str) -> str | None:
@@ -207,13 +219,11 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
 def _root_template(value: str) -> str | None:
     if not (value == "~" or value.startswith("~/") or value.startswith("/")):
         return 'must be an absolute backend path, "~" (the login directory) or start with "~/"'
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
-    except ValueError as err:
-        return f"bad template: {err}"
-    bad = [f for f in fields if f != "user"]
-    if bad:
-        return f"unknown placeholder {{{bad[0]}}} (only {{user}} is supported)"
+    rest = value.replace("{user}", "")
+    if "{" in rest or "}" in rest:
+        return "the only placeholder is {user}"
+    if ".." in value.split("/") or not value.isprintable():
+        return 'must not contain ".." or control characters'
     return None
 
 
@@ -272,21 +282,16 @@ def _limits(data: Any, problems: list[str]) -> LimitsConfig:
     cfg = LimitsConfig(
         max_connections=s.typed("max_connections", int, d.max_connections, _at_least(1)),
         max_connections_per_ip=s.typed("max_connections_per_ip", int, d.max_connections_per_ip, _at_least(1)),
-        max_login_attempts=s.typed("max_login_attempts", int, d.max_login_attempts, _at_least(1)),
-        idle_timeout=s.typed("idle_timeout", int, d.idle_timeout, _at_least(1)),
-        data_timeout=s.typed("data_timeout", int, d.data_timeout, _at_least(1)),
-        failed_login_delay=s.typed(
-            "failed_login_delay",
-            float,
-            d.failed_login_delay,
-            lambda v: None if v >= 0 else "must be 0 or more",
-        ),
+        max_login_attempts=s.typed("max_login_attempts", int, d.max_login_attempts, _at_least(1, 100)),
+        idle_timeout=s.typed("idle_timeout", int, d.idle_timeout, _at_least(1, MAX_SECONDS)),
+        data_timeout=s.typed("data_timeout", int, d.data_timeout, _at_least(1, MAX_SECONDS)),
+        failed_login_delay=s.typed("failed_login_delay", float, d.failed_login_delay, _delay),
     )
     s.finish()
     return cfg
 
 
-def _backends(data: Any, problems: list[str]) -> dict[str, BackendConfig]:
+def _backends(data: Any, problems: list[str], base_dir: Path) -> dict[str, BackendConfig]:
     if not isinstance(data, dict) or not data:
         problems.append("backends: must be a mapping of at least one backend name to its settings")
         return {}
@@ -302,11 +307,13 @@ def _backends(data: Any, problems: list[str]) -> dict[str, BackendConfig]:
                 "host", str, "", lambda v: None if v.strip() else "must not be empty", required=True
             ),
             port=s.typed("port", int, 22, _port),
-            known_hosts=s.typed("known_hosts", str, "", _known_hosts_file, required=True),
-            connect_timeout=s.typed("connect_timeout", float, 10.0, _positive),
-            operation_timeout=s.typed("operation_timeout", float, 30.0, _positive),
-            keepalive_interval=s.typed("keepalive_interval", int, 30, _at_least(0)),
+            known_hosts=str(base_dir / s.typed("known_hosts", str, "", required=True)),
+            connect_timeout=s.typed("connect_timeout", float, 10.0, _duration),
+            operation_timeout=s.typed("operation_timeout", float, 30.0, _duration),
+            keepalive_interval=s.typed("keepalive_interval", int, 30, _at_least(0, MAX_SECONDS)),
         )
+        if "known_hosts" in s.data and (problem := _known_hosts_file(out[name].known_hosts)):
+            s.problem("known_hosts", problem)
         s.finish()
     return out
 
@@ -318,7 +325,8 @@ def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) 
     out = []
     for index, body in enumerate(data):
         s = _Section(body, f"routes[{index}]", problems)
-        match = _Section(s.raw("match"), f"routes[{index}].match", problems)
+        raw_match = s.raw("match")
+        match = _Section(None if raw_match is _MISSING else raw_match, f"routes[{index}].match", problems)
         user = match.typed("user", str, "*", lambda v: None if v else "must not be empty")
         match.finish()
         backend = s.typed("backend", str, "", required=True)
@@ -333,10 +341,17 @@ def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) 
                 backend=backend,
                 auth=s.typed("auth", str, "passthrough", _one_of(AUTH_MODES)),
                 root=s.typed("root", str, "~", _root_template),
-                banner=s.optional_str("banner"),
+                banner=s.optional_str("banner", _printable),
             )
         )
         s.finish()
+    first: dict[str, int] = {}
+    for index, route in enumerate(out):
+        if route.name in first:
+            problems.append(
+                f"routes[{index}].name: duplicate name {route.name!r} (routes[{first[route.name]}])"
+            )
+        first.setdefault(route.name, index)
     return tuple(out)
 
 
@@ -350,11 +365,15 @@ def _log(data: Any, problems: list[str]) -> LogConfig:
     return cfg
 
 
-def parse(data: Any) -> GatewayConfig:
-    """Validate an already-parsed YAML document; raise ConfigError listing every problem."""
+def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayConfig:
+    """Validate a parsed YAML document; raise ConfigError listing every problem.
+
+    Relative file names (known_hosts) are taken relative to ``base_dir``, the directory of
+    the config file (default: the current directory).
+    """
     problems: list[str] = []
     top = _Section(data, "", problems)
-    backends = _backends(top.raw("backends"), problems)
+    backends = _backends(top.raw("backends"), problems, Path(base_dir or ".").absolute())
     cfg = GatewayConfig(
         listen=_listen(top.raw("listen", None), problems),
         limits=_limits(top.raw("limits", None), problems),
@@ -378,4 +397,4 @@ def load(path: str | os.PathLike[str]) -> GatewayConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError([f"{path}: not valid YAML: {err}"]) from err
-    return parse(data)
+    return parse(data, Path(path).absolute().parent)

@@ -46,6 +46,21 @@ def test_check_config_lists_every_problem_and_fails(sshd, tmp_path):
     assert "listen.prot: unknown key" in err
 
 
+def test_check_config_needs_a_key_for_the_backend_itself(sshd, tmp_path):
+    doc = base_config(sshd)
+    other_port = sshd.port + 1
+    doc["backends"]["main"]["port"] = other_port  # known_hosts only has [127.0.0.1]:sshd.port
+    garbage = tmp_path / "not-known-hosts"
+    garbage.write_text("this is not a known_hosts file\n")
+    doc["backends"]["second"] = {"host": "127.0.0.1", "known_hosts": str(garbage)}
+    path = write_config(tmp_path, doc)
+    result = subprocess.run([*CLI, "check-config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"backends.main.known_hosts: no host key for [127.0.0.1]:{other_port}" in result.stderr
+    assert "backends.second.known_hosts: no host key for 127.0.0.1 in" in result.stderr
+    assert "ssh-keyscan" in result.stderr
+
+
 def test_run_refuses_a_broken_config(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("listen: {port: 21}\n")

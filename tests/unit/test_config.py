@@ -111,14 +111,56 @@ def test_known_hosts_without_keys_is_refused(tmp_path):
     ]
 
 
-def test_root_template_placeholders(known_hosts):
-    problems = problems_of(
-        {
-            "backends": {"b": {"host": "h", "known_hosts": known_hosts}},
-            "routes": [{"match": {"user": "*"}, "backend": "b", "root": "/x/{uid}"}],
-        }
-    )
-    assert problems == ["routes[0].root: unknown placeholder {uid} (only {user} is supported)"]
+def one_route(known_hosts, **route):
+    return {
+        "backends": {"b": {"host": "h", "known_hosts": known_hosts}},
+        "routes": [{"match": {"user": "*"}, "backend": "b", **route}],
+    }
+
+
+@pytest.mark.parametrize("root", ["/x/{uid}", "/x/{user!r}", "/x/{{user}}", "/srv/{user}/..", "/a/../b"])
+def test_root_templates_that_would_not_mean_what_they_say(known_hosts, root):
+    (problem,) = problems_of(one_route(known_hosts, root=root))
+    assert problem.startswith("routes[0].root: ")
+
+
+@pytest.mark.parametrize("banner", ["two\r\n230 lines", "tab\there", "multi\nline"])
+def test_banner_must_be_one_printable_line(known_hosts, banner):
+    assert problems_of(one_route(known_hosts, banner=banner)) == [
+        "routes[0].banner: must be one line of printable text (no CR, LF or tabs)"
+    ]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 0, -1, 10**9])
+def test_timeouts_must_be_finite_and_sane(known_hosts, value):
+    doc = one_route(known_hosts)
+    doc["backends"]["b"]["operation_timeout"] = value
+    (problem,) = problems_of(doc)
+    assert problem.startswith("backends.b.operation_timeout: must be a number of seconds")
+
+
+def test_duplicate_route_names(known_hosts):
+    doc = one_route(known_hosts, name="a")
+    doc["routes"].append({"name": "a", "match": {"user": "x"}, "backend": "b"})
+    assert problems_of(doc) == ["routes[1].name: duplicate name 'a' (routes[0])"]
+
+
+def test_missing_match_and_non_mapping_document(known_hosts):
+    assert problems_of(
+        {"backends": {"b": {"host": "h", "known_hosts": known_hosts}}, "routes": [{"backend": "b"}]}
+    ) == ["routes[0].match: required key is missing"]
+    problems = problems_of(["not", "a", "mapping"])
+    assert problems[0] == "config: must be a mapping, got list"
+
+
+def test_relative_known_hosts_is_relative_to_the_config_file(tmp_path, known_hosts, monkeypatch):
+    confdir = tmp_path / "etc"
+    confdir.mkdir()
+    (confdir / "kh").write_text(Path(known_hosts).read_text())
+    (confdir / "gw.yaml").write_text(yaml.safe_dump(one_route("kh")))
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(confdir / "gw.yaml")
+    assert cfg.backends["b"].known_hosts == str(confdir / "kh")
 
 
 def test_load_reports_yaml_errors(tmp_path):

@@ -8,7 +8,9 @@ client_keys=None, agent_path=None): only the credentials of the FTP login go to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 from dataclasses import dataclass, field
 
 import asyncssh
@@ -47,6 +49,26 @@ class _Client(asyncssh.SSHClient):
     def connection_lost(self, exc: Exception | None) -> None:
         self._state.lost = True
         self._state.reason = str(exc or "closed")
+
+
+def known_hosts_problem(cfg: BackendConfig) -> str | None:
+    """Why the backend's known_hosts file cannot verify it, or None if it can."""
+    try:
+        known = asyncssh.read_known_hosts(cfg.known_hosts)
+    except (OSError, ValueError) as err:
+        return f"cannot read {cfg.known_hosts}: {err}"
+    names = {cfg.host}
+    with contextlib.suppress(OSError):
+        names |= {str(info[4][0]) for info in socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM)}
+    for name in names:
+        host_keys, ca_keys, *_ = known.match(name, name, cfg.port)
+        if host_keys or ca_keys:
+            return None
+    where = cfg.host if cfg.port == 22 else f"[{cfg.host}]:{cfg.port}"
+    return (
+        f"no host key for {where} in {cfg.known_hosts} "
+        f"(add it with `ssh-keyscan -p {cfg.port} {cfg.host} >> {cfg.known_hosts}` and check the fingerprint)"
+    )
 
 
 class SFTPBackend:
