@@ -86,43 +86,35 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
             return
         super().handle_close()
 
-    def _finish_upload(self) -> GatewayError | None:
-        """Close (commit) or abort the upload's backend file; the error if the commit failed."""
-        fobj = self.file_obj
-        if fobj is None or fobj.closed or not self.receive:
-            return None
-        if not self.transfer_finished:
-            fobj.abort()
-            return None
-        try:
-            fobj.close()
-        except GatewayError as err:
-            self.transfer_finished = False
-            self._resp = (err.transfer_reply(receiving=True), ftplog.warning)
-            return err
-        return None
+    def _fail(self, err: GatewayError) -> None:
+        """End the transfer with the reply ``err`` carries; a dead backend ends the session."""
+        control = self.cmd_channel
+        if self.receive and self.file_obj is not None and not self.file_obj.closed:
+            self.file_obj.abort()
+        self._resp = (err.transfer_reply(self.receive), ftplog.warning)
+        self.transfer_finished = False
+        super().close()  # pyftpdlib: close the socket, send _resp, log the transfer
+        if err.fatal:
+            control.backend_gone()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        control = self.cmd_channel
-        failure = self._finish_upload()
+        fobj = self.file_obj
+        if not self._closed and self.receive and fobj is not None and not fobj.closed:
+            if not self.transfer_finished:
+                fobj.abort()
+            else:
+                try:
+                    fobj.close()  # the backend confirms the whole file, or 226 is not sent
+                except GatewayError as err:
+                    self._fail(err)
+                    return
         super().close()
-        if failure is not None and failure.fatal:
-            control.backend_gone()
 
     def handle_error(self) -> None:
         try:
             raise
         except GatewayError as err:
-            control = self.cmd_channel
-            if self.file_obj is not None and not self.file_obj.closed and self.receive:
-                self.file_obj.abort()
-            self._resp = (err.transfer_reply(self.receive), ftplog.warning)
-            self.transfer_finished = False
-            super().close()
-            if err.fatal:
-                control.backend_gone()
+            self._fail(err)
         except Exception:
             super().handle_error()
 
