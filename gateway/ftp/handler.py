@@ -216,10 +216,10 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
 
     def _drop_queued_transfer(self) -> None:
         """Forget a transfer announced with 150 whose data connection never came."""
-        if getattr(self, "_in_dtp_queue", None) is not None:
+        if self._in_dtp_queue is not None:
             self._in_dtp_queue[0].abort()  # an upload that never started is not complete
             self._in_dtp_queue = None
-        if getattr(self, "_out_dtp_queue", None) is not None:
+        if self._out_dtp_queue is not None:
             queued_file = self._out_dtp_queue[2]
             if queued_file is not None:
                 queued_file.close()
