@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncssh
 
@@ -37,7 +37,6 @@ SSH_WINDOW = 16 * 1024 * 1024
 @dataclass
 class _ConnState:
     lost: bool = False
-    reason: str = field(default="")
 
 
 class _Client(asyncssh.SSHClient):
@@ -48,7 +47,6 @@ class _Client(asyncssh.SSHClient):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state.lost = True
-        self._state.reason = str(exc or "closed")
 
 
 def known_hosts_problem(cfg: BackendConfig) -> str | None:
