@@ -96,6 +96,8 @@ class Gateway:
                 self.server.serve_forever(timeout=0.2, blocking=False, handle_exit=False)
         finally:
             self.server.close_all()
+            for backend in self.backends.values():
+                backend.close()
             self.loop.stop()
 
     def stop(self) -> None:

@@ -56,6 +56,17 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class PoolConfig:
+    """Reuse of SSH connections across FTP logins of the same backend user."""
+
+    enabled: bool = True
+    max_sessions: int = 8  # SFTP channels per SSH connection (OpenSSH MaxSessions is 10)
+    idle_timeout: float = 60.0
+    reverify_after: float = 300.0
+    max_startups: int = 8  # concurrent SSH handshakes (OpenSSH MaxStartups starts at 10)
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     """One SFTP backend server."""
 
@@ -66,6 +77,7 @@ class BackendConfig:
     connect_timeout: float = 10.0
     operation_timeout: float = 30.0
     keepalive_interval: int = 30
+    pool: PoolConfig = field(default_factory=PoolConfig)
 
 
 @dataclass(frozen=True)
@@ -311,11 +323,26 @@ def _backends(data: Any, problems: list[str], base_dir: Path) -> dict[str, Backe
             connect_timeout=s.typed("connect_timeout", float, 10.0, _duration),
             operation_timeout=s.typed("operation_timeout", float, 30.0, _duration),
             keepalive_interval=s.typed("keepalive_interval", int, 30, _at_least(0, MAX_SECONDS)),
+            pool=_pool(s.raw("pool", None), f"backends.{name}.pool", problems),
         )
         if "known_hosts" in s.data and (problem := _known_hosts_file(out[name].known_hosts)):
             s.problem("known_hosts", problem)
         s.finish()
     return out
+
+
+def _pool(data: Any, path: str, problems: list[str]) -> PoolConfig:
+    s = _Section(data, path, problems)
+    d = PoolConfig()
+    cfg = PoolConfig(
+        enabled=s.typed("enabled", bool, d.enabled),
+        max_sessions=s.typed("max_sessions", int, d.max_sessions, _at_least(1, 1000)),
+        idle_timeout=s.typed("idle_timeout", float, d.idle_timeout, _duration),
+        reverify_after=s.typed("reverify_after", float, d.reverify_after, _duration),
+        max_startups=s.typed("max_startups", int, d.max_startups, _at_least(1, 1000)),
+    )
+    s.finish()
+    return cfg
 
 
 def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) -> tuple[RouteConfig, ...]:

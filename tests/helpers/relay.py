@@ -20,6 +20,7 @@ class Relay:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._closed = False
+        self.accepted = 0  # connections relayed so far
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -36,6 +37,7 @@ class Relay:
             upstream.settimeout(None)
             with self._lock:
                 self._conns += [client, upstream]
+                self.accepted += 1
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 

@@ -50,6 +50,7 @@ class OpenSSHServer:
 
     workdir: Path
     port: int = field(default_factory=free_port)
+    max_sessions: int = 50
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -84,7 +85,7 @@ class OpenSSHServer:
                     "Subsystem sftp internal-sftp",
                     "ForceCommand internal-sftp",
                     "MaxStartups 200:30:400",
-                    "MaxSessions 50",
+                    f"MaxSessions {self.max_sessions}",
                     "MaxAuthTries 3",
                     "LogLevel VERBOSE",
                     "",

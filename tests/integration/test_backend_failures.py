@@ -217,8 +217,8 @@ def wait_for(predicate, timeout=10.0):
     return predicate()
 
 
-def test_backend_connection_closes_with_the_ftp_session(gateway_factory, sshd, relay, user2):
-    gw = gateway_factory(relayed_config(sshd, relay))
+def test_without_pool_the_backend_connection_closes_with_the_ftp_session(gateway_factory, sshd, relay, user2):
+    gw = gateway_factory(relayed_config(sshd, relay, pool={"enabled": False}))
     ftp = gw.login(user2)
     assert wait_for(lambda: relay.connections == 2)
     ftp.quit()

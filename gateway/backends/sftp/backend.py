@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncssh
 
 from gateway import errors
 from gateway.backends.sftp.loop import BackgroundLoop
+from gateway.backends.sftp.pool import Lease, SFTPPool
 from gateway.backends.sftp.session import SFTPStorage
 from gateway.config import BackendConfig
 
@@ -70,13 +72,16 @@ def known_hosts_problem(cfg: BackendConfig) -> str | None:
 
 
 class SFTPBackend:
-    """One configured SFTP server; ``login`` opens a session for an FTP user."""
+    """One configured SFTP server; ``login`` leases a session for an FTP user from the pool."""
 
     def __init__(self, loop: BackgroundLoop, cfg: BackendConfig) -> None:
         self.loop, self.cfg = loop, cfg
         self._known_hosts = asyncssh.read_known_hosts(cfg.known_hosts)
+        self.pool = SFTPPool(cfg.pool, self._connect, cfg.operation_timeout)
 
-    async def _connect(self, username: str, password: str) -> SFTPStorage:
+    async def _connect(
+        self, username: str, password: str
+    ) -> tuple[asyncssh.SSHClientConnection, Callable[[], bool]]:
         state = _ConnState()
         conn = await asyncssh.connect(
             self.cfg.host,
@@ -97,20 +102,15 @@ class SFTPBackend:
             keepalive_count_max=3,
             window=SSH_WINDOW,
         )
-        try:
-            sftp = await conn.start_sftp_client(path_errors="surrogateescape")
-            home = str(await sftp.realpath("."))
-        except BaseException:
-            conn.close()
-            raise
-        return SFTPStorage(self.loop, conn, sftp, home, self.cfg.operation_timeout, lambda: state.lost)
+        return conn, lambda: state.lost
 
     def login(self, username: str, password: str) -> SFTPStorage:
         """Open an SFTP session as ``username``; LoginRefused or BackendUnavailable on failure."""
+        verifier = self.pool.verifier(password)  # scrypt here, in the session thread, not on the loop
 
-        async def guarded() -> SFTPStorage:
+        async def guarded() -> Lease:
             try:
-                return await self._connect(username, password)
+                return await self.pool.lease(username, password, verifier)
             except asyncssh.PermissionDenied as exc:
                 raise errors.LoginRefused() from exc
             except asyncssh.HostKeyNotVerifiable as exc:
@@ -136,4 +136,9 @@ class SFTPBackend:
                 raise errors.BackendUnavailable() from exc
 
         # connect_timeout covers TCP + key exchange, login_timeout the authentication.
-        return self.loop.run(guarded(), 2 * self.cfg.connect_timeout + self.cfg.operation_timeout)
+        lease = self.loop.run(guarded(), 2 * self.cfg.connect_timeout + self.cfg.operation_timeout)
+        return SFTPStorage(self.loop, lease, self.cfg.operation_timeout, self.pool.release)
+
+    def close(self) -> None:
+        """Close every pooled connection (at shutdown; thread-safe)."""
+        self.loop.loop.call_soon_threadsafe(self.pool.close_all)

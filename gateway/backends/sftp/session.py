@@ -18,6 +18,7 @@ from gateway import errors
 from gateway.backends.sftp.errors import translate
 from gateway.backends.sftp.files import SFTPReadStream, SFTPWriteStream
 from gateway.backends.sftp.loop import BackgroundLoop
+from gateway.backends.sftp.pool import Lease
 from gateway.storage import Attrs, Entry, Kind
 
 T = TypeVar("T")
@@ -71,18 +72,14 @@ class SFTPStorage:
     """A logged-in SFTP session for one FTP user (implements gateway.storage.Storage)."""
 
     def __init__(
-        self,
-        loop: BackgroundLoop,
-        conn: asyncssh.SSHClientConnection,
-        sftp: asyncssh.SFTPClient,
-        home: str,
-        timeout: float,
-        lost: Callable[[], bool],
+        self, loop: BackgroundLoop, lease: Lease, timeout: float, release: Callable[[Lease], None]
     ) -> None:
-        self._loop, self._conn, self._sftp, self._home = loop, conn, sftp, home
-        self._timeout, self._lost = timeout, lost
-        self._block = min(_MAX_BLOCK, sftp.limits.max_read_len or 32768)
-        self._wblock = min(_MAX_BLOCK, sftp.limits.max_write_len or 32768)
+        self._loop, self._lease, self._sftp = loop, lease, lease.sftp
+        self._timeout, self._release = timeout, release
+        self._lost = lease.owner.is_lost
+        self._block = min(_MAX_BLOCK, self._sftp.limits.max_read_len or 32768)
+        self._wblock = min(_MAX_BLOCK, self._sftp.limits.max_write_len or 32768)
+        self._closed = False
 
     # --- plumbing
 
@@ -124,7 +121,7 @@ class SFTPStorage:
 
     def home(self) -> str:
         """The backend login directory."""
-        return self._home
+        return self._lease.home
 
     # --- metadata
 
@@ -275,5 +272,7 @@ class SFTPStorage:
         self._run(touch)
 
     def close(self) -> None:
-        """Close the SSH connection (never blocks on a dead backend)."""
-        self._loop.loop.call_soon_threadsafe(self._conn.close)
+        """End the session: its channel closes, the connection goes back to the pool."""
+        if not self._closed:
+            self._closed = True
+            self._loop.loop.call_soon_threadsafe(self._release, self._lease)

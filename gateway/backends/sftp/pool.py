@@ -1,0 +1,214 @@
+"""SSH connection pool: connections per (backend, user), reused across FTP logins.
+
+Runs entirely on the background loop. A login leases an SFTP channel on a pooled connection
+of the same backend user, or opens a new connection when none can take it (none yet, all
+at the backend's MaxSessions, stale, or dead); releasing the lease closes the channel and
+keeps the connection for the next login until it has been idle for ``idle_timeout``.
+
+Password passthrough and reuse (a security decision, see README "Connection reuse"): an SSH
+connection authenticates once, so reusing it for a later FTP login would skip the backend's
+password check. A connection is therefore only leased to a login whose password matches the
+one that authenticated it, compared through a salted scrypt verifier (the password itself is
+not kept). Any mismatch opens a new connection, so the backend checks the password (one SSH
+attempt per FTP login). A verifier is trusted for ``reverify_after`` seconds at most: after
+that the next login is checked by the backend again, so a password changed or an account
+locked on the backend takes effect within that bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncssh
+
+from gateway import errors
+from gateway.config import PoolConfig
+
+log = logging.getLogger("gateway.sftp.pool")
+
+#: Opens an authenticated SSH connection: (user, password) -> (connection, is_lost()).
+Connect = Callable[[str, str], Awaitable[tuple[asyncssh.SSHClientConnection, Callable[[], bool]]]]
+
+# scrypt with n=2**11: about 4 ms per login here, memory-hard; enough for a verifier that
+# only ever lives in this process's memory next to the passwords passing through it.
+_SCRYPT = {"n": 2**11, "r": 8, "p": 1}
+_REAP_EVERY = 5.0
+
+
+@dataclass(eq=False)
+class PooledConnection:
+    """One SSH connection of one backend user."""
+
+    conn: asyncssh.SSHClientConnection
+    is_lost: Callable[[], bool]
+    verifier: bytes
+    verified_at: float
+    max_channels: int
+    home: str = ""
+    channels: int = 0
+    idle_since: float = 0.0
+    stale: bool = False  # no new leases (credentials superseded or too old); closes when idle
+
+    def close(self) -> None:
+        """Close the SSH connection."""
+        self.conn.close()
+
+
+@dataclass
+class _User:
+    conns: list[PooledConnection] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Lease:
+    """One FTP session's use of a pooled connection: an SFTP client on its own channel."""
+
+    owner: PooledConnection
+    sftp: asyncssh.SFTPClient
+
+    @property
+    def home(self) -> str:
+        """The backend login directory of the connection's user."""
+        return self.owner.home
+
+
+class SFTPPool:
+    """Pooled SSH connections to one backend."""
+
+    def __init__(
+        self, cfg: PoolConfig, connect: Connect, timeout: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.cfg, self._connect, self._timeout, self._clock = cfg, connect, timeout, clock
+        self._salt = os.urandom(16)
+        self._users: dict[str, _User] = {}
+        self._startups = asyncio.Semaphore(cfg.max_startups)
+        self._reaper: asyncio.Task[None] | None = None
+
+    def connections(self, user: str | None = None) -> list[PooledConnection]:
+        """The live pooled connections (of ``user``, or all)."""
+        users = [self._users[user]] if user in self._users else [] if user else list(self._users.values())
+        return [c for u in users for c in u.conns]
+
+    def verifier(self, password: str) -> bytes:
+        """The salted scrypt verifier of ``password`` (thread-safe: call it off the loop)."""
+        return hashlib.scrypt(password.encode("utf-8", "surrogateescape"), salt=self._salt, **_SCRYPT)
+
+    async def lease(self, user: str, password: str, verifier: bytes) -> Lease:
+        """An SFTP channel for ``user``, on a reused connection when the password matches."""
+        now = self._clock()
+        entry = self._users.get(user, _User())
+        for pooled in list(entry.conns):
+            if self._reusable(pooled, now) and hmac.compare_digest(pooled.verifier, verifier):
+                lease = await self._open_channel(pooled)
+                if lease is not None:
+                    return lease
+        return await self._lease_new(user, password, verifier)
+
+    def _reusable(self, pooled: PooledConnection, now: float) -> bool:
+        if pooled.is_lost() or pooled.stale or not self.cfg.enabled:
+            return False
+        if now - pooled.verified_at > self.cfg.reverify_after:
+            pooled.stale = True
+            return False
+        return pooled.channels < pooled.max_channels
+
+    async def _open_channel(self, pooled: PooledConnection) -> Lease | None:
+        """A new SFTP channel on ``pooled``, or None if it cannot take one (full or dead)."""
+        pooled.channels += 1  # reserve the slot while the channel opens
+        try:
+            sftp = await asyncio.wait_for(
+                pooled.conn.start_sftp_client(path_errors="surrogateescape"), self._timeout
+            )
+        except asyncssh.ChannelOpenError:
+            # The backend's MaxSessions is below our max_sessions: remember its real limit.
+            pooled.channels -= 1
+            pooled.max_channels = max(1, pooled.channels)
+            log.info("backend refused another channel: %d per connection from now on", pooled.max_channels)
+            return None
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
+            # A connection that cannot open a channel in time is dead (the watchdog check).
+            pooled.channels -= 1
+            pooled.stale = True
+            log.info("pooled connection failed its channel check (%s): closing it", exc.__class__.__name__)
+            self._close_if_idle(pooled)
+            return None
+        return Lease(pooled, sftp)
+
+    async def _lease_new(self, user: str, password: str, verifier: bytes) -> Lease:
+        async with self._startups:  # stay below the backend's MaxStartups
+            conn, is_lost = await self._connect(user, password)
+        entry = self._users.setdefault(user, _User())
+        self._start_reaper()
+        now = self._clock()
+        pooled = PooledConnection(
+            conn, is_lost, verifier, verified_at=now, max_channels=self.cfg.max_sessions, idle_since=now
+        )
+        # The backend just accepted this password: connections verified with another one
+        # (changed password) take no new leases.
+        for older in entry.conns:
+            if not hmac.compare_digest(older.verifier, verifier):
+                older.stale = True
+                self._close_if_idle(older)
+        entry.conns.append(pooled)
+        try:
+            lease = await self._open_channel(pooled)
+            if lease is None:
+                raise errors.BackendUnavailable()
+            pooled.home = str(await lease.sftp.realpath("."))
+        except BaseException:
+            pooled.stale = True
+            self._drop(pooled)
+            raise
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        """End a lease: close its channel; the connection stays for the next login (on the loop)."""
+        pooled = lease.owner
+        lease.sftp.exit()
+        pooled.channels -= 1
+        if pooled.channels == 0:
+            pooled.idle_since = self._clock()
+        self._close_if_idle(pooled)
+
+    def _close_if_idle(self, pooled: PooledConnection) -> None:
+        if pooled.channels == 0 and (pooled.stale or pooled.is_lost() or not self.cfg.enabled):
+            self._drop(pooled)
+
+    def _drop(self, pooled: PooledConnection) -> None:
+        for user, entry in list(self._users.items()):
+            if pooled in entry.conns:
+                entry.conns.remove(pooled)
+                if not entry.conns:
+                    del self._users[user]
+        pooled.close()
+
+    def reap(self) -> None:
+        """Close connections that are dead, or idle for longer than ``idle_timeout``."""
+        now = self._clock()
+        for pooled in self.connections():
+            idle_too_long = pooled.channels == 0 and now - pooled.idle_since > self.cfg.idle_timeout
+            if pooled.is_lost() or idle_too_long:
+                pooled.stale = True
+                if pooled.channels == 0 or pooled.is_lost():
+                    self._drop(pooled)
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        while self._users:
+            await asyncio.sleep(min(_REAP_EVERY, self.cfg.idle_timeout))
+            self.reap()
+
+    def close_all(self) -> None:
+        """Close every pooled connection (at shutdown)."""
+        for pooled in self.connections():
+            self._drop(pooled)
