@@ -10,6 +10,7 @@ import threading
 
 from gateway import errors
 from gateway.backends.sftp.backend import SFTPBackend, known_hosts_problem
+from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.config import GatewayConfig
 from gateway.ftp.server import build_server
@@ -35,7 +36,8 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
         self.loop = BackgroundLoop().start()
-        self.backends = {name: SFTPBackend(self.loop, b) for name, b in cfg.backends.items()}
+        self.budget = Budget(cfg.limits.transfer_buffer_mib * 2**20)
+        self.backends = {name: SFTPBackend(self.loop, b, self.budget) for name, b in cfg.backends.items()}
         self.server = build_server(cfg, self.authenticate)
         self._stop = threading.Event()
 

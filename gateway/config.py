@@ -53,6 +53,7 @@ class LimitsConfig:
     idle_timeout: int = 300
     data_timeout: int = 300
     failed_login_delay: float = 3.0
+    transfer_buffer_mib: int = 128
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,7 @@ def _limits(data: Any, problems: list[str]) -> LimitsConfig:
         idle_timeout=s.typed("idle_timeout", int, d.idle_timeout, _at_least(1, MAX_SECONDS)),
         data_timeout=s.typed("data_timeout", int, d.data_timeout, _at_least(1, MAX_SECONDS)),
         failed_login_delay=s.typed("failed_login_delay", float, d.failed_login_delay, _delay),
+        transfer_buffer_mib=s.typed("transfer_buffer_mib", int, d.transfer_buffer_mib, _at_least(1, 1 << 20)),
     )
     s.finish()
     return cfg

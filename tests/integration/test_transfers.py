@@ -311,3 +311,46 @@ def test_undecodable_command_is_501_and_touches_nothing(ftp, user):
     assert ftp.getline().startswith("501")
     assert os.listdir(user.home) == []
     assert ftp.sendcmd("NOOP").startswith("200")
+
+
+def test_a_tiny_transfer_budget_bounds_memory_and_keeps_data_intact(gateway_factory, sshd, user):
+    import threading
+
+    from tests.conftest import base_config
+
+    doc = base_config(sshd)
+    doc["limits"]["transfer_buffer_mib"] = 1
+    gw = gateway_factory(doc)
+    budget = gw.gateway.budget
+    payloads = {f"f{i}.bin": os.urandom(6 * 2**20 + i) for i in range(4)}
+    for name, data in payloads.items():
+        seed(user, name, data)
+    peak, errors, stop = [0], [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], budget.used)
+
+    def download(name):
+        try:
+            client = gw.login(user)
+            assert retr(client, name) == payloads[name]
+            stor(client, "up-" + name, payloads[name])
+            client.quit()
+        except Exception as err:  # collected and asserted below
+            errors.append(err)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    workers = [threading.Thread(target=download, args=(name,)) for name in payloads]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    stop.set()
+    watcher.join()
+    assert errors == []
+    assert 0 < peak[0] <= 2**20
+    assert budget.used == 0
+    for name, data in payloads.items():
+        assert (user.home / ("up-" + name)).read_bytes() == data

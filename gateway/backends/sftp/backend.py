@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import asyncssh
 
 from gateway import errors
+from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.backends.sftp.pool import Lease, SFTPPool
 from gateway.backends.sftp.session import SFTPStorage
@@ -74,8 +75,8 @@ def known_hosts_problem(cfg: BackendConfig) -> str | None:
 class SFTPBackend:
     """One configured SFTP server; ``login`` leases a session for an FTP user from the pool."""
 
-    def __init__(self, loop: BackgroundLoop, cfg: BackendConfig) -> None:
-        self.loop, self.cfg = loop, cfg
+    def __init__(self, loop: BackgroundLoop, cfg: BackendConfig, budget: Budget) -> None:
+        self.loop, self.cfg, self.budget = loop, cfg, budget
         self._known_hosts = asyncssh.read_known_hosts(cfg.known_hosts)
         self.pool = SFTPPool(cfg.pool, self._connect, cfg.operation_timeout)
 
@@ -137,7 +138,7 @@ class SFTPBackend:
 
         # connect_timeout covers TCP + key exchange, login_timeout the authentication.
         lease = self.loop.run(guarded(), 2 * self.cfg.connect_timeout + self.cfg.operation_timeout)
-        return SFTPStorage(self.loop, lease, self.cfg.operation_timeout, self.pool.release)
+        return SFTPStorage(self.loop, lease, self.cfg.operation_timeout, self.pool.release, self.budget)
 
     def close(self) -> None:
         """Close every pooled connection (at shutdown; thread-safe)."""

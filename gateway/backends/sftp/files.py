@@ -8,6 +8,7 @@ RTT) and translates every backend exception into a gateway error.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,68 @@ from gateway.backends.sftp.loop import BackgroundLoop, wait
 from gateway.errors import GatewayError
 
 DEFAULT_DEPTH = 16
+
+
+class Budget:
+    """Process-wide cap on the bytes held by SFTP reads and writes in flight.
+
+    Every transfer may always keep one request in flight; the rest of its window is paid
+    for from here, so a thousand concurrent transfers degrade to one request each instead
+    of exhausting memory.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` bytes if they fit."""
+        with self._lock:
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def give(self, size: int) -> None:
+        """Return bytes reserved with ``take``."""
+        with self._lock:
+            self.used -= size
+
+
+class _Window:
+    """Requests in flight, oldest first: at most ``depth``, all but the first paid from the budget."""
+
+    def __init__(self, budget: Budget, depth: int) -> None:
+        self._budget, self._depth = budget, depth
+        self._items: deque[tuple[int, concurrent.futures.Future[Any], int]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def admit(self, size: int) -> int | None:
+        """The budget charge for one more request of ``size`` bytes, or None if it must wait."""
+        if not self._items:
+            return 0
+        if len(self._items) < self._depth and self._budget.take(size):
+            return size
+        return None
+
+    def push(self, offset: int, future: concurrent.futures.Future[Any], charge: int) -> None:
+        self._items.append((offset, future, charge))
+
+    def oldest_done(self) -> bool:
+        return bool(self._items) and self._items[0][1].done()
+
+    def pop(self) -> tuple[int, concurrent.futures.Future[Any]]:
+        """The oldest request (its charge goes back to the budget)."""
+        offset, future, charge = self._items.popleft()
+        self._budget.give(charge)
+        return offset, future
+
+    def drain(self) -> None:
+        """Cancel and forget every request (their results no longer matter)."""
+        while self._items:
+            self.pop()[1].cancel()
 
 
 class _Handle:
@@ -61,13 +124,6 @@ class _Handle:
                 raise
 
 
-def _drain(pending: deque[tuple[int, concurrent.futures.Future[Any]]]) -> None:
-    """Cancel and forget outstanding requests (their results no longer matter)."""
-    while pending:
-        _, future = pending.popleft()
-        future.cancel()
-
-
 class SFTPReadStream(_Handle):
     """Sequential reader keeping up to ``depth`` block reads in flight ahead of the consumer."""
 
@@ -79,24 +135,28 @@ class SFTPReadStream(_Handle):
         timeout: float,
         size_hint: int,
         block: int,
+        budget: Budget,
         depth: int = DEFAULT_DEPTH,
     ) -> None:
         super().__init__(loop, fh, name, timeout)
-        self._size_hint, self._block, self._depth = size_hint, block, depth
+        self._size_hint, self._block = size_hint, block
+        self._window = _Window(budget, depth)
         self._next = 0  # offset of the next read to submit
-        self._pending: deque[tuple[int, concurrent.futures.Future[bytes]]] = deque()
         self._eof = False
 
     def seek(self, offset: int) -> None:
         """Start at ``offset``; drops any read-ahead."""
-        _drain(self._pending)
+        self._window.drain()
         self._next, self._eof = offset, False
 
     def _fill(self) -> None:
         # Read ahead only within the size seen at open; past it, one read at a time until
         # the backend says EOF (the file may still be growing).
-        while len(self._pending) < self._depth and (self._next < self._size_hint or not self._pending):
-            self._pending.append((self._next, self.loop.submit(self._read(self._block, self._next))))
+        while self._next < self._size_hint or not self._window:
+            charge = self._window.admit(self._block)
+            if charge is None:
+                return
+            self._window.push(self._next, self.loop.submit(self._read(self._block, self._next)), charge)
             self._next += self._block
 
     def read(self, size: int = -1) -> bytes:
@@ -104,12 +164,12 @@ class SFTPReadStream(_Handle):
         if self._eof or self.closed:
             return b""
         self._fill()
-        offset, future = self._pending.popleft()
-        data = wait(future, self.timeout)
+        offset, future = self._window.pop()
+        data: bytes = wait(future, self.timeout)
         if len(data) < self._block:
             # Short read: EOF, or a server that returns less than asked. Everything
             # queued after it started at the wrong offset; restart right after it.
-            _drain(self._pending)
+            self._window.drain()
             self._next = offset + len(data)
             if not data:
                 self._eof = True
@@ -117,7 +177,7 @@ class SFTPReadStream(_Handle):
 
     def close(self) -> None:
         """Release the handle (read errors at close do not matter)."""
-        _drain(self._pending)
+        self._window.drain()
         self.close_handle(check=False)
 
 
@@ -137,31 +197,31 @@ class SFTPWriteStream(_Handle):
         timeout: float,
         offset: int,
         block: int,
+        budget: Budget,
         depth: int = DEFAULT_DEPTH,
         refine: Callable[[GatewayError], GatewayError] = lambda err: err,
     ) -> None:
         super().__init__(loop, fh, name, timeout)
-        self._offset, self._block, self._depth = offset, block, depth
+        self._offset, self._block = offset, block
+        self._window = _Window(budget, depth)
         self._refine = refine
         self._buffer = bytearray()
-        self._pending: deque[tuple[int, concurrent.futures.Future[None]]] = deque()
 
     def seek(self, offset: int) -> None:
         """Start writing at ``offset`` (REST); only before the first write."""
         self._offset = offset
 
     def _reap(self, block: bool) -> None:
-        while self._pending and (block or self._pending[0][1].done()):
-            _, future = self._pending.popleft()
-            wait(future, self.timeout)
+        """Collect finished writes (all of them if ``block``), raising the first error."""
+        while self._window and (block or self._window.oldest_done()):
+            wait(self._window.pop()[1], self.timeout)
 
     def _submit(self, data: bytes) -> None:
-        self._pending.append((self._offset, self.loop.submit(self._write(data, self._offset))))
-        self._offset += len(data)
         self._reap(block=False)
-        while len(self._pending) >= self._depth:
-            _, future = self._pending.popleft()
-            wait(future, self.timeout)
+        while (charge := self._window.admit(len(data))) is None:
+            wait(self._window.pop()[1], self.timeout)  # window full: TCP pushes back meanwhile
+        self._window.push(self._offset, self.loop.submit(self._write(data, self._offset)), charge)
+        self._offset += len(data)
 
     def write(self, data: bytes) -> int:
         """Queue ``data``; raise the first backend error seen so far."""
@@ -192,5 +252,5 @@ class SFTPWriteStream(_Handle):
     def abort(self) -> None:
         """Drop the upload: forget queued data and release the handle."""
         self._buffer.clear()
-        _drain(self._pending)
+        self._window.drain()
         self.close_handle(check=False)

@@ -16,7 +16,7 @@ from asyncssh import constants as fx
 
 from gateway import errors
 from gateway.backends.sftp.errors import translate
-from gateway.backends.sftp.files import SFTPReadStream, SFTPWriteStream
+from gateway.backends.sftp.files import Budget, SFTPReadStream, SFTPWriteStream
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.backends.sftp.pool import Lease
 from gateway.storage import Attrs, Entry, Kind
@@ -72,10 +72,15 @@ class SFTPStorage:
     """A logged-in SFTP session for one FTP user (implements gateway.storage.Storage)."""
 
     def __init__(
-        self, loop: BackgroundLoop, lease: Lease, timeout: float, release: Callable[[Lease], None]
+        self,
+        loop: BackgroundLoop,
+        lease: Lease,
+        timeout: float,
+        release: Callable[[Lease], None],
+        budget: Budget,
     ) -> None:
         self._loop, self._lease, self._sftp = loop, lease, lease.sftp
-        self._timeout, self._release = timeout, release
+        self._timeout, self._release, self._budget = timeout, release, budget
         self._lost = lease.owner.is_lost
         self._block = min(_MAX_BLOCK, self._sftp.limits.max_read_len or 32768)
         self._wblock = min(_MAX_BLOCK, self._sftp.limits.max_write_len or 32768)
@@ -172,7 +177,7 @@ class SFTPStorage:
             return fh, attrs
 
         fh, attrs = self._run(opened)
-        return SFTPReadStream(self._loop, fh, path, self._timeout, attrs.size or 0, self._block)
+        return SFTPReadStream(self._loop, fh, path, self._timeout, attrs.size or 0, self._block, self._budget)
 
     def open_write(self, path: str, mode: str) -> SFTPWriteStream:
         """Open for upload: "w" truncates, "a" appends at the current size, "r+" resumes."""
@@ -195,7 +200,14 @@ class SFTPStorage:
                 raise errors.IsADirectory() from None
             raise
         return SFTPWriteStream(
-            self._loop, fh, path, self._timeout, offset, self._wblock, refine=self._write_failure(path)
+            self._loop,
+            fh,
+            path,
+            self._timeout,
+            offset,
+            self._wblock,
+            self._budget,
+            refine=self._write_failure(path),
         )
 
     def create_unique(self, directory: str, prefix: str) -> SFTPWriteStream:
@@ -214,7 +226,14 @@ class SFTPStorage:
                     raise
                 continue
             return SFTPWriteStream(
-                self._loop, fh, path, self._timeout, 0, self._wblock, refine=self._write_failure(path)
+                self._loop,
+                fh,
+                path,
+                self._timeout,
+                0,
+                self._wblock,
+                self._budget,
+                refine=self._write_failure(path),
             )
         raise errors.AlreadyExists("No usable unique file name found.")
 
