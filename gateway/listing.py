@@ -9,6 +9,7 @@ single-name replies and logs use ``printable``.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import stat
 import time
 from collections.abc import Iterable, Iterator
@@ -55,19 +56,37 @@ def has_glob(name: str) -> bool:
     return any(ch in name for ch in "*?[")
 
 
-def glob_filter(entries: Iterable[Entry], pattern: str) -> list[Entry]:
+def glob_filter(entries: Iterable[Entry], pattern: str) -> Iterator[Entry]:
     """Entries whose name matches a shell pattern (one path component, case-sensitive).
 
     Not in RFC 959, but vsftpd, ProFTPD and Pure-FTPd expand wildcards in LIST/NLST and
     legacy scripts rely on it (``mget *.csv`` sends ``NLST *.csv``). fnmatch compiles to a
     regular expression without catastrophic backtracking (CPython >= 3.9, bpo-40480).
     """
-    return [e for e in entries if fnmatch.fnmatchcase(e.name, pattern)]
+    return (e for e in entries if fnmatch.fnmatchcase(e.name, pattern))
 
 
-def safe_entries(entries: Iterable[Entry]) -> list[Entry]:
-    """Entries whose names are safe to emit, sorted by name (RFC 959 recommends sorting)."""
-    return sorted((e for e in entries if is_safe_name(e.name)), key=lambda e: e.name)
+def safe_entries(entries: Iterable[Entry]) -> Iterator[Entry]:
+    """The entries whose names are safe to emit, in the order given."""
+    return (e for e in entries if is_safe_name(e.name))
+
+
+#: Directories up to this many entries are listed sorted by name (RFC 959 recommends it);
+#: larger ones stream in the backend's order, so memory stays bounded.
+SORT_LIMIT = 10_000
+
+
+def sorted_if_small(entries: Iterable[Entry], limit: int = SORT_LIMIT) -> Iterator[Entry]:
+    """Sorted by name if there are at most ``limit`` entries, else streamed as they come.
+
+    Reads up to ``limit + 1`` entries before returning, so a backend error on the first
+    batch surfaces now (before the FTP 150 reply), not in the middle of the transfer.
+    """
+    it = iter(entries)
+    head = list(itertools.islice(it, limit + 1))
+    if len(head) <= limit:
+        return iter(sorted(head, key=lambda e: e.name))
+    return itertools.chain(head, it)
 
 
 def _mode_string(attrs: Attrs) -> str:
@@ -107,7 +126,7 @@ def list_line(entry: Entry, now: float, prefix: str = "") -> str:
 
 
 def list_lines(entries: Iterable[Entry], now: float | None = None, prefix: str = "") -> Iterator[str]:
-    """LIST lines for the safe entries, sorted by name."""
+    """LIST lines for the safe entries."""
     when = time.time() if now is None else now
     for entry in safe_entries(entries):
         yield list_line(entry, when, prefix)

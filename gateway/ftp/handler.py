@@ -8,9 +8,10 @@ file, and a dead backend ends the session with 421 instead of leaving it half-al
 
 from __future__ import annotations
 
+import itertools
 import logging
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pyftpdlib.exceptions import _RetryError
@@ -38,6 +39,25 @@ _CANCELS_QUEUED_TRANSFER = frozenset(
         *("RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"),
     }
 )
+
+
+#: STAT <dir> sends its listing over the control channel; longer listings are cut here.
+STAT_MAX_LINES = 1000
+
+
+class _LineProducer:
+    """pyftpdlib producer joining encoded lines into ~64 KiB chunks (b"" when done)."""
+
+    def __init__(self, lines: Iterator[bytes]) -> None:
+        self._lines = lines
+
+    def more(self) -> bytes:
+        chunk = bytearray()
+        for line in self._lines:
+            chunk += line
+            if len(chunk) >= 65536:
+                break
+        return bytes(chunk)
 
 
 def strip_ls_options(arg: str) -> str:
@@ -235,12 +255,12 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
 
     # --- listings (READDIR attrs, sanitised names; see gateway.listing)
 
-    def _entries(self, path: str, glob: bool = False) -> tuple[bool, list[Entry], str]:
+    def _entries(self, path: str, glob: bool = False) -> tuple[bool, Iterator[Entry], str]:
         """(is_directory, entries, name prefix) for a directory, a file or (``glob``) a pattern."""
         try:
             if self.fs.attrs(path).kind is Kind.DIR:
-                return True, list(self.storage.list_dir(path)), ""
-            return False, [Entry(posixpath.basename(path), self.fs.attrs(path, follow=False))], ""
+                return True, listing.sorted_if_small(self.storage.list_dir(path)), ""
+            return False, iter([Entry(posixpath.basename(path), self.fs.attrs(path, follow=False))]), ""
         except NotFound:
             pattern = posixpath.basename(path)
             if not (glob and listing.has_glob(pattern)):
@@ -249,11 +269,11 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         # Matches are named as the client wrote the pattern's directory (``mget sub/*.csv``
         # then RETRs ``sub/a.csv``); that text passed paths.check_argument already.
         client_dir = posixpath.dirname(self._listing_arg)
-        return False, matches, f"{client_dir}/" if client_dir else ""
+        return False, listing.sorted_if_small(matches), f"{client_dir}/" if client_dir else ""
 
     def _push_lines(self, lines: Iterable[str], cmd: str) -> None:
-        data = "".join(f"{line}\r\n" for line in lines).encode(self.encoding, self.unicode_errors)
-        self.push_dtp_data(data, cmd=cmd)
+        encoded = (f"{line}\r\n".encode(self.encoding, self.unicode_errors) for line in lines)
+        self.push_dtp_data(_LineProducer(encoded), isproducer=True, cmd=cmd)
 
     def ftp_LIST(self, path: str) -> str:
         """LIST: ``ls -l`` lines for a directory, a single file or a wildcard pattern."""
@@ -287,12 +307,15 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         return path
 
     def ftp_STAT(self, path: str) -> str | None:
-        """STAT: server status without argument, else a listing on the control channel."""
+        """STAT: server status without argument, else a listing on the control channel (capped)."""
         if not path:
             return super().ftp_STAT(path)  # type: ignore[no-any-return]
         _, entries, _ = self._entries(path)  # pyftpdlib refuses wildcards in STAT already
+        lines = list(itertools.islice(listing.list_lines(entries), STAT_MAX_LINES + 1))
         self.push(f'213-Status of "{self.fs.fs2ftp(path)}":\r\n')
-        self.push("".join(f" {line}\r\n" for line in listing.list_lines(entries)))
+        self.push("".join(f" {line}\r\n" for line in lines[:STAT_MAX_LINES]))
+        if len(lines) > STAT_MAX_LINES:
+            self.push(f" (only the first {STAT_MAX_LINES} entries; use LIST for the rest)\r\n")
         self.respond("213 End of status.")
         return path
 

@@ -152,3 +152,28 @@ def test_wildcards_in_list_and_nlst(ftp, user):
         ftp.nlst("missing/*.csv")
     with pytest.raises(ftplib.error_perm, match=r"^550"):
         list(ftp.mlsd("*.csv"))  # RFC 3659: MLSD paths are literal
+
+
+def test_a_directory_larger_than_the_sort_limit_streams_completely(ftp, user):
+    from gateway.listing import SORT_LIMIT
+
+    big = user.home / "big"
+    big.mkdir()
+    count = SORT_LIMIT + 2500
+    for i in range(count):
+        os.close(os.open(big / f"file-{i:06d}.dat", os.O_CREAT | os.O_WRONLY, 0o644))
+    names = ftp.nlst("big")
+    assert len(names) == count
+    assert set(names) == {f"file-{i:06d}.dat" for i in range(count)}
+    assert len(list_lines(ftp, "big")) == count
+    assert sum(1 for _ in ftp.mlsd("big")) == count
+    # A client that stops reading half way: the session goes on, the directory handle is closed.
+    ftp.voidcmd("TYPE A")
+    conn = ftp.transfercmd("LIST big")
+    conn.recv(1000)
+    conn.close()
+    try:
+        ftp.voidresp()
+    except ftplib.error_temp:
+        pass  # 426: the client closed the data connection early
+    assert ftp.sendcmd("NOOP").startswith("200")

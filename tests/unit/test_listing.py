@@ -72,9 +72,24 @@ def test_mlsx_facts():
     assert listing.mlsx_facts(entry("l", Kind.SYMLINK), "elr", ["type"]) == "type=OS.unix=symlink;"
 
 
-def test_sorted_by_name():
-    names = list(listing.nlst_names([entry("b"), entry("a"), entry("C")]))
-    assert names == ["C", "a", "b"]
+def test_small_listings_are_sorted_large_ones_stream_in_backend_order():
+    assert [e.name for e in listing.sorted_if_small([entry("b"), entry("a"), entry("C")])] == ["C", "a", "b"]
+    many = [entry(f"n{i:03d}") for i in range(100, 0, -1)]
+    streamed = listing.sorted_if_small(iter(many), limit=10)
+    assert [e.name for e in streamed] == [e.name for e in many]
+
+
+def test_sorted_if_small_reads_the_first_batch_at_once():
+    pulled = []
+
+    def source():
+        for i in range(50):
+            pulled.append(i)
+            yield entry(f"n{i}")
+
+    stream = listing.sorted_if_small(source(), limit=10)
+    assert len(pulled) == 11  # before anything is consumed: errors surface before the 150 reply
+    assert len(list(stream)) == 50
 
 
 @given(st.text())
@@ -103,4 +118,4 @@ def test_glob_filter_and_prefix():
 
 def test_glob_filter_is_not_exponential():
     evil = "*a" * 50 + "b"
-    assert listing.glob_filter([entry("a" * 200)], evil) == []
+    assert list(listing.glob_filter([entry("a" * 200)], evil)) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -50,8 +51,17 @@ class BackgroundLoop:
         return wait(self.submit(coro), timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the loop and join its thread."""
+        """Cancel what still runs on the loop, stop it and join its thread."""
+
+        async def cancel_tasks() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
         if self.loop.is_running():
+            with contextlib.suppress(Exception):
+                self.run(cancel_tasks(), timeout)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
 

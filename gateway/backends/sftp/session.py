@@ -6,10 +6,11 @@ asyncssh exceptions never leave this module untranslated.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import stat as statmod
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from typing import TypeVar, cast
 
 import asyncssh
 from asyncssh import constants as fx
@@ -29,6 +30,7 @@ _KIND_BY_TYPE = {
     fx.FILEXFER_TYPE_SYMLINK: Kind.SYMLINK,
 }
 _MAX_BLOCK = 256 * 1024
+_LIST_BATCH = 512  # directory entries fetched per round trip to the loop
 _OPEN_FLAGS = {
     "w": fx.FXF_WRITE | fx.FXF_CREAT | fx.FXF_TRUNC,
     "a": fx.FXF_WRITE | fx.FXF_CREAT,
@@ -139,25 +141,34 @@ class SFTPStorage:
         return to_attrs(self._run(lambda: self._sftp.lstat(path)))
 
     def list_dir(self, path: str) -> Iterator[Entry]:
-        """Entries from READDIR with their attrs (no stat per entry); readlink for symlinks."""
+        """Entries streamed from READDIR with their attrs (no stat per entry), batch by batch."""
+        # scandir is an async generator: advanced one batch per call, closed in `finally`.
+        names = cast("AsyncGenerator[asyncssh.SFTPName, None]", self._sftp.scandir(path))
+        base = path.rstrip("/")
 
-        async def entries() -> list[Entry]:
-            out = []
-            for name in await self._sftp.readdir(path):
+        async def batch() -> list[Entry]:
+            out: list[Entry] = []
+            async for name in names:
                 filename = str(name.filename)
                 if filename in (".", ".."):
                     continue
                 attrs = to_attrs(name.attrs, str(name.longname or ""))
                 target = None
                 if attrs.kind is Kind.SYMLINK:
-                    try:
-                        target = str(await self._sftp.readlink(f"{path.rstrip('/')}/{filename}"))
-                    except asyncssh.SFTPError:
-                        target = None
+                    with contextlib.suppress(asyncssh.SFTPError):
+                        target = str(await self._sftp.readlink(f"{base}/{filename}"))
                 out.append(Entry(filename, attrs, target))
+                if len(out) >= _LIST_BATCH:
+                    break
             return out
 
-        return iter(self._run(entries))
+        try:
+            while chunk := self._run(batch):
+                yield from chunk
+        finally:
+            # Closes the directory handle, also when the client abandons the listing.
+            with contextlib.suppress(errors.GatewayError):
+                self._run(names.aclose)
 
     # --- files
 
