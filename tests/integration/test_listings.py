@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import contextlib
 import ftplib
 import os
 import re
@@ -172,8 +173,6 @@ def test_a_directory_larger_than_the_sort_limit_streams_completely(ftp, user):
     conn = ftp.transfercmd("LIST big")
     conn.recv(1000)
     conn.close()
-    try:
-        ftp.voidresp()
-    except ftplib.error_temp:
-        pass  # 426: the client closed the data connection early
+    with contextlib.suppress(ftplib.error_temp):
+        ftp.voidresp()  # 426 when the gateway noticed the early close, else 226
     assert ftp.sendcmd("NOOP").startswith("200")
