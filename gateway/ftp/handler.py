@@ -71,7 +71,9 @@ def strip_ls_options(arg: str) -> str:
 class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
     """Data channel: commit uploads before 226, map backend errors to 426/451/452/552."""
 
-    ac_in_buffer_size = 256 * 1024
+    # One OpenSSH SFTP request at most (limits@openssh.com: 255 KiB): an upload's recv()
+    # chunks then go to the backend as they are, without being copied into blocks.
+    ac_in_buffer_size = 255 * 1024
     ac_out_buffer_size = 256 * 1024
     transfer_finished: bool
     _clean_eof = False

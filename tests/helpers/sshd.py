@@ -51,6 +51,8 @@ class OpenSSHServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     max_sessions: int = 50
+    #: sshd_config lines placed first (sshd takes the first value of a keyword).
+    extra_config: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,6 +74,7 @@ class OpenSSHServer:
         cfg.write_text(
             "\n".join(
                 [
+                    *self.extra_config,
                     "ListenAddress 127.0.0.1",
                     f"Port {self.port}",
                     f"HostKey {key}",
@@ -114,11 +117,10 @@ class OpenSSHServer:
         self.proc = None
 
 
-def ensure_user(name: str, password: str) -> TestUser:
-    """Create (or reset) a Unix user whose home is an empty directory under BASE/home."""
-    home = BASE / "home" / name
-    BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
-    (BASE / "home").mkdir(mode=0o755, exist_ok=True)
+def ensure_user(name: str, password: str, homes: Path = BASE / "home") -> TestUser:
+    """Create (or reset) a Unix user whose home is an empty directory under ``homes``."""
+    home = homes / name
+    homes.mkdir(mode=0o755, parents=True, exist_ok=True)
     exists = subprocess.run(["id", "-u", name], capture_output=True).returncode == 0
     if not exists:
         subprocess.run(

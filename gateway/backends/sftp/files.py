@@ -225,10 +225,13 @@ class SFTPWriteStream(_Handle):
 
     def write(self, data: bytes) -> int:
         """Queue ``data``; raise the first backend error seen so far."""
-        self._buffer += data
         try:
+            if not self._buffer and self._block // 2 <= len(data) <= self._block:
+                self._submit(data)  # big enough to be a request of its own: no copy
+                return len(data)
+            self._buffer += data
             while len(self._buffer) >= self._block:
-                chunk = bytes(self._buffer[: self._block])
+                chunk = bytes(memoryview(self._buffer)[: self._block])
                 del self._buffer[: self._block]
                 self._submit(chunk)
         except GatewayError as err:

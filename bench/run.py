@@ -1,0 +1,474 @@
+"""Side-by-side benchmark: the gateway and `rclone serve ftp` against OpenSSH's `sftp` client.
+
+Starts a throwaway OpenSSH sshd on loopback with one user whose files live on tmpfs, the
+gateway (a subprocess, password passthrough) and, when the `rclone` command is installed,
+`rclone serve ftp` over the same sshd. Every measure runs for each system in turn, repeated
+--runs times (interleaved), and the medians are printed with their ratio to the `sftp`
+client talking to the same sshd. FTP clients: curl (single and concurrent transfers, login
+latency), lftp (1,000 small files), ftplib (reconnect loop, idle sessions).
+
+Needs root (it creates a Unix user and runs sshd). Not part of the test run.
+Usage: sudo .venv/bin/python bench/run.py [--quick] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.helpers.sshd import OpenSSHServer, ensure_user, free_port, wait_port
+
+MiB = 2**20
+USER = "gwbench"
+PASSWORD = "Gw-bench-pass-1"
+WORK = Path("/dev/shm/ftpgw-bench")  # tmpfs: disks must not dominate
+SFTP_CIPHER = "aes128-gcm@openssh.com"  # what the gateway uses towards the backend too
+
+IDLE_CLIENT = """
+import ftplib, sys
+host, port, user, password, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+sessions = []
+for _ in range(count):
+    ftp = ftplib.FTP()
+    ftp.connect(host, port, timeout=60)
+    ftp.login(user, password)
+    sessions.append(ftp)
+ok = sum(1 for ftp in sessions if ftp.sendcmd("NOOP").startswith("200"))
+print(ok, flush=True)
+sys.stdin.readline()  # hold the sessions until the parent has measured
+"""
+
+RECONNECT_CLIENT = """
+import ftplib, io, sys
+host, port, user, password, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+payload = b"x" * 4096
+for i in range(count):
+    ftp = ftplib.FTP()
+    ftp.connect(host, port, timeout=60)
+    ftp.login(user, password)
+    ftp.storbinary(f"STOR r{i}.dat", io.BytesIO(payload))
+    ftp.quit()
+"""
+
+
+def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+    result = subprocess.run(cmd, capture_output=True, **kwargs)  # type: ignore[call-overload]
+    if result.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({result.returncode}): {result.stderr.decode()[-500:]}")
+    return result
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def rclone_serves_ftp() -> bool:
+    """True if an `rclone` with the `serve ftp` command is on PATH."""
+    if not shutil.which("rclone"):
+        return False
+    usage = subprocess.run(["rclone", "serve", "ftp", "--help"], capture_output=True, text=True).stdout
+    return "--passive-port" in usage
+
+
+class Proc:
+    """CPU and memory of a server process from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def status(self, key: str) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # kB -> MiB
+        return float("nan")
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+
+
+@dataclass
+class System:
+    """One way of reaching the backend files: FTP through a server, or sftp direct."""
+
+    name: str
+    port: int = 0
+    proc: Proc | None = None
+    cpu_per_gib: dict[str, list[float]] = field(default_factory=lambda: {"down": [], "up": []})
+
+    @property
+    def url(self) -> str:
+        return f"ftp://{USER}:{PASSWORD}@127.0.0.1:{self.port}"
+
+    def download(self, name: str) -> None:
+        run(["curl", "-sS", "-o", "/dev/null", f"{self.url}/{name}"])
+
+    def upload(self, src: Path, name: str) -> None:
+        run(["curl", "-sS", "-T", str(src), f"{self.url}/{name}"])
+
+    def lftp(self, commands: str) -> None:
+        script = (
+            "set ftp:passive-mode on; set net:max-retries 1; set net:timeout 60; set xfer:clobber on; "
+            f"open -u {USER},{PASSWORD} -p {self.port} 127.0.0.1; {commands}; bye"
+        )
+        run(["lftp", "-c", script])
+
+    def small_upload(self, local: Path, remote: str) -> None:
+        self.lftp(f"mkdir -p {remote}; mput -O {remote} {local}/*")
+
+    def small_list(self, remote: str) -> None:
+        self.lftp(f"cls -l {remote} >/dev/null")
+
+    def small_download(self, remote: str, local: Path) -> None:
+        self.lftp(f"mget -O {local} {remote}/*")
+
+    def login_latency(self, name: str) -> float:
+        out = run(["curl", "-sS", "-o", "/dev/null", "-w", "%{time_total}", f"{self.url}/{name}"])
+        return float(out.stdout)
+
+    def reconnect_loop(self, count: int) -> None:
+        run([sys.executable, "-c", RECONNECT_CLIENT, "127.0.0.1", str(self.port), USER, PASSWORD, str(count)])
+
+
+@dataclass
+class SFTPDirect(System):
+    """OpenSSH's sftp client straight to the sshd: the reference."""
+
+    sshd_port: int = 0
+    key: Path = Path()
+    known_hosts: Path = Path()
+
+    def batch(self, commands: str) -> None:
+        script = WORK / f"batch-{os.getpid()}-{time.monotonic_ns()}"
+        script.write_text(commands + "\n")
+        try:
+            run([
+                "sftp", "-q", "-b", str(script), "-i", str(self.key), "-P", str(self.sshd_port),
+                "-c", SFTP_CIPHER, "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"{USER}@127.0.0.1",
+            ])  # fmt: skip
+        finally:
+            script.unlink()
+
+    def download(self, name: str) -> None:
+        self.batch(f"get {name} /dev/null")
+
+    def upload(self, src: Path, name: str) -> None:
+        self.batch(f"put {src} {name}")
+
+    def small_upload(self, local: Path, remote: str) -> None:
+        self.batch(f"-mkdir {remote}\nput {local}/* {remote}/")
+
+    def small_list(self, remote: str) -> None:
+        self.batch(f"ls -l {remote}")
+
+    def small_download(self, remote: str, local: Path) -> None:
+        self.batch(f"get {remote}/* {local}/")
+
+    def login_latency(self, name: str) -> float:
+        return timed(lambda: self.download(name))
+
+    def reconnect_loop(self, count: int) -> None:
+        src = WORK / "four-k.dat"
+        for i in range(count):
+            self.upload(src, f"r{i}.dat")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.results: dict[str, dict[str, list[float]]] = {}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.notes: list[str] = []
+
+    # --- setup
+
+    def setup(self) -> list[System]:
+        shutil.rmtree(WORK, ignore_errors=True)
+        WORK.mkdir(parents=True)
+        key = WORK / "client_key"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+        (WORK / "authorized_keys").mkdir()
+        shutil.copy(WORK / "client_key.pub", WORK / "authorized_keys" / USER)
+        self.sshd = OpenSSHServer(
+            WORK / "sshd",
+            max_sessions=10,  # OpenSSH's defaults, as a real backend would have them
+            extra_config=(
+                "PubkeyAuthentication yes",
+                f"AuthorizedKeysFile {WORK}/authorized_keys/%u",
+                "MaxStartups 10:30:100",
+            ),
+        ).start()
+        self.user = ensure_user(USER, PASSWORD, homes=WORK / "home")
+        self.make_files()
+        systems: list[System] = [
+            SFTPDirect("sftp", sshd_port=self.sshd.port, key=key, known_hosts=self.sshd.known_hosts)
+        ]
+        systems.append(self.start_gateway())
+        if self.args.no_rclone:
+            pass
+        elif rclone_serves_ftp():
+            systems.append(self.start_rclone())
+        else:
+            self.notes.append(
+                "rclone left out: no `rclone` with `serve ftp` here (Debian's package is built without"
+                " it); put an upstream rclone on PATH to include it"
+            )
+        return systems
+
+    def make_files(self) -> None:
+        a = self.args
+        home = self.user.home
+        self.big = WORK / "big.bin"
+        with self.big.open("wb") as f:
+            for _ in range(a.big_mib):
+                f.write(os.urandom(MiB))
+        shutil.copy(self.big, home / "down.bin")
+        self.medium = WORK / "medium.bin"
+        self.medium.write_bytes(os.urandom(a.concurrent_mib * MiB))
+        for i in range(a.concurrent):
+            shutil.copy(self.medium, home / f"c{i}.bin")
+        self.small = WORK / "small"
+        self.small.mkdir()
+        for i in range(a.small):
+            (self.small / f"s{i:04d}.dat").write_bytes(os.urandom(4096))
+        (home / "one.byte").write_bytes(b"x")
+        (WORK / "four-k.dat").write_bytes(os.urandom(4096))
+        subprocess.run(["chown", "-R", f"{USER}:{USER}", str(home)], check=True)
+
+    def start_gateway(self) -> System:
+        port = free_port()
+        cfg = WORK / "gateway.yaml"
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "listen": {"address": "127.0.0.1", "port": port, "passive_ports": [42000, 42999]},
+                    "limits": {
+                        "max_connections": 2000,
+                        "max_connections_per_ip": 2000,
+                        "failed_login_delay": 0,
+                    },
+                    "backends": {
+                        "main": {
+                            "host": "127.0.0.1",
+                            "port": self.sshd.port,
+                            "known_hosts": str(self.sshd.known_hosts),
+                        }
+                    },
+                    "routes": [{"match": {"user": "*"}, "backend": "main", "root": "~"}],
+                    "log": {"level": "warning"},
+                }
+            )
+        )
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(cfg)])
+        self.procs.append(proc)
+        wait_port("127.0.0.1", port)
+        return System("gateway", port=port, proc=Proc(proc.pid))
+
+    def start_rclone(self) -> System:
+        port = free_port()
+        obscured = run(["rclone", "obscure", PASSWORD]).stdout.decode().strip()
+        remote = (
+            f":sftp,host=127.0.0.1,port={self.sshd.port},user={USER},pass={obscured},"
+            f"known_hosts_file={self.sshd.known_hosts}:"
+        )
+        proc = subprocess.Popen(
+            [
+                "rclone", "serve", "ftp", remote, "--addr", f"127.0.0.1:{port}", "--user", USER,
+                "--pass", PASSWORD, "--passive-port", "43000-43999", "--config", str(WORK / "rclone.conf"),
+                "--log-level", "ERROR",
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.procs.append(proc)
+        wait_port("127.0.0.1", port)
+        version = run(["rclone", "version"]).stdout.decode().splitlines()[0]
+        self.notes.append(f"rclone: {version}, default settings, `rclone serve ftp :sftp,...:`")
+        return System("rclone", port=port, proc=Proc(proc.pid))
+
+    def teardown(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(20)
+        self.sshd.stop()
+        shutil.rmtree(WORK, ignore_errors=True)
+
+    # --- measures
+
+    def record(self, measure: str, system: System, value: float) -> None:
+        self.results.setdefault(measure, {}).setdefault(system.name, []).append(value)
+
+    def measure_all(self, systems: list[System]) -> None:
+        a = self.args
+        for rep in range(a.runs):
+            print(f"run {rep + 1}/{a.runs}", file=sys.stderr, flush=True)
+            for s in systems:
+                if "big" in a.only:
+                    self.big_transfers(s)
+                if "concurrent" in a.only:
+                    self.concurrent(s)
+                if "small" in a.only:
+                    self.small_files(s, rep)
+                if "latency" in a.only:
+                    latencies = [s.login_latency("one.byte") for _ in range(10)]
+                    self.record("login + 1-byte RETR (ms)", s, 1000 * statistics.median(latencies))
+                if "reconnect" in a.only:
+                    elapsed = timed(lambda s=s: s.reconnect_loop(a.reconnects))
+                    self.record(f"reconnect loop ({a.reconnects} x login/STOR 4 KiB/QUIT, files/s)", s,
+                                a.reconnects / elapsed)  # fmt: skip
+        for s in systems:
+            if s.name == "gateway" and s.proc is not None and "idle" in a.only:
+                self.idle_sessions(s)
+
+    def big_transfers(self, s: System) -> None:
+        size = self.args.big_mib
+        cpu = s.proc.cpu() if s.proc else 0.0
+        elapsed = timed(lambda: s.download("down.bin"))
+        self.record(f"{size} MiB download (MiB/s)", s, size / elapsed)
+        if s.proc:
+            s.cpu_per_gib["down"].append((s.proc.cpu() - cpu) / (size / 1024))
+            cpu = s.proc.cpu()
+        elapsed = timed(lambda: s.upload(self.big, "up.bin"))
+        self.record(f"{size} MiB upload (MiB/s)", s, size / elapsed)
+        if s.proc:
+            s.cpu_per_gib["up"].append((s.proc.cpu() - cpu) / (size / 1024))
+
+    def concurrent(self, s: System) -> None:
+        n, size = self.args.concurrent, self.args.concurrent_mib
+        if s.proc:
+            s.proc.reset_peak()
+        with ThreadPoolExecutor(n) as pool:
+            elapsed = timed(lambda: list(pool.map(s.download, [f"c{i}.bin" for i in range(n)])))
+        self.record(f"{n} x {size} MiB concurrent downloads (MiB/s)", s, n * size / elapsed)
+        with ThreadPoolExecutor(n) as pool:
+            names = [f"cu{i}.bin" for i in range(n)]
+            elapsed = timed(lambda: list(pool.map(lambda name: s.upload(self.medium, name), names)))
+        self.record(f"{n} x {size} MiB concurrent uploads (MiB/s)", s, n * size / elapsed)
+        if s.proc:
+            self.record(f"peak RSS during {n} concurrent transfers (MiB)", s, s.proc.status("VmHWM"))
+
+    def small_files(self, s: System, rep: int) -> None:
+        remote = f"small-{s.name}-{rep}"
+        local = WORK / f"dl-{s.name}-{rep}"
+        local.mkdir()
+        up = timed(lambda: s.small_upload(self.small, remote))
+        ls = timed(lambda: s.small_list(remote))
+        down = timed(lambda: s.small_download(remote, local))
+        count = self.args.small
+        if len(os.listdir(local)) != count:
+            raise RuntimeError(f"{s.name}: {len(os.listdir(local))} of {count} small files came back")
+        shutil.rmtree(local)
+        self.record(f"{count} x 4 KiB files: upload + list + download (s)", s, up + ls + down)
+        self.record(f"{count} x 4 KiB files: upload (files/s)", s, count / up)
+        self.record(f"{count} x 4 KiB files: download (files/s)", s, count / down)
+
+    def idle_sessions(self, s: System) -> None:
+        assert s.proc is not None
+        count = self.args.idle
+        client = subprocess.Popen(
+            [sys.executable, "-c", IDLE_CLIENT, "127.0.0.1", str(s.port), USER, PASSWORD, str(count)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert client.stdout is not None and client.stdin is not None
+        served = int(client.stdout.readline() or 0)
+        rss = s.proc.status("VmRSS")
+        client.stdin.write(b"\n")
+        client.stdin.close()
+        client.wait(60)
+        self.notes.append(
+            f"{count} concurrent logged-in idle sessions: {served} answered NOOP, gateway RSS {rss:.0f} MiB"
+        )
+
+    # --- report
+
+    def report(self, systems: list[System]) -> None:
+        names = [s.name for s in systems]
+        ref = "sftp"
+        print(f"\nmedians of {self.args.runs} interleaved runs; ratios against OpenSSH sftp ({SFTP_CIPHER})")
+        header = f"{'measure':<58}" + "".join(f"{n:>11}" for n in names)
+        header += "".join(f"{n + '/sftp':>14}" for n in names if n != ref)
+        print(header)
+        for measure, per_system in self.results.items():
+            medians = {n: statistics.median(v) for n, v in per_system.items()}
+            row = f"{measure:<58}" + "".join(
+                f"{medians[n]:>11.1f}" if n in medians else f"{'-':>11}" for n in names
+            )
+            lower_is_better = measure.endswith("(s)") or measure.endswith("(ms)") or "RSS" in measure
+            for n in names:
+                if n == ref:
+                    continue
+                if ref in medians and n in medians and medians[n] and medians[ref]:
+                    ratio = medians[ref] / medians[n] if lower_is_better else medians[n] / medians[ref]
+                    row += f"{ratio:>13.2f}x"
+                else:
+                    row += f"{'-':>14}"
+            print(row)
+        for s in systems:
+            if s.proc and s.cpu_per_gib["down"]:
+                down, up = statistics.median(s.cpu_per_gib["down"]), statistics.median(s.cpu_per_gib["up"])
+                print(f"{s.name} CPU seconds per GiB: download {down:.2f}, upload {up:.2f}")
+        for note in self.notes:
+            print(note)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--concurrent", type=int, default=16)
+    parser.add_argument("--concurrent-mib", type=int, default=64)
+    parser.add_argument("--small", type=int, default=1000)
+    parser.add_argument("--reconnects", type=int, default=200)
+    parser.add_argument("--idle", type=int, default=500)
+    parser.add_argument("--no-rclone", action="store_true")
+    parser.add_argument(
+        "--only",
+        default="big,concurrent,small,latency,reconnect,idle",
+        help="comma-separated measures to run (default: all of big,concurrent,small,latency,reconnect,idle)",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run: checks the bench works")
+    args = parser.parse_args()
+    args.only = set(args.only.split(","))
+    if args.quick:
+        args.runs, args.big_mib, args.concurrent_mib, args.small, args.reconnects, args.idle = (
+            1,
+            64,
+            8,
+            100,
+            20,
+            50,
+        )
+    if os.geteuid() != 0:
+        print("bench/run.py needs root (it creates a Unix user and runs sshd)", file=sys.stderr)
+        return 2
+    bench = Bench(args)
+    try:
+        systems = bench.setup()
+        bench.measure_all(systems)
+        bench.report(systems)
+    finally:
+        bench.teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
