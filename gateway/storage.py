@@ -52,8 +52,8 @@ class ReadStream(Protocol):
     name: str
     closed: bool
 
-    def read(self, size: int = -1) -> bytes:
-        """Return up to ``size`` bytes; b"" at end of file."""
+    def read(self, size: int = -1) -> bytes | memoryview:
+        """Return the next chunk of data; an empty one at end of file."""
         ...
 
     def seek(self, offset: int) -> None:
