@@ -86,23 +86,34 @@ def rclone_serves_ftp() -> bool:
 
 
 class Proc:
-    """CPU and memory of a server process from /proc."""
+    """CPU and memory of a server process and its children (workers) from /proc."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
 
+    def pids(self) -> list[int]:
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return [self.pid, *map(int, children)]
+
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def status(self, key: str) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024  # kB -> MiB
-        return float("nan")
+        """Sum over the processes of a /proc status field, in MiB."""
+        total = 0
+        for pid in self.pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1])
+        return total / 1024
 
     def reset_peak(self) -> None:
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        for pid in self.pids():
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 @dataclass
@@ -275,6 +286,7 @@ class Bench:
                     },
                     "routes": [{"match": {"user": "*"}, "backend": "main", "root": "~"}],
                     "log": {"level": "warning"},
+                    "workers": self.args.workers,
                 }
             )
         )
@@ -440,6 +452,7 @@ def main() -> int:
     parser.add_argument("--reconnects", type=int, default=200)
     parser.add_argument("--idle", type=int, default=500)
     parser.add_argument("--no-rclone", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="the gateway's `workers` setting")
     parser.add_argument(
         "--only",
         default="big,concurrent,small,latency,reconnect,idle",

@@ -6,6 +6,7 @@ The only module (besides the CLI) that imports both ``gateway.ftp`` and ``gatewa
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 
 from gateway import errors
@@ -33,12 +34,12 @@ def backend_problems(cfg: GatewayConfig) -> list[str]:
 class Gateway:
     """A configured gateway: background SFTP loop, backends and the FTP server."""
 
-    def __init__(self, cfg: GatewayConfig) -> None:
+    def __init__(self, cfg: GatewayConfig, sock: socket.socket | None = None) -> None:
         self.cfg = cfg
         self.loop = BackgroundLoop().start()
         self.budget = Budget(cfg.limits.transfer_buffer_mib * 2**20)
         self.backends = {name: SFTPBackend(self.loop, b, self.budget) for name, b in cfg.backends.items()}
-        self.server = build_server(cfg, self.authenticate)
+        self.server = build_server(cfg, self.authenticate, sock)
         self._stop = threading.Event()
 
     @property

@@ -8,6 +8,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -50,12 +51,22 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def _serve(cfg: config.GatewayConfig, banner: str | None = None) -> int:
+    limit_malloc_arenas()
+    if banner:
+        print(banner, flush=True)
+    if cfg.workers > 1:
+        from gateway.workers import supervise
+
+        return supervise(cfg, _serve_one)
+    return _serve_one(cfg)
+
+
+def _serve_one(cfg: config.GatewayConfig, sock: socket.socket | None = None) -> int:
+    """Run one gateway process until SIGTERM/SIGINT."""
     from gateway.app import Gateway
 
-    limit_malloc_arenas()
-
     try:
-        gateway = Gateway(cfg)
+        gateway = Gateway(cfg, sock)
     except OSError as err:
         print(f"cannot listen on {cfg.listen.address}:{cfg.listen.port}: {err.strerror}", file=sys.stderr)
         return 1
@@ -67,9 +78,7 @@ def _serve(cfg: config.GatewayConfig, banner: str | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     host, port = gateway.address
-    log.info("ftp-sftp-gateway %s listening on %s:%d", __version__, host, port)
-    if banner:
-        print(banner, flush=True)
+    log.info("ftp-sftp-gateway %s listening on %s:%d (pid %d)", __version__, host, port, os.getpid())
     gateway.serve_forever()
     return 0
 

@@ -110,6 +110,15 @@ class GatewayConfig:
     backends: dict[str, BackendConfig] = field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
+    workers: int = 1
+
+
+def passive_share(ports: tuple[int, int], workers: int, index: int) -> tuple[int, int]:
+    """The slice of the passive port range that worker ``index`` of ``workers`` listens on."""
+    low, high = ports
+    size = (high - low + 1) // workers
+    first = low + index * size
+    return first, (high if index == workers - 1 else first + size - 1)
 
 
 class _Section:
@@ -409,7 +418,13 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
         backends=backends,
         routes=_routes(top.raw("routes"), backends, problems),
         log=_log(top.raw("log", None), problems),
+        workers=top.typed("workers", int, 1, _at_least(1, 64)),
     )
+    low, high = cfg.listen.passive_ports
+    if high - low + 1 < cfg.workers:
+        problems.append(
+            f"workers: {cfg.workers} workers need at least as many passive ports (listen.passive_ports)"
+        )
     top.finish()
     if problems:
         raise ConfigError(problems)

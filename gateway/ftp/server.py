@@ -6,6 +6,7 @@ settings between servers (and tests), so each server gets fresh subclasses inste
 
 from __future__ import annotations
 
+import socket
 import threading
 
 from pyftpdlib.ioloop import IOLoop
@@ -40,9 +41,11 @@ def handler_class(cfg: GatewayConfig, authenticate: Authenticate) -> type[Gatewa
     return type("ConfiguredHandler", (GatewayHandler,), attrs)
 
 
-def build_server(cfg: GatewayConfig, authenticate: Authenticate) -> ThreadedFTPServer:
-    """A ThreadedFTPServer (one thread per session) listening as configured."""
-    address = (cfg.listen.address, cfg.listen.port)
+def build_server(
+    cfg: GatewayConfig, authenticate: Authenticate, sock: socket.socket | None = None
+) -> ThreadedFTPServer:
+    """A ThreadedFTPServer (one thread per session) listening as configured, or on ``sock``."""
+    address = sock if sock is not None else (cfg.listen.address, cfg.listen.port)
     # Own IOLoop and stop flag: pyftpdlib's defaults (IOLoop.instance(), class-level _exit
     # and _lock) are process-wide, so stopping one server would stop every other one.
     server = ThreadedFTPServer(address, handler_class(cfg, authenticate), ioloop=IOLoop())

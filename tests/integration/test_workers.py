@@ -1,0 +1,100 @@
+"""``workers: N``: several processes on one port, each with its own passive ports; restarts."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import base_config, seed
+from tests.helpers.sshd import free_port, wait_port
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.fixture
+def workers_gateway(sshd, tmp_path: Path):
+    port = free_port()
+    doc = base_config(sshd)
+    doc["listen"]["port"] = port
+    doc["workers"] = 2
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(cfg)])
+    wait_port("127.0.0.1", port)
+    deadline = time.monotonic() + 10
+    while len(children_of(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield proc, port
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def transfer_round_trip(port: int, user, name: str) -> int:
+    """Log in, upload and download ``name``; returns the PASV port the session got."""
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", port, timeout=20)
+    ftp.login(user.name, user.password)
+    pasv_port = ftplib.parse227(ftp.sendcmd("PASV"))[1]
+    ftp.sendcmd("ABOR")
+    data = os.urandom(300_000)
+    ftp.storbinary(f"STOR {name}", io.BytesIO(data))
+    got = io.BytesIO()
+    ftp.retrbinary(f"RETR {name}", got.write)
+    assert got.getvalue() == data
+    ftp.quit()
+    return pasv_port
+
+
+def test_transfers_work_whichever_worker_takes_the_session(workers_gateway, user):
+    proc, port = workers_gateway
+    assert len(children_of(proc.pid)) == 2
+    seed(user, "x", "x")
+    ports = [transfer_round_trip(port, user, f"f{i}.bin") for i in range(12)]
+    # Each worker announces only ports of its own slice, so every data connection reaches
+    # the process that announced it (the slices: tests/unit/test_workers.py).
+    assert all(41000 <= p <= 41199 for p in ports)
+
+
+def test_a_dead_worker_is_replaced_and_sigterm_stops_all(workers_gateway, user):
+    proc, port = workers_gateway
+    first, second = children_of(proc.pid)
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        now = children_of(proc.pid)
+        if len(now) == 2 and first not in now:
+            break
+        time.sleep(0.1)
+    now = children_of(proc.pid)
+    assert len(now) == 2 and first not in now and second in now
+    for i in range(4):
+        transfer_round_trip(port, user, f"after-restart-{i}.bin")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert children_of(proc.pid) == []
+
+
+def test_workers_need_enough_passive_ports(sshd):
+    from gateway import config
+
+    doc = base_config(sshd)
+    doc["workers"] = 3
+    doc["listen"]["passive_ports"] = [50000, 50001]
+    with pytest.raises(config.ConfigError) as exc:
+        config.parse(doc)
+    assert exc.value.problems == [
+        "workers: 3 workers need at least as many passive ports (listen.passive_ports)"
+    ]
