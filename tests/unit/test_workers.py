@@ -1,5 +1,7 @@
 """How ``workers: N`` divides the configuration between the worker processes."""
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,7 +19,7 @@ def test_passive_slices_are_disjoint_and_cover_the_range(low, size, workers):
         return
     slices = [config.passive_share((low, high), workers, i) for i in range(workers)]
     assert slices[0][0] == low and slices[-1][1] == high
-    for (a_low, a_high), (b_low, _) in zip(slices, slices[1:], strict=False):
+    for (a_low, a_high), (b_low, _) in itertools.pairwise(slices):
         assert a_low <= a_high and a_high + 1 == b_low
 
 
