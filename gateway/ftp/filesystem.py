@@ -7,6 +7,7 @@ os.path.realpath, pwd and grp, which would describe the wrong machine).
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from typing import Any
 
@@ -91,7 +92,10 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
 
     def utime(self, path: str, timeval: float) -> None:
         self.storage.set_mtime(path, int(timeval))
-        self.forget()
+        # pyftpdlib's MFMT reads the time back for its reply: answer from what was just set.
+        for key, attrs in list(self._attrs.items()):
+            if key[0] == path:
+                self._attrs[key] = dataclasses.replace(attrs, mtime=int(timeval))
 
     def listdir(self, path: str) -> list[str]:
         return sorted(entry.name for entry in self.storage.list_dir(path))

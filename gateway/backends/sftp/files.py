@@ -8,6 +8,7 @@ RTT) and translates every backend exception into a gateway error.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -173,10 +174,11 @@ class SFTPReadStream(_Handle):
         data: bytes = wait(future, self.timeout)
         if len(data) < self._block:
             # Short read: EOF, or a server that returns less than asked. Everything
-            # queued after it started at the wrong offset; restart right after it.
+            # queued after it started at the wrong offset; restart right after it. A short
+            # read that reaches the size seen at open is the end (no extra EOF round trip).
             self._window.drain()
             self._next = offset + len(data)
-            if not data:
+            if not data or self._next >= self._size_hint:
                 self._eof = True
         # A memoryview: asynchat re-slices what a partial send() left over, which for bytes
         # copies the rest of the block each time; memoryview slices are free.
@@ -253,8 +255,18 @@ class SFTPWriteStream(_Handle):
             if self._buffer:
                 self._submit(bytes(self._buffer))
                 self._buffer.clear()
-            self._reap(block=True)
-            self.close_handle(check=True)
+            # The CLOSE goes out with the last writes: the backend must process requests on
+            # one handle in order (draft-ietf-secsh-filexfer-02, 3. "Request Synchronization
+            # and Reordering"), so it still means "after every write". Saves a round trip.
+            self.closed = True
+            closing = self.loop.submit(self._close())
+            try:
+                self._reap(block=True)
+            except GatewayError:
+                with contextlib.suppress(GatewayError):
+                    wait(closing, self.timeout)
+                raise
+            wait(closing, self.timeout)
         except GatewayError as err:
             self.abort()
             raise self._refine(err) from err

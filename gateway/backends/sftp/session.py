@@ -176,16 +176,11 @@ class SFTPStorage:
         """Open a regular file for download (550 before any 150 for anything else)."""
 
         async def opened() -> tuple[asyncssh.SFTPClientFile, asyncssh.SFTPAttrs]:
-            fh = await self._sftp.open(path, fx.FXF_READ, encoding=None, block_size=None)
-            try:
-                attrs = await fh.stat()
-            except BaseException:
-                await fh.close()
-                raise
+            # stat first: opening a FIFO or device would block the backend's sftp-server.
+            attrs = await self._sftp.stat(path)
             if to_attrs(attrs).kind is not Kind.FILE:
-                await fh.close()
                 raise errors.NotRegularFile()
-            return fh, attrs
+            return await self._sftp.open(path, fx.FXF_READ, encoding=None, block_size=None), attrs
 
         fh, attrs = self._run(opened)
         return SFTPReadStream(self._loop, fh, path, self._timeout, attrs.size or 0, self._block, self._budget)
@@ -293,13 +288,8 @@ class SFTPStorage:
         self._run(lambda: self._sftp.chmod(path, mode))
 
     def set_mtime(self, path: str, mtime: int) -> None:
-        """Set the modification time, keeping the access time."""
-
-        async def touch() -> None:
-            current = await self._sftp.stat(path)
-            await self._sftp.utime(path, (current.atime or mtime, mtime))
-
-        self._run(touch)
+        """Set the modification time (SFTP v3 sets both times: the access time becomes it too)."""
+        self._run(lambda: self._sftp.utime(path, (mtime, mtime)))
 
     def close(self) -> None:
         """End the session: its channel closes, the connection goes back to the pool."""
