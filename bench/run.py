@@ -51,6 +51,44 @@ print(ok, flush=True)
 sys.stdin.readline()  # hold the sessions until the parent has measured
 """
 
+# asyncssh alone, no FTP side: the same pipelining as the gateway (16 x 255 KiB reads, 8
+# writes), printing its own CPU seconds. It shows the floor of any asyncssh-based gateway.
+ASYNCSSH_CLIENT = """
+import asyncio, sys, time, asyncssh
+try:
+    import uvloop
+    uvloop.install()
+except ImportError:
+    pass
+async def main(port, known_hosts, user, password, op, remote, local):
+    async with asyncssh.connect("127.0.0.1", int(port), username=user, password=password,
+            known_hosts=known_hosts, client_keys=None, agent_path=None, config=None,
+            encryption_algs=["aes128-gcm@openssh.com"], compression_algs=None, window=16 * 2**20) as conn:
+        async with conn.start_sftp_client() as sftp:
+            cpu = time.process_time()
+            block = min(sftp.limits.max_read_len, 261120)
+            if op == "get":
+                async with sftp.open(remote, "rb", block_size=None) as f:
+                    size, offset, pending = (await f.stat()).size, 0, []
+                    while offset < size or pending:
+                        while offset < size and len(pending) < 16:
+                            pending.append(asyncio.ensure_future(f.read(block, offset)))
+                            offset += block
+                        await pending.pop(0)
+            else:
+                with open(local, "rb") as src:
+                    async with sftp.open(remote, "wb", block_size=None) as f:
+                        offset, pending = 0, []
+                        while data := src.read(block):
+                            pending.append(asyncio.ensure_future(f.write(data, offset)))
+                            offset += len(data)
+                            if len(pending) >= 8:
+                                await pending.pop(0)
+                        await asyncio.gather(*pending)
+            print(time.process_time() - cpu)
+asyncio.run(main(*sys.argv[1:]))
+"""
+
 RECONNECT_CLIENT = """
 import ftplib, io, sys
 host, port, user, password, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
@@ -203,6 +241,28 @@ class SFTPDirect(System):
             self.upload(src, f"r{i}.dat")
 
 
+@dataclass
+class AsyncsshFloor(System):
+    """asyncssh reading/writing the file itself, no FTP: big transfers only."""
+
+    sshd_port: int = 0
+    known_hosts: Path = Path()
+    big_mib: int = 0
+
+    def _run(self, op: str, remote: str, local: str) -> None:
+        out = run([
+            sys.executable, "-c", ASYNCSSH_CLIENT, str(self.sshd_port), str(self.known_hosts), USER, PASSWORD,
+            op, remote, local,
+        ])  # fmt: skip
+        self.cpu_per_gib["down" if op == "get" else "up"].append(float(out.stdout) / (self.big_mib / 1024))
+
+    def download(self, name: str) -> None:
+        self._run("get", name, "")
+
+    def upload(self, src: Path, name: str) -> None:
+        self._run("put", name, str(src))
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -233,6 +293,14 @@ class Bench:
         systems: list[System] = [
             SFTPDirect("sftp", sshd_port=self.sshd.port, key=key, known_hosts=self.sshd.known_hosts)
         ]
+        systems.append(
+            AsyncsshFloor(
+                "asyncssh",
+                sshd_port=self.sshd.port,
+                known_hosts=self.sshd.known_hosts,
+                big_mib=self.args.big_mib,
+            )
+        )
         systems.append(self.start_gateway())
         if self.args.no_rclone:
             pass
@@ -335,6 +403,8 @@ class Bench:
             for s in systems:
                 if "big" in a.only:
                     self.big_transfers(s)
+                if isinstance(s, AsyncsshFloor):
+                    continue  # a floor for big transfers only
                 if "concurrent" in a.only:
                     self.concurrent(s)
                 if "small" in a.only:
@@ -435,7 +505,7 @@ class Bench:
                     row += f"{'-':>14}"
             print(row)
         for s in systems:
-            if s.proc and s.cpu_per_gib["down"]:
+            if s.cpu_per_gib["down"]:
                 down, up = statistics.median(s.cpu_per_gib["down"]), statistics.median(s.cpu_per_gib["up"])
                 print(f"{s.name} CPU seconds per GiB: download {down:.2f}, upload {up:.2f}")
         for note in self.notes:

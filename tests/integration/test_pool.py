@@ -121,7 +121,7 @@ def test_a_stalled_pooled_connection_fails_its_check_and_is_replaced(gateway_fac
     relay = Relay(("127.0.0.1", sshd.port))
     try:
         doc = through_relay(sshd, relay)
-        doc["backends"]["main"]["operation_timeout"] = 1
+        doc["backends"]["main"]["connect_timeout"] = 1
         gw = gateway_factory(doc)
         gw.login(user).quit()
         relay.stall()  # the pooled connection stops answering (half-dead network path)

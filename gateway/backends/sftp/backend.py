@@ -78,7 +78,8 @@ class SFTPBackend:
     def __init__(self, loop: BackgroundLoop, cfg: BackendConfig, budget: Budget) -> None:
         self.loop, self.cfg, self.budget = loop, cfg, budget
         self._known_hosts = asyncssh.read_known_hosts(cfg.known_hosts)
-        self.pool = SFTPPool(cfg.pool, self._connect, cfg.operation_timeout)
+        # A pooled connection that cannot open a channel within connect_timeout is replaced.
+        self.pool = SFTPPool(cfg.pool, self._connect, cfg.connect_timeout)
 
     async def _connect(
         self, username: str, password: str

@@ -46,6 +46,7 @@ _REAP_EVERY = 5.0
 class PooledConnection:
     """One SSH connection of one backend user."""
 
+    user: str
     conn: asyncssh.SSHClientConnection
     is_lost: Callable[[], bool]
     verifier: bytes
@@ -83,9 +84,13 @@ class SFTPPool:
     """Pooled SSH connections to one backend."""
 
     def __init__(
-        self, cfg: PoolConfig, connect: Connect, timeout: float, clock: Callable[[], float] = time.monotonic
+        self,
+        cfg: PoolConfig,
+        connect: Connect,
+        channel_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.cfg, self._connect, self._timeout, self._clock = cfg, connect, timeout, clock
+        self.cfg, self._connect, self._timeout, self._clock = cfg, connect, channel_timeout, clock
         self._salt = os.urandom(16)
         self._users: dict[str, _User] = {}
         self._startups = asyncio.Semaphore(cfg.max_startups)
@@ -148,7 +153,7 @@ class SFTPPool:
         self._start_reaper()
         now = self._clock()
         pooled = PooledConnection(
-            conn, is_lost, verifier, verified_at=now, max_channels=self.cfg.max_sessions, idle_since=now
+            user, conn, is_lost, verifier, verified_at=now, max_channels=self.cfg.max_sessions, idle_since=now
         )
         # The backend just accepted this password: connections verified with another one
         # (changed password) take no new leases.
@@ -182,11 +187,11 @@ class SFTPPool:
             self._drop(pooled)
 
     def _drop(self, pooled: PooledConnection) -> None:
-        for user, entry in list(self._users.items()):
-            if pooled in entry.conns:
-                entry.conns.remove(pooled)
-                if not entry.conns:
-                    del self._users[user]
+        entry = self._users.get(pooled.user)
+        if entry is not None and pooled in entry.conns:
+            entry.conns.remove(pooled)
+            if not entry.conns:
+                del self._users[pooled.user]
         pooled.close()
 
     def reap(self) -> None:
@@ -195,9 +200,7 @@ class SFTPPool:
         for pooled in self.connections():
             idle_too_long = pooled.channels == 0 and now - pooled.idle_since > self.cfg.idle_timeout
             if pooled.is_lost() or idle_too_long:
-                pooled.stale = True
-                if pooled.channels == 0 or pooled.is_lost():
-                    self._drop(pooled)
+                self._drop(pooled)
 
     def _start_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():
