@@ -15,8 +15,8 @@ class Relay:
         self.target = target
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
-        self._flowing = threading.Event()
-        self._flowing.set()
+        self._stall_new = False  # whether new connections start stalled
+        self._flows: list[threading.Event] = []  # one per relayed connection
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._closed = False
@@ -35,19 +35,23 @@ class Relay:
                 client.close()
                 continue
             upstream.settimeout(None)
+            flow = threading.Event()
             with self._lock:
                 self._conns += [client, upstream]
+                self._flows.append(flow)
                 self.accepted += 1
+                if not self._stall_new:
+                    flow.set()
             for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+                threading.Thread(target=self._pump, args=(src, dst, flow), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, flow: threading.Event) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                self._flowing.wait()
+                flow.wait()
                 dst.sendall(data)
         except OSError:
             pass
@@ -63,13 +67,19 @@ class Relay:
         with self._lock:
             return len([s for s in self._conns if s.fileno() != -1])
 
-    def stall(self) -> None:
-        """Stop forwarding (connections stay open, nothing moves)."""
-        self._flowing.clear()
+    def stall(self, existing_only: bool = False) -> None:
+        """Stop forwarding (connections stay open, nothing moves); new ones too unless ``existing_only``."""
+        with self._lock:
+            self._stall_new = not existing_only
+            for flow in self._flows:
+                flow.clear()
 
     def resume(self) -> None:
         """Forward again."""
-        self._flowing.set()
+        with self._lock:
+            self._stall_new = False
+            for flow in self._flows:
+                flow.set()
 
     def reset(self) -> None:
         """Kill every relayed connection with a TCP RST (like a crashed backend host)."""
@@ -82,7 +92,7 @@ class Relay:
                 sock.close()
             except OSError:
                 pass
-        self._flowing.set()
+        self.resume()
 
     def close(self) -> None:
         """Stop accepting and reset everything."""
