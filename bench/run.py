@@ -14,6 +14,7 @@ Usage: sudo .venv/bin/python bench/run.py [--quick] [--runs 3]
 from __future__ import annotations
 
 import argparse
+import ftplib
 import os
 import shutil
 import statistics
@@ -193,6 +194,23 @@ class System:
         out = run(["curl", "-sS", "-o", "/dev/null", "-w", "%{time_total}", f"{self.url}/{name}"])
         return float(out.stdout)
 
+    def big_listing(self, remote: str) -> tuple[float, float]:
+        """(seconds to the first byte, seconds in all) of a LIST of ``remote``, by ftplib."""
+        ftp = ftplib.FTP()
+        ftp.connect("127.0.0.1", self.port, timeout=120)
+        ftp.login(USER, PASSWORD)
+        start = time.perf_counter()
+        conn = ftp.transfercmd(f"LIST {remote}")
+        conn.recv(1)
+        first = time.perf_counter() - start
+        while conn.recv(1 << 20):
+            pass
+        conn.close()
+        ftp.voidresp()
+        total = time.perf_counter() - start
+        ftp.quit()
+        return first, total
+
     def reconnect_loop(self, count: int) -> None:
         run([sys.executable, "-c", RECONNECT_CLIENT, "127.0.0.1", str(self.port), USER, PASSWORD, str(count)])
 
@@ -234,6 +252,9 @@ class SFTPDirect(System):
 
     def login_latency(self, name: str) -> float:
         return timed(lambda: self.download(name))
+
+    def big_listing(self, remote: str) -> tuple[float, float]:
+        return float("nan"), timed(lambda: self.batch(f"ls -l {remote}"))
 
     def reconnect_loop(self, count: int) -> None:
         src = WORK / "four-k.dat"
@@ -330,6 +351,10 @@ class Bench:
         for i in range(a.small):
             (self.small / f"s{i:04d}.dat").write_bytes(os.urandom(4096))
         (home / "one.byte").write_bytes(b"x")
+        if "listing" in a.only:
+            (home / "big-dir").mkdir()
+            for i in range(a.listing):
+                os.close(os.open(home / "big-dir" / f"entry-{i:06d}.dat", os.O_CREAT | os.O_WRONLY, 0o644))
         (WORK / "four-k.dat").write_bytes(os.urandom(4096))
         subprocess.run(["chown", "-R", f"{USER}:{USER}", str(home)], check=True)
 
@@ -412,6 +437,14 @@ class Bench:
                 if "latency" in a.only:
                     latencies = [s.login_latency("one.byte") for _ in range(10)]
                     self.record("login + 1-byte RETR (ms)", s, 1000 * statistics.median(latencies))
+                if "listing" in a.only:
+                    if s.proc:
+                        s.proc.reset_peak()
+                    first, total = s.big_listing("big-dir")
+                    self.record(f"LIST of {a.listing:,} entries: first byte (s)", s, first)
+                    self.record(f"LIST of {a.listing:,} entries: all (s)", s, total)
+                    if s.proc:
+                        self.record("peak RSS during that LIST (MiB)", s, s.proc.status("VmHWM"))
                 if "reconnect" in a.only:
                     elapsed = timed(lambda s=s: s.reconnect_loop(a.reconnects))
                     self.record(f"reconnect loop ({a.reconnects} x login/STOR 4 KiB/QUIT, files/s)", s,
@@ -491,9 +524,7 @@ class Bench:
         print(header)
         for measure, per_system in self.results.items():
             medians = {n: statistics.median(v) for n, v in per_system.items()}
-            row = f"{measure:<58}" + "".join(
-                f"{medians[n]:>11.1f}" if n in medians else f"{'-':>11}" for n in names
-            )
+            row = f"{measure:<58}" + "".join(_cell(medians.get(n)) for n in names)
             lower_is_better = measure.endswith("(s)") or measure.endswith("(ms)") or "RSS" in measure
             for n in names:
                 if n == ref:
@@ -512,6 +543,13 @@ class Bench:
             print(note)
 
 
+def _cell(value: float | None) -> str:
+    """A table cell: small values with more decimals."""
+    if value is None:
+        return f"{'-':>11}"
+    return f"{value:>11.{1 if value >= 10 else 3}f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -521,25 +559,20 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--reconnects", type=int, default=200)
     parser.add_argument("--idle", type=int, default=500)
+    parser.add_argument("--listing", type=int, default=100_000, help="entries of the big directory")
     parser.add_argument("--no-rclone", action="store_true")
     parser.add_argument("--workers", type=int, default=1, help="the gateway's `workers` setting")
     parser.add_argument(
         "--only",
-        default="big,concurrent,small,latency,reconnect,idle",
-        help="comma-separated measures to run (default: all of big,concurrent,small,latency,reconnect,idle)",
+        default="big,concurrent,small,listing,latency,reconnect,idle",
+        help="comma-separated measures (default: all of big,concurrent,small,listing,latency,reconnect,idle)",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, one run: checks the bench works")
     args = parser.parse_args()
     args.only = set(args.only.split(","))
     if args.quick:
-        args.runs, args.big_mib, args.concurrent_mib, args.small, args.reconnects, args.idle = (
-            1,
-            64,
-            8,
-            100,
-            20,
-            50,
-        )
+        args.runs, args.big_mib, args.concurrent_mib = 1, 64, 8
+        args.small, args.reconnects, args.idle, args.listing = 100, 20, 50, 5000
     if os.geteuid() != 0:
         print("bench/run.py needs root (it creates a Unix user and runs sshd)", file=sys.stderr)
         return 2
