@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ftplib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from gateway import config
 from gateway.app import Gateway
+from tests.helpers.relay import Relay
 from tests.helpers.sshd import BASE, OpenSSHServer, TestUser, ensure_user, reset_home
 
 PASSWORD = "Gw-test-pass-1"
@@ -138,4 +140,29 @@ def seed(user: TestUser, rel: str, data: bytes | str) -> Path:
     path.write_bytes(data)
     for p in [path, *path.relative_to(user.home).parents]:
         shutil.chown(user.home / p, user.name, user.name)
+    return path
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def relay(sshd: OpenSSHServer) -> Iterator[Relay]:
+    """A TCP relay in front of the test sshd (can stall or reset connections)."""
+    r = Relay(("127.0.0.1", sshd.port))
+    yield r
+    r.close()
+
+
+def relay_known_hosts(sshd: OpenSSHServer, relay: Relay) -> Path:
+    """A known_hosts file trusting the sshd's key under the relay's address."""
+    path = sshd.workdir / f"known_hosts_relay_{relay.port}"
+    path.write_text(f"[127.0.0.1]:{relay.port} " + sshd.known_hosts.read_text().split(" ", 1)[1])
     return path

@@ -13,16 +13,8 @@ import time
 
 import pytest
 
-from tests.conftest import base_config, seed
-from tests.helpers.relay import Relay
-from tests.helpers.sshd import OpenSSHServer, free_port
-
-
-@pytest.fixture
-def relay(sshd):
-    r = Relay(("127.0.0.1", sshd.port))
-    yield r
-    r.close()
+from tests.conftest import base_config, relay_known_hosts, seed, wait_for
+from tests.helpers.sshd import free_port
 
 
 def relayed_config(sshd, relay, **backend):
@@ -36,13 +28,6 @@ def relayed_config(sshd, relay, **backend):
     }
     doc["routes"].insert(0, {"match": {"user": "gwtest2"}, "backend": "relayed", "root": "~"})
     return doc
-
-
-def relay_known_hosts(sshd: OpenSSHServer, relay: Relay):
-    path = sshd.workdir / f"known_hosts_relay_{relay.port}"
-    key = sshd.known_hosts.read_text().split(" ", 1)[1]
-    path.write_text(f"[127.0.0.1]:{relay.port} {key}")
-    return path
 
 
 def read_all(conn):
@@ -206,15 +191,6 @@ def test_disk_full_during_upload_is_452_never_226(ftp, full_disk):
     (full_disk / "big.bin").unlink()
     assert ftp.storbinary("STOR small/ok.bin", io.BytesIO(b"fits")).startswith("226")
     assert (full_disk / "ok.bin").read_bytes() == b"fits"
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_without_pool_the_backend_connection_closes_with_the_ftp_session(gateway_factory, sshd, relay, user2):

@@ -8,34 +8,17 @@ import time
 
 import pytest
 
-from tests.conftest import PASSWORD, base_config, seed
+from tests.conftest import PASSWORD, base_config, relay_known_hosts, seed, wait_for
 from tests.helpers.relay import Relay
 from tests.helpers.sshd import BASE, OpenSSHServer
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def through_relay(sshd: OpenSSHServer, relay: Relay, **pool):
     """Every user reaches ``sshd`` through ``relay``, which counts the SSH connections."""
     doc = base_config(sshd)
-    known = sshd.workdir / f"known_hosts_relay_{relay.port}"
-    known.write_text(f"[127.0.0.1]:{relay.port} " + sshd.known_hosts.read_text().split(" ", 1)[1])
+    known = relay_known_hosts(sshd, relay)
     doc["backends"]["main"].update({"port": relay.port, "known_hosts": str(known), "pool": pool})
     return doc
-
-
-@pytest.fixture
-def relay(sshd):
-    r = Relay(("127.0.0.1", sshd.port))
-    yield r
-    r.close()
 
 
 def failed_password_lines(sshd, user):
