@@ -48,7 +48,14 @@ class BackgroundLoop:
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run ``coro`` on the loop and wait up to ``timeout`` seconds for its result."""
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError("BackgroundLoop.run called on the loop's own thread (would deadlock)")
         return wait(self.submit(coro), timeout)
+
+    def in_loop_thread(self) -> bool:
+        """True when called from the loop's own thread."""
+        return threading.current_thread() is self._thread
 
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel what still runs on the loop, stop it and join its thread."""

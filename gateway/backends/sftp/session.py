@@ -166,9 +166,14 @@ class SFTPStorage:
             while chunk := self._run(batch):
                 yield from chunk
         finally:
-            # Closes the directory handle, also when the client abandons the listing.
-            with contextlib.suppress(errors.GatewayError):
-                self._run(names.aclose)
+            # Closes the directory handle, also when the client abandons the listing. The
+            # cyclic garbage collector may finalise this generator on any thread, the loop's
+            # own included, where waiting for the loop would deadlock it: schedule instead.
+            if self._loop.in_loop_thread():
+                self._loop.loop.create_task(names.aclose())
+            else:
+                with contextlib.suppress(errors.GatewayError):
+                    self._run(names.aclose)
 
     # --- files
 

@@ -1,0 +1,40 @@
+"""The background event loop's blocking helpers."""
+
+import asyncio
+
+import pytest
+
+from gateway.backends.sftp.loop import BackgroundLoop
+from gateway.errors import BackendTimeout
+
+
+@pytest.fixture
+def loop():
+    bg = BackgroundLoop().start()
+    yield bg
+    bg.stop()
+
+
+async def answer() -> int:
+    return 42
+
+
+def test_run_returns_the_result(loop):
+    assert loop.run(answer(), 5) == 42
+
+
+def test_run_times_out_with_backend_timeout(loop):
+    with pytest.raises(BackendTimeout):
+        loop.run(asyncio.sleep(10), 0.1)
+
+
+def test_the_loop_refuses_to_wait_on_itself(loop):
+    async def waits_on_its_own_loop() -> str:
+        try:
+            loop.run(answer(), 1)
+        except RuntimeError as err:
+            return str(err)
+        return "no error"
+
+    # Without the guard this would block the loop thread until the timeout.
+    assert "deadlock" in asyncio.run_coroutine_threadsafe(waits_on_its_own_loop(), loop.loop).result(5)
