@@ -55,9 +55,14 @@ def _serve(cfg: config.GatewayConfig, banner: str | None = None) -> int:
     if banner:
         print(banner, flush=True)
     if cfg.workers > 1:
-        from gateway.workers import supervise
+        from gateway.workers import listen_socket, supervise
 
-        return supervise(cfg, _serve_one)
+        try:
+            sock = listen_socket(cfg)
+        except OSError as err:
+            print(f"cannot listen on {cfg.listen.address}:{cfg.listen.port}: {err.strerror}", file=sys.stderr)
+            return 1
+        return supervise(cfg, sock, _serve_one)
     return _serve_one(cfg)
 
 

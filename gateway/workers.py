@@ -47,9 +47,8 @@ def listen_socket(cfg: GatewayConfig) -> socket.socket:
     return socket.create_server((cfg.listen.address, cfg.listen.port), family=family, backlog=1024)
 
 
-def supervise(cfg: GatewayConfig, serve: Serve) -> int:
-    """Fork ``cfg.workers`` workers on one socket; restart any that dies until SIGTERM/SIGINT."""
-    sock = listen_socket(cfg)
+def supervise(cfg: GatewayConfig, sock: socket.socket, serve: Serve) -> int:
+    """Fork ``cfg.workers`` workers on ``sock``; restart any that dies until SIGTERM/SIGINT."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 

@@ -98,3 +98,23 @@ def test_workers_need_enough_passive_ports(sshd):
     assert exc.value.problems == [
         "workers: 3 workers need at least as many passive ports (listen.passive_ports)"
     ]
+
+
+def test_workers_report_a_busy_port_cleanly(sshd, tmp_path):
+    import socket as socketmod
+
+    with socketmod.create_server(("127.0.0.1", 0)) as busy:
+        doc = base_config(sshd)
+        doc["listen"]["port"] = busy.getsockname()[1]
+        doc["workers"] = 2
+        cfg = tmp_path / "gateway.yaml"
+        cfg.write_text(yaml.safe_dump(doc))
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "run", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert "cannot listen on 127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr
