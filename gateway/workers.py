@@ -11,6 +11,7 @@ totals). Forking happens before any thread exists.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import math
@@ -49,20 +50,26 @@ def listen_socket(cfg: GatewayConfig) -> socket.socket:
 
 def supervise(cfg: GatewayConfig, sock: socket.socket, serve: Serve) -> int:
     """Fork ``cfg.workers`` workers on ``sock``; restart any that dies until SIGTERM/SIGINT."""
-    children: dict[int, int] = {}  # pid -> worker index
+    children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
     stopping = False
+    delay = 1.0  # before a restart; grows while workers die young
 
     def spawn(index: int) -> None:
+        # Signals stay blocked across fork, so a worker never runs the supervisor's handler.
         pid = os.fork()
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _die_with_parent()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             status = 1
             try:
                 status = serve(worker_config(cfg, index), sock)
+            except Exception:
+                log.exception("worker %d failed", index)
             finally:
                 os._exit(status)
-        children[pid] = index
+        children[pid] = (index, time.monotonic())
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -71,20 +78,36 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, serve: Serve) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    for index in range(cfg.workers):
-        spawn(index)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    for index in range(cfg.workers):
+        spawn(index)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     log.info("%d workers serving on %s:%d", cfg.workers, *sock.getsockname()[:2])
-    status = 0
     while children:
         pid, code = os.wait()
-        index = children.pop(pid)
+        index, started = children.pop(pid)
         if stopping:
             continue
-        log.error("worker %d (pid %d) exited with status %d: restarting it", index, pid, code)
-        status = 1
-        time.sleep(1)  # no tight loop when a worker cannot start
-        spawn(index)
+        delay = 1.0 if time.monotonic() - started > 30 else min(delay * 2, 30.0)
+        log.error(
+            "worker %d (pid %d) exited with status %d: restarting it in %.0f s",
+            index, pid, os.waitstatus_to_exitcode(code), delay,
+        )  # fmt: skip
+        time.sleep(delay)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        if not stopping:
+            spawn(index)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     sock.close()
-    return 0 if stopping else status
+    return 0
+
+
+_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send this worker SIGTERM if the supervisor dies (even by SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

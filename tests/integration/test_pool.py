@@ -142,3 +142,37 @@ def test_pool_disabled_opens_a_connection_per_login(gateway_factory, sshd, relay
         gw.login(user).quit()
     assert relay.accepted == 3
     assert wait_for(lambda: relay.connections == 0)
+
+
+def test_simultaneous_first_logins_all_get_their_own_root(gateway_factory, sshd, relay, user):
+    from concurrent.futures import ThreadPoolExecutor
+
+    seed(user, "mine.txt", "x")
+    gw = gateway_factory(through_relay(sshd, relay))
+
+    def login_and_list(_):
+        ftp = gw.login(user)
+        try:
+            return ftp.pwd(), ftp.nlst()
+        finally:
+            ftp.quit()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(login_and_list, range(8)))
+    assert results == [("/", ["mine.txt"])] * 8
+
+
+def test_logout_then_login_keeps_the_channel_limit(gateway_factory, sshd_max_two, user):
+    relay = Relay(("127.0.0.1", sshd_max_two.port))
+    try:
+        gw = gateway_factory(through_relay(sshd_max_two, relay, max_sessions=2))
+        for _ in range(10):  # a freed slot is only reused once the backend closed the channel
+            first, second = gw.login(user), gw.login(user)
+            first.quit()
+            second.quit()
+        # No channel was refused, so the pool never lowered its limit. (Logins that arrive
+        # while a release is still closing its channel may open another connection.)
+        pooled = gw.gateway.backends["main"].pool.connections(user.name)
+        assert pooled and all(c.max_channels == 2 for c in pooled)
+    finally:
+        relay.close()

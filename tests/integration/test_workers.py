@@ -87,6 +87,19 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(workers_gateway, user):
     assert children_of(proc.pid) == []
 
 
+def test_sigterm_right_after_a_worker_died_stops_everything(workers_gateway):
+    proc, _ = workers_gateway
+    first, second = children_of(proc.pid)
+    os.kill(first, signal.SIGKILL)
+    time.sleep(0.2)  # the supervisor is now waiting to restart it
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{second}"):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{second}")
+
+
 def test_workers_need_enough_passive_ports(sshd):
     from gateway import config
 

@@ -8,6 +8,8 @@ client_keys=None, agent_path=None): only the credentials of the FTP login go to 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import socket
@@ -110,9 +112,15 @@ class SFTPBackend:
         """Open an SFTP session as ``username``; LoginRefused or BackendUnavailable on failure."""
         verifier = self.pool.verifier(password)  # scrypt here, in the session thread, not on the loop
 
+        # connect_timeout bounds TCP + key exchange, and again the authentication.
+        limit = 2 * self.cfg.connect_timeout + self.cfg.operation_timeout
+
         async def guarded() -> Lease:
             try:
-                return await self.pool.lease(username, password, verifier)
+                # The time limit acts inside the pool, which gives back what it took when
+                # cancelled; the session thread never cancels a lease half-way.
+                async with asyncio.timeout(limit):
+                    return await self.pool.lease(username, password, verifier)
             except asyncssh.PermissionDenied as exc:
                 raise errors.LoginRefused() from exc
             except asyncssh.HostKeyNotVerifiable as exc:
@@ -137,9 +145,18 @@ class SFTPBackend:
                 )
                 raise errors.BackendUnavailable() from exc
 
-        # connect_timeout covers TCP + key exchange, login_timeout the authentication.
-        lease = self.loop.run(guarded(), 2 * self.cfg.connect_timeout + self.cfg.operation_timeout)
+        future = self.loop.submit(guarded())
+        try:
+            lease = future.result(limit + 5)
+        except concurrent.futures.TimeoutError:
+            # Only if the loop itself is stuck: a lease that still arrives goes straight back.
+            future.add_done_callback(self._release_late)
+            raise errors.BackendUnavailable() from None
         return SFTPStorage(self.loop, lease, self.cfg.operation_timeout, self.pool.release, self.budget)
+
+    def _release_late(self, future: concurrent.futures.Future[Lease]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.loop.loop.call_soon_threadsafe(self.pool.release, future.result())
 
     def close(self) -> None:
         """Close every pooled connection (at shutdown; thread-safe)."""

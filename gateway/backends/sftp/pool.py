@@ -18,6 +18,7 @@ locked on the backend takes effect within that bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -131,11 +132,15 @@ class SFTPPool:
             sftp = await asyncio.wait_for(
                 pooled.conn.start_sftp_client(path_errors="surrogateescape"), self._timeout
             )
-        except asyncssh.ChannelOpenError:
-            # The backend's MaxSessions is below our max_sessions: remember its real limit.
+        except asyncssh.ChannelOpenError as exc:
             pooled.channels -= 1
-            pooled.max_channels = max(1, pooled.channels)
-            log.info("backend refused another channel: %d per connection from now on", pooled.max_channels)
+            if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+                # The backend's MaxSessions is below our max_sessions: remember its limit.
+                pooled.max_channels = max(1, pooled.channels)
+                log.info("backend refused another channel: %d per connection now", pooled.max_channels)
+            else:
+                pooled.stale = True
+                self._close_if_idle(pooled)
             return None
         except (TimeoutError, OSError, asyncssh.Error) as exc:
             # A connection that cannot open a channel in time is dead (the watchdog check).
@@ -144,17 +149,33 @@ class SFTPPool:
             log.info("pooled connection failed its channel check (%s): closing it", exc.__class__.__name__)
             self._close_if_idle(pooled)
             return None
+        except BaseException:
+            # Cancelled: give the slot back; a channel asyncssh may have left half-open on
+            # the backend goes away with the connection, which takes no new logins now.
+            pooled.channels -= 1
+            pooled.stale = True
+            self._close_if_idle(pooled)
+            raise
         return Lease(pooled, sftp)
 
     async def _lease_new(self, user: str, password: str, verifier: bytes) -> Lease:
         async with self._startups:  # stay below the backend's MaxStartups
             conn, is_lost = await self._connect(user, password)
-        entry = self._users.setdefault(user, _User())
-        self._start_reaper()
         now = self._clock()
         pooled = PooledConnection(
             user, conn, is_lost, verifier, verified_at=now, max_channels=self.cfg.max_sessions, idle_since=now
         )
+        try:
+            lease = await self._open_channel(pooled)
+            if lease is None:
+                raise errors.BackendUnavailable()
+            pooled.home = str(await lease.sftp.realpath("."))
+        except BaseException:
+            pooled.close()
+            raise
+        # Only now, with its home known, may other logins share the connection.
+        entry = self._users.setdefault(user, _User())
+        self._start_reaper()
         # The backend just accepted this password: connections verified with another one
         # (changed password) take no new leases.
         for older in entry.conns:
@@ -162,21 +183,19 @@ class SFTPPool:
                 older.stale = True
                 self._close_if_idle(older)
         entry.conns.append(pooled)
-        try:
-            lease = await self._open_channel(pooled)
-            if lease is None:
-                raise errors.BackendUnavailable()
-            pooled.home = str(await lease.sftp.realpath("."))
-        except BaseException:
-            pooled.stale = True
-            self._drop(pooled)
-            raise
         return lease
 
     def release(self, lease: Lease) -> None:
         """End a lease: close its channel; the connection stays for the next login (on the loop)."""
+        asyncio.get_running_loop().create_task(self._release(lease))
+
+    async def _release(self, lease: Lease) -> None:
         pooled = lease.owner
         lease.sftp.exit()
+        # The slot is free once the backend has closed the channel: until then sshd still
+        # counts the session against its MaxSessions.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(lease.sftp.wait_closed(), self._timeout)
         pooled.channels -= 1
         if pooled.channels == 0:
             pooled.idle_since = self._clock()

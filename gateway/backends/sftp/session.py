@@ -6,7 +6,7 @@ asyncssh exceptions never leave this module untranslated.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import secrets
 import stat as statmod
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
@@ -146,34 +146,33 @@ class SFTPStorage:
         names = cast("AsyncGenerator[asyncssh.SFTPName, None]", self._sftp.scandir(path))
         base = path.rstrip("/")
 
+        async def target(filename: str) -> str | None:
+            try:
+                return str(await self._sftp.readlink(f"{base}/{filename}"))
+            except asyncssh.SFTPError:
+                return None
+
         async def batch() -> list[Entry]:
-            out: list[Entry] = []
+            found: list[tuple[str, Attrs]] = []
             async for name in names:
                 filename = str(name.filename)
-                if filename in (".", ".."):
-                    continue
-                attrs = to_attrs(name.attrs, str(name.longname or ""))
-                target = None
-                if attrs.kind is Kind.SYMLINK:
-                    with contextlib.suppress(asyncssh.SFTPError):
-                        target = str(await self._sftp.readlink(f"{base}/{filename}"))
-                out.append(Entry(filename, attrs, target))
-                if len(out) >= _LIST_BATCH:
-                    break
-            return out
+                if filename not in (".", ".."):
+                    found.append((filename, to_attrs(name.attrs, str(name.longname or ""))))
+                    if len(found) >= _LIST_BATCH:
+                        break
+            # Symlink targets for the whole batch at once: pipelined, one round trip.
+            links = [n for n, a in found if a.kind is Kind.SYMLINK]
+            targets = dict(zip(links, await asyncio.gather(*map(target, links)), strict=True))
+            return [Entry(n, a, targets.get(n)) for n, a in found]
 
         try:
             while chunk := self._run(batch):
                 yield from chunk
         finally:
-            # Closes the directory handle, also when the client abandons the listing. The
-            # cyclic garbage collector may finalise this generator on any thread, the loop's
-            # own included, where waiting for the loop would deadlock it: schedule instead.
-            if self._loop.in_loop_thread():
-                self._loop.loop.create_task(names.aclose())
-            else:
-                with contextlib.suppress(errors.GatewayError):
-                    self._run(names.aclose)
+            # Close the directory handle, also when the client abandons the listing, without
+            # waiting: the cyclic garbage collector may finalise this generator on any
+            # thread (the loop's own, another session's), which must not block on it.
+            self._loop.loop.call_soon_threadsafe(lambda: self._loop.loop.create_task(names.aclose()))
 
     # --- files
 
