@@ -44,6 +44,13 @@ class BadArgument(GatewayError):
     text = "Syntax error in parameters or arguments."
 
 
+class NoPassivePort(GatewayError):
+    """Every port of the passive range is in use."""
+
+    code = 425
+    text = "No passive port free; try again later."
+
+
 class LoginRefused(GatewayError):
     """Wrong credentials or no route for this user: 530."""
 

@@ -16,11 +16,12 @@ from typing import Any
 
 from pyftpdlib.exceptions import _RetryError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY
 from pyftpdlib.log import logger as ftplog
 
 from gateway import listing, paths
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import GatewayError, NoPassivePort, NotFound
 from gateway.ftp.authorizer import SessionAuthorizer
 from gateway.ftp.filesystem import GatewayFS
 from gateway.storage import Authenticate, Entry, Kind, Login, Storage
@@ -66,6 +67,25 @@ def strip_ls_options(arg: str) -> str:
     while words and len(words[0]) > 1 and words[0][0] == "-" and words[0][1:].isalnum():
         words.pop(0)
     return " ".join(words).strip()
+
+
+class GatewayPassiveDTP(PassiveDTP):  # type: ignore[misc]
+    """Passive listener that stays inside ``passive_ports``.
+
+    When every port of the range is taken, pyftpdlib binds a random kernel-chosen port
+    outside it, which the firewall in front of the gateway then blocks (and which, with
+    several workers, is outside the worker's slice): refuse with 425 instead.
+    """
+
+    _range_tried = False
+
+    def bind(self, addr: tuple[str, int]) -> None:
+        if addr[1] != 0:
+            self._range_tried = True
+        elif self._range_tried:
+            self.close()
+            raise NoPassivePort()
+        super().bind(addr)
 
 
 class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
@@ -151,6 +171,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     _in_buffer: list[bytes]  # pyftpdlib: the command line being received
     abstracted_fs = GatewayFS
     dtp_handler = GatewayDTPHandler
+    passive_dtp = GatewayPassiveDTP
     use_sendfile = False
     permit_foreign_addresses = False
     permit_privileged_ports = False

@@ -354,3 +354,21 @@ def test_a_tiny_transfer_budget_bounds_memory_and_keeps_data_intact(gateway_fact
     assert budget.used == 0
     for name, data in payloads.items():
         assert (user.home / ("up-" + name)).read_bytes() == data
+
+
+def test_passive_range_exhausted_is_425_never_a_port_outside_it(gateway_factory, sshd, user):
+    from tests.conftest import base_config
+    from tests.helpers.sshd import free_port
+
+    port = free_port()
+    doc = base_config(sshd)
+    doc["listen"]["passive_ports"] = [port, port]  # a single passive port
+    gw = gateway_factory(doc)
+    seed(user, "f.txt", b"data")
+    first, second = gw.login(user), gw.login(user)
+    assert ftplib.parse227(first.sendcmd("PASV"))[1] == port  # holds the only port
+    with pytest.raises(ftplib.error_temp, match=r"^425"):
+        second.sendcmd("PASV")
+    first.sendcmd("ABOR")  # frees it
+    second.voidcmd("TYPE I")
+    assert retr(second, "f.txt") == b"data"
