@@ -14,8 +14,10 @@ from gateway.backends.sftp.backend import SFTPBackend, known_hosts_problem
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.config import GatewayConfig
+from gateway.ftp.handler import GatewayHandler
 from gateway.ftp.server import build_server
 from gateway.listing import printable
+from gateway.metrics import Metrics
 from gateway.routing import match_route, render_root
 from gateway.storage import Kind, Login
 
@@ -31,15 +33,31 @@ def backend_problems(cfg: GatewayConfig) -> list[str]:
     ]
 
 
+#: Login outcomes other than "ok", as the ftpgw_logins_total{result} label.
+_LOGIN_RESULTS: dict[type[errors.GatewayError], str] = {
+    errors.LoginRefused: "bad_credentials",
+    errors.BackendUnavailable: "backend_unavailable",
+    errors.ConnectionLost: "backend_unavailable",
+    errors.HostKeyMismatch: "host_key_mismatch",
+    errors.BackendTimeout: "backend_unavailable",
+}
+
+
 class Gateway:
     """A configured gateway: background SFTP loop, backends and the FTP server."""
 
     def __init__(self, cfg: GatewayConfig, sock: socket.socket | None = None) -> None:
         self.cfg = cfg
+        self.metrics = Metrics(known_commands=GatewayHandler.proto_cmds)
         self.loop = BackgroundLoop().start()
         self.budget = Budget(cfg.limits.transfer_buffer_mib * 2**20)
-        self.backends = {name: SFTPBackend(self.loop, b, self.budget) for name, b in cfg.backends.items()}
-        self.server = build_server(cfg, self.authenticate, sock)
+        self.backends = {
+            name: SFTPBackend(self.loop, b, self.budget, self.metrics) for name, b in cfg.backends.items()
+        }
+        self.server = build_server(cfg, self.authenticate, sock, self.metrics)
+        self.metrics_port = (
+            self.metrics.serve(cfg.metrics.address, cfg.metrics.port) if cfg.metrics.enabled else None
+        )
         self._stop = threading.Event()
 
     @property
@@ -49,7 +67,16 @@ class Gateway:
         return str(host), int(port)
 
     def authenticate(self, user: str, password: str, client_ip: str) -> Login:
-        """Route ``user``, log in on its backend and resolve its root directory."""
+        """Route ``user``, log in on its backend and resolve its root directory (counted)."""
+        try:
+            login = self._authenticate(user, password, client_ip)
+        except errors.GatewayError as err:
+            self.metrics.logins.labels(_LOGIN_RESULTS.get(type(err), "refused"), "-").inc()
+            raise
+        self.metrics.logins.labels("ok", login.route_name).inc()
+        return login
+
+    def _authenticate(self, user: str, password: str, client_ip: str) -> Login:
         route = match_route(self.cfg.routes, user)
         if route is None:
             log.info("login refused: no route for user %r from %s", printable(user), client_ip)
@@ -90,7 +117,7 @@ class Gateway:
             route.backend,
             printable(root),
         )
-        return Login(storage=storage, root=root, route_name=route.name, banner=route.banner)
+        return Login(storage, root, route.name, route.backend, route.banner)
 
     def serve_forever(self) -> None:
         """Serve until ``stop`` is called (from any thread) or the process is interrupted."""
@@ -102,6 +129,7 @@ class Gateway:
             for backend in self.backends.values():
                 backend.close()
             self.loop.stop()
+            self.metrics.stop()
 
     def stop(self) -> None:
         """Ask ``serve_forever`` to return (thread-safe)."""

@@ -126,6 +126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "backends": {"demo": {"host": "127.0.0.1", "port": sftp_port, "known_hosts": str(known_hosts)}},
             "routes": [{"match": {"user": "*"}, "backend": "demo", "auth": "passthrough", "root": "~"}],
             "limits": {"failed_login_delay": 1},
+            "metrics": {"port": 0},
         }
     )
     banner = (

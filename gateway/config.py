@@ -102,6 +102,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus /metrics listener (loopback by default: metrics are not public)."""
+
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = 9102
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole validated configuration."""
 
@@ -110,6 +119,7 @@ class GatewayConfig:
     backends: dict[str, BackendConfig] = field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     workers: int = 1
 
 
@@ -403,6 +413,18 @@ def _log(data: Any, problems: list[str]) -> LogConfig:
     return cfg
 
 
+def _metrics(data: Any, problems: list[str]) -> MetricsConfig:
+    s = _Section(data, "metrics", problems)
+    d = MetricsConfig()
+    cfg = MetricsConfig(
+        enabled=s.typed("enabled", bool, d.enabled),
+        address=s.typed("address", str, d.address, _ip),
+        port=s.typed("port", int, d.port, _listen_port),
+    )
+    s.finish()
+    return cfg
+
+
 def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayConfig:
     """Validate a parsed YAML document; raise ConfigError listing every problem.
 
@@ -418,6 +440,7 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
         backends=backends,
         routes=_routes(top.raw("routes"), backends, problems),
         log=_log(top.raw("log", None), problems),
+        metrics=_metrics(top.raw("metrics", None), problems),
         workers=top.typed("workers", int, 1, _at_least(1, 64)),
     )
     low, high = cfg.listen.passive_ports

@@ -160,6 +160,7 @@ class Login:
     storage: Storage
     root: str
     route_name: str
+    backend_name: str = ""
     banner: str | None = None
 
 

@@ -39,7 +39,10 @@ def worker_config(cfg: GatewayConfig, index: int) -> GatewayConfig:
         max_connections=math.ceil(cfg.limits.max_connections / n),
         transfer_buffer_mib=math.ceil(cfg.limits.transfer_buffer_mib / n),
     )
-    return dataclasses.replace(cfg, listen=listen, limits=limits, workers=1)
+    # Each worker serves its own /metrics, on the configured port plus its index.
+    port = cfg.metrics.port + index if cfg.metrics.port else 0
+    metrics = dataclasses.replace(cfg.metrics, port=port)
+    return dataclasses.replace(cfg, listen=listen, limits=limits, metrics=metrics, workers=1)
 
 
 def listen_socket(cfg: GatewayConfig) -> socket.socket:

@@ -53,6 +53,7 @@ def base_config(sshd: OpenSSHServer, **sections: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "listen": {"address": "127.0.0.1", "port": 0, "passive_ports": PASSIVE},
         "limits": {"failed_login_delay": 0.2},
+        "metrics": {"port": 0},
         "backends": {
             "main": {
                 "host": "127.0.0.1",

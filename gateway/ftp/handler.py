@@ -24,6 +24,7 @@ from gateway import listing, paths
 from gateway.errors import GatewayError, NoPassivePort, NotFound
 from gateway.ftp.authorizer import SessionAuthorizer
 from gateway.ftp.filesystem import GatewayFS
+from gateway.metrics import Metrics
 from gateway.storage import Authenticate, Entry, Kind, Login, Storage
 
 log = logging.getLogger("gateway.ftp")
@@ -165,6 +166,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     """Control channel for one FTP session; the server factory subclasses it per config."""
 
     authenticate: Authenticate  # set by gateway.ftp.server.build_server
+    metrics: Metrics | None = None  # idem
     fs: GatewayFS  # None before login (pyftpdlib checks authenticated first)
     _in_dtp_queue: Any  # pyftpdlib: (file, cmd) of an upload waiting for its data connection
     _out_dtp_queue: Any  # pyftpdlib: (data, isproducer, file, cmd) of a download waiting
@@ -187,6 +189,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self.authorizer = SessionAuthorizer(type(self).authenticate)
         self._listing_arg = ""  # argument of the current LIST/NLST/STAT, options removed
         self._retired: list[Login] = []  # logins replaced by REIN/USER during a transfer
+        self._counted = False  # this session is in ftpgw_sessions_active
+        self._logged_in_once = False
         super().__init__(conn, server, ioloop=ioloop)
         self._available_facts = list(listing.FACTS)
         self._current_facts = ["type", "size", "modify", "perm", "unix.mode"]
@@ -341,6 +345,36 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self.push(f" (only the first {STAT_MAX_LINES} entries; use LIST for the rest)\r\n")
         self.respond("213 End of status.")
         return path
+
+    # --- metrics (counted once each: log_cmd and log_transfer run once per command/transfer)
+
+    def on_connect(self) -> None:
+        if self.metrics is not None:
+            self.metrics.sessions_active.inc()
+            self._counted = True
+
+    def on_login(self, username: str) -> None:
+        self._logged_in_once = True
+
+    def on_disconnect(self) -> None:
+        if self.metrics is not None and self._counted:
+            self._counted = False
+            self.metrics.sessions_active.dec()
+            self.metrics.sessions.labels("authenticated" if self._logged_in_once else "unauthenticated").inc()
+
+    def log_cmd(self, cmd: str, arg: str, respcode: int, respstr: str) -> None:
+        if self.metrics is not None:
+            self.metrics.command(cmd, respcode)
+        super().log_cmd(cmd, arg, respcode, respstr)
+
+    def log_transfer(
+        self, cmd: str, filename: str, receive: bool, completed: bool, elapsed: float, bytes: int
+    ) -> None:
+        if self.metrics is not None:
+            login = self.authorizer.login
+            backend = login.backend_name if login is not None else ""
+            self.metrics.transfer(receive, completed, bytes, elapsed, backend)
+        super().log_transfer(cmd, filename, receive, completed, elapsed, bytes)
 
     # --- logging: every line goes through listing.printable (names may hold control chars)
 

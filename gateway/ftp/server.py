@@ -14,13 +14,16 @@ from pyftpdlib.servers import ThreadedFTPServer
 
 from gateway.config import GatewayConfig
 from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
+from gateway.metrics import Metrics
 from gateway.storage import Authenticate
 
 #: Commands dropped when active mode is disabled.
 _ACTIVE_COMMANDS = ("PORT", "EPRT")
 
 
-def handler_class(cfg: GatewayConfig, authenticate: Authenticate) -> type[GatewayHandler]:
+def handler_class(
+    cfg: GatewayConfig, authenticate: Authenticate, metrics: Metrics | None = None
+) -> type[GatewayHandler]:
     """A GatewayHandler subclass carrying this configuration."""
     low, high = cfg.listen.passive_ports
     commands = dict(GatewayHandler.proto_cmds)
@@ -30,6 +33,7 @@ def handler_class(cfg: GatewayConfig, authenticate: Authenticate) -> type[Gatewa
     dtp = type("ConfiguredDTPHandler", (GatewayDTPHandler,), {"timeout": cfg.limits.data_timeout})
     attrs = {
         "authenticate": staticmethod(authenticate),
+        "metrics": metrics,
         "proto_cmds": commands,
         "dtp_handler": dtp,
         "passive_ports": list(range(low, high + 1)),
@@ -42,13 +46,16 @@ def handler_class(cfg: GatewayConfig, authenticate: Authenticate) -> type[Gatewa
 
 
 def build_server(
-    cfg: GatewayConfig, authenticate: Authenticate, sock: socket.socket | None = None
+    cfg: GatewayConfig,
+    authenticate: Authenticate,
+    sock: socket.socket | None = None,
+    metrics: Metrics | None = None,
 ) -> ThreadedFTPServer:
     """A ThreadedFTPServer (one thread per session) listening as configured, or on ``sock``."""
     address = sock if sock is not None else (cfg.listen.address, cfg.listen.port)
     # Own IOLoop and stop flag: pyftpdlib's defaults (IOLoop.instance(), class-level _exit
     # and _lock) are process-wide, so stopping one server would stop every other one.
-    server = ThreadedFTPServer(address, handler_class(cfg, authenticate), ioloop=IOLoop())
+    server = ThreadedFTPServer(address, handler_class(cfg, authenticate, metrics), ioloop=IOLoop())
     server._exit, server._lock = threading.Event(), threading.Lock()
     server.max_cons = cfg.limits.max_connections
     server.max_cons_per_ip = cfg.limits.max_connections_per_ip

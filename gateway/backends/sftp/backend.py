@@ -24,6 +24,7 @@ from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.backends.sftp.pool import Lease, SFTPPool
 from gateway.backends.sftp.session import SFTPStorage
 from gateway.config import BackendConfig
+from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.sftp")
 
@@ -77,8 +78,8 @@ def known_hosts_problem(cfg: BackendConfig) -> str | None:
 class SFTPBackend:
     """One configured SFTP server; ``login`` leases a session for an FTP user from the pool."""
 
-    def __init__(self, loop: BackgroundLoop, cfg: BackendConfig, budget: Budget) -> None:
-        self.loop, self.cfg, self.budget = loop, cfg, budget
+    def __init__(self, loop: BackgroundLoop, cfg: BackendConfig, budget: Budget, metrics: Metrics) -> None:
+        self.loop, self.cfg, self.budget, self.metrics = loop, cfg, budget, metrics
         self._known_hosts = asyncssh.read_known_hosts(cfg.known_hosts)
         # A pooled connection that cannot open a channel within connect_timeout is replaced.
         self.pool = SFTPPool(cfg.pool, self._connect, cfg.connect_timeout)
@@ -87,7 +88,22 @@ class SFTPBackend:
         self, username: str, password: str
     ) -> tuple[asyncssh.SSHClientConnection, Callable[[], bool]]:
         state = _ConnState()
-        conn = await asyncssh.connect(
+        try:
+            conn = await self._open(state, username, password)
+        except asyncssh.PermissionDenied:
+            self.metrics.backend_connects.labels(self.cfg.name, "auth_failed").inc()
+            raise
+        except asyncssh.HostKeyNotVerifiable:
+            self.metrics.backend_connects.labels(self.cfg.name, "host_key_mismatch").inc()
+            raise
+        except BaseException:
+            self.metrics.backend_connects.labels(self.cfg.name, "error").inc()
+            raise
+        self.metrics.backend_connects.labels(self.cfg.name, "ok").inc()
+        return conn, lambda: state.lost
+
+    async def _open(self, state: _ConnState, username: str, password: str) -> asyncssh.SSHClientConnection:
+        return await asyncssh.connect(
             self.cfg.host,
             self.cfg.port,
             client_factory=lambda: _Client(state),
@@ -106,7 +122,6 @@ class SFTPBackend:
             keepalive_count_max=3,
             window=SSH_WINDOW,
         )
-        return conn, lambda: state.lost
 
     def login(self, username: str, password: str) -> SFTPStorage:
         """Open an SFTP session as ``username``; LoginRefused or BackendUnavailable on failure."""

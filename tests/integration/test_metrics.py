@@ -1,0 +1,96 @@
+"""Prometheus metrics: scraped from the real /metrics listener after real FTP sessions."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import socket
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import seed, wait_for
+
+
+def scrape(gw) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    port = gw.gateway.metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_logins_commands_and_transfers_are_counted_exactly(gw, user):
+    payload = os.urandom(300_000)
+    seed(user, "down.bin", payload)
+    bad = gw.connect()
+    with pytest.raises(ftplib.error_perm):
+        bad.login(user.name, "wrong")
+    bad.close()
+    ftp = gw.login(user)
+    ftp.storbinary("STOR up.bin", io.BytesIO(payload))
+    got = io.BytesIO()
+    ftp.retrbinary("RETR down.bin", got.write)
+    ftp.sendcmd("NOOP")
+    with pytest.raises(ftplib.error_perm):
+        ftp.sendcmd("SIZE missing")
+    ftp.sock.sendall(b"XYZZY\r\n")
+    assert ftp.getline().startswith("500")
+    ftp.quit()
+    assert wait_for(lambda: value(scrape(gw), "ftpgw_sessions_active") == 0)
+    m = scrape(gw)
+    assert value(m, "ftpgw_logins_total", result="ok", route="route0") == 1
+    assert value(m, "ftpgw_logins_total", result="bad_credentials", route="-") == 1
+    assert value(m, "ftpgw_transfers_total", direction="upload", result="ok") == 1
+    assert value(m, "ftpgw_transfers_total", direction="download", result="ok") == 1
+    assert value(m, "ftpgw_transfer_bytes_total", direction="upload", backend="main") == len(payload)
+    assert value(m, "ftpgw_transfer_bytes_total", direction="download", backend="main") == len(payload)
+    assert value(m, "ftpgw_transfer_duration_seconds_count", direction="upload") == 1
+    assert value(m, "ftpgw_commands_total", command="NOOP", code_class="2xx") == 1
+    assert value(m, "ftpgw_commands_total", command="SIZE", code_class="5xx") == 1
+    assert value(m, "ftpgw_commands_total", command="OTHER", code_class="5xx") == 1  # XYZZY folded
+    assert value(m, "ftpgw_sessions_total", result="authenticated") == 1
+    assert value(m, "ftpgw_sessions_total", result="unauthenticated") == 1
+    assert value(m, "ftpgw_backend_connects_total", backend="main", result="ok") == 1
+    assert value(m, "ftpgw_backend_connects_total", backend="main", result="auth_failed") == 1
+    assert value(m, "ftpgw_build_info", version=__import__("gateway").__version__) == 1
+
+
+def test_an_interrupted_download_counts_as_failed_with_the_bytes_it_moved(gw, user):
+    seed(user, "big.bin", os.urandom(16 * 2**20))
+    ftp = gw.login(user)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("RETR big.bin")
+    conn.recv(65536)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    conn.close()
+    with pytest.raises(ftplib.error_temp):
+        ftp.voidresp()
+    m = scrape(gw)
+    assert value(m, "ftpgw_transfers_total", direction="download", result="failed") == 1
+    assert value(m, "ftpgw_transfers_total", direction="download", result="ok") == 0
+    sent = value(m, "ftpgw_transfer_bytes_total", direction="download", backend="main")
+    assert 0 < sent < 16 * 2**20
+
+
+def test_metrics_listen_on_loopback_by_default():
+    from gateway.config import MetricsConfig
+
+    assert MetricsConfig().address == "127.0.0.1"
+    assert MetricsConfig().enabled
+
+
+def test_concurrent_sessions_gauge(gw, user):
+    sessions = [gw.login(user) for _ in range(3)]
+    assert value(scrape(gw), "ftpgw_sessions_active") == 3
+    for ftp in sessions:
+        ftp.quit()
+    assert wait_for(lambda: value(scrape(gw), "ftpgw_sessions_active") == 0)
