@@ -5,6 +5,7 @@ The only module (besides the CLI) that imports both ``gateway.ftp`` and ``gatewa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -33,6 +34,9 @@ def backend_problems(cfg: GatewayConfig) -> list[str]:
     ]
 
 
+#: Seconds between two background checks of every backend (for /readyz).
+READY_INTERVAL = 15.0
+
 #: Login outcomes other than "ok", as the ftpgw_logins_total{result} label.
 _LOGIN_RESULTS: dict[type[errors.GatewayError], str] = {
     errors.LoginRefused: "bad_credentials",
@@ -55,10 +59,28 @@ class Gateway:
             name: SFTPBackend(self.loop, b, self.budget, self.metrics) for name, b in cfg.backends.items()
         }
         self.server = build_server(cfg, self.authenticate, sock, self.metrics)
+        self._readiness: list[str] = ["starting: backends not checked yet"]
         self.metrics_port = (
-            self.metrics.serve(cfg.metrics.address, cfg.metrics.port) if cfg.metrics.enabled else None
+            self.metrics.serve(cfg.metrics.address, cfg.metrics.port, lambda: self._readiness)
+            if cfg.metrics.enabled
+            else None
         )
+        self.loop.submit(self._check_backends_forever())
         self._stop = threading.Event()
+
+    async def _check_backends_forever(self) -> None:
+        """Refresh the /readyz verdict: every backend probed every READY_INTERVAL seconds."""
+        while True:
+            names = list(self.backends)
+            try:
+                results = await asyncio.gather(*(self.backends[n].probe() for n in names))
+            except Exception as exc:  # never let the check die: /readyz would freeze
+                log.exception("backend check failed")
+                results = [f"check failed ({exc.__class__.__name__})"] * len(names)
+            self._readiness = [f"backend {n}: {why}" for n, why in zip(names, results, strict=True) if why]
+            for problem in self._readiness:
+                log.warning("not ready: %s", problem)
+            await asyncio.sleep(READY_INTERVAL)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -1,4 +1,7 @@
-"""Prometheus metrics: the objects both sides feed, and the /metrics HTTP listener.
+"""Prometheus metrics and health: the objects both sides feed, and the HTTP listener.
+
+The listener serves ``/metrics`` (Prometheus text), ``/healthz`` (the process answers) and
+``/readyz`` (every backend reachable with its known host key, from a cached background check).
 
 One ``Metrics`` per gateway process, on its own registry (tests run several gateways in one
 process). Labels stay low-cardinality: FTP verbs outside pyftpdlib's command table are
@@ -7,11 +10,14 @@ folded into ``OTHER``, reply codes into classes (``2xx``), user names never appe
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Iterable
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_wsgi_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
 from gateway import __version__
 
@@ -71,9 +77,29 @@ class Metrics:
         self.transfer_bytes.labels(direction, backend).inc(nbytes)
         self.transfer_seconds.labels(direction).observe(seconds)
 
-    def serve(self, address: str, port: int) -> int:
-        """Start the /metrics listener in a daemon thread; returns its port."""
-        server, _ = start_wsgi_server(port, addr=address, registry=self.registry)
+    def serve(self, address: str, port: int, readiness: Callable[[], list[str]]) -> int:
+        """Start the HTTP listener in a daemon thread; returns its port.
+
+        ``readiness`` returns the reasons the gateway is not ready (empty when it is).
+        """
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path == "/healthz":
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"ok\n"]
+            if path == "/readyz":
+                problems = readiness()
+                status = "503 Service Unavailable" if problems else "200 OK"
+                start_response(status, [("Content-Type", "text/plain")])
+                return ["".join(f"{p}\n" for p in problems or ["ready"]).encode()]
+            result: list[bytes] = metrics_app(environ, start_response)
+            return result
+
+        server_class = _Server6 if ":" in address else _Server
+        server = make_server(address, port, app, server_class, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         self._server = server
         return int(server.server_port)
 
@@ -82,3 +108,16 @@ class Metrics:
         if self._server is not None:
             threading.Thread(target=self._server.shutdown, daemon=True).start()
             self._server.server_close()
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""

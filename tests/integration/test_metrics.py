@@ -6,6 +6,7 @@ import ftplib
 import io
 import os
 import socket
+import urllib.error
 import urllib.request
 
 import pytest
@@ -94,3 +95,43 @@ def test_concurrent_sessions_gauge(gw, user):
     for ftp in sessions:
         ftp.quit()
     assert wait_for(lambda: value(scrape(gw), "ftpgw_sessions_active") == 0)
+
+
+def http_get(gw, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{gw.gateway.metrics_port}{path}", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_healthz_and_readyz_with_a_good_backend(gw):
+    assert http_get(gw, "/healthz") == (200, "ok\n")
+    assert wait_for(lambda: http_get(gw, "/readyz") == (200, "ready\n"))
+
+
+def test_readyz_names_the_failing_backend(gateway_factory, sshd, tmp_path):
+    from tests.conftest import base_config
+    from tests.helpers.sshd import free_port
+
+    wrong = tmp_path / "known_hosts"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {tmp_path / 'other'}")
+    pub = (tmp_path / "other.pub").read_text().split()
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {pub[0]} {pub[1]}\n")
+    doc = base_config(sshd)
+    doc["backends"]["impostor"] = {"host": "127.0.0.1", "port": sshd.port, "known_hosts": str(wrong)}
+    doc["backends"]["down"] = {
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "known_hosts": str(sshd.known_hosts),
+        "connect_timeout": 2,
+    }
+    gw = gateway_factory(doc)
+    assert wait_for(lambda: not http_get(gw, "/readyz")[1].startswith("starting"), timeout=20)
+    status, body = http_get(gw, "/readyz")
+    assert status == 503
+    lines = sorted(body.splitlines())
+    assert len(lines) == 2
+    assert lines[0].startswith("backend down: unreachable")
+    assert lines[1].startswith("backend impostor: host key SHA256:") and "not in known_hosts" in lines[1]
+    assert http_get(gw, "/healthz")[0] == 200

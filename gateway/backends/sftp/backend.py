@@ -173,6 +173,27 @@ class SFTPBackend:
         if not future.cancelled() and future.exception() is None:
             self.loop.loop.call_soon_threadsafe(self.pool.release, future.result())
 
+    async def probe(self) -> str | None:
+        """None if the backend answers and shows a host key its known_hosts trusts, else why not.
+
+        Only the key exchange runs (no authentication, so no failed login on the backend).
+        """
+        trusted = self._known_hosts.match(self.cfg.host, self.cfg.host, self.cfg.port)[0]
+        algs = sorted({key.get_algorithm() for key in trusted})
+        try:
+            key = await asyncio.wait_for(
+                asyncssh.get_server_host_key(
+                    self.cfg.host, self.cfg.port, server_host_key_algs=algs or (), config=None
+                ),
+                self.cfg.connect_timeout,
+            )
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            return f"unreachable ({exc.__class__.__name__})"
+        if key is None or all(key.public_data != known.public_data for known in trusted):
+            seen = key.get_fingerprint() if key is not None else "none"
+            return f"host key {seen} is not in known_hosts"
+        return None
+
     def close(self) -> None:
         """Close every pooled connection (at shutdown; thread-safe)."""
         self.loop.loop.call_soon_threadsafe(self.pool.close_all)
