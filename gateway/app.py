@@ -60,12 +60,12 @@ class Gateway:
         }
         self.server = build_server(cfg, self.authenticate, sock, self.metrics)
         self._readiness: list[str] = ["starting: backends not checked yet"]
-        self.metrics_port = (
-            self.metrics.serve(cfg.metrics.address, cfg.metrics.port, lambda: self._readiness)
-            if cfg.metrics.enabled
-            else None
-        )
-        self.loop.submit(self._check_backends_forever())
+        self.metrics_port: int | None = None
+        if cfg.metrics.enabled:  # the checks only feed /readyz
+            self.metrics_port = self.metrics.serve(
+                cfg.metrics.address, cfg.metrics.port, lambda: self._readiness
+            )
+            self.loop.submit(self._check_backends_forever())
         self._stop = threading.Event()
 
     async def _check_backends_forever(self) -> None:

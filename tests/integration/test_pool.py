@@ -18,6 +18,7 @@ def through_relay(sshd: OpenSSHServer, relay: Relay, **pool):
     doc = base_config(sshd)
     known = relay_known_hosts(sshd, relay)
     doc["backends"]["main"].update({"port": relay.port, "known_hosts": str(known), "pool": pool})
+    doc["metrics"] = {"enabled": False}  # its /readyz probes would be counted as connections
     return doc
 
 
