@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import posixpath
+import secrets
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -178,7 +179,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     permit_foreign_addresses = False
     permit_privileged_ports = False
     banner = "ftp-sftp-gateway ready."
-    log_prefix = "%(remote_ip)s:%(remote_port)s-[%(username)s]"
+    # Every pyftpdlib log line of a session: client address, session id, user, route.
+    log_prefix = "%(remote_ip)s:%(remote_port)s sess=%(session_id)s [%(username)s] route=%(route)s"
 
     # Strict decoding: pyftpdlib's default "replace" maps every undecodable byte to U+FFFD,
     # so two different Latin-1 names would name the same backend file (silent overwrite).
@@ -189,6 +191,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self.authorizer = SessionAuthorizer(type(self).authenticate)
         self._listing_arg = ""  # argument of the current LIST/NLST/STAT, options removed
         self._retired: list[Login] = []  # logins replaced by REIN/USER during a transfer
+        self.session_id = secrets.token_hex(4)  # in every log line of the session
+        self.route = "-"  # route name once logged in, for the logs
         self._counted = False  # this session is in ftpgw_sessions_active
         self._logged_in_once = False
         super().__init__(conn, server, ioloop=ioloop)
@@ -242,6 +246,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     # --- login
 
     def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
+        if self.authorizer.login is not None:
+            self.route = self.authorizer.login.route_name
         # The password already went to the backend; the session has no further use for it.
         super().handle_auth_success(home, "", msg_login)
 

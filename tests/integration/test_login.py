@@ -129,3 +129,18 @@ def test_client_gone_before_the_session_starts_is_quietly_ignored(gw, caplog):
     handler_cls(socket.socket(), gw.gateway.server, ioloop=IOLoop())  # never connected
     assert "Traceback" not in caplog.text
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_session_log_lines_carry_session_id_user_and_route(gw, user, caplog):
+    import re
+
+    caplog.set_level("INFO")
+    seed(user, "f.txt", "x")
+    ftp = gw.login(user)
+    ftp.retrlines("RETR f.txt", lambda line: None)
+    ftp.quit()
+    transfer = [
+        r.getMessage() for r in caplog.records if "RETR" in r.getMessage() and "completed=1" in r.getMessage()
+    ]
+    assert transfer, caplog.text
+    assert re.search(rf"sess=[0-9a-f]{{8}} \[{user.name}\] route=route0 RETR ", transfer[0])
