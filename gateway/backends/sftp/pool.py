@@ -99,8 +99,9 @@ class SFTPPool:
 
     def connections(self, user: str | None = None) -> list[PooledConnection]:
         """The live pooled connections (of ``user``, or all)."""
-        users = [self._users[user]] if user in self._users else [] if user else list(self._users.values())
-        return [c for u in users for c in u.conns]
+        if user is None:
+            return [c for entry in self._users.values() for c in entry.conns]
+        return list(self._users[user].conns) if user in self._users else []
 
     def verifier(self, password: str) -> bytes:
         """The salted scrypt verifier of ``password`` (thread-safe: call it off the loop)."""
