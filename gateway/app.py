@@ -46,6 +46,9 @@ _LOGIN_RESULTS: dict[type[errors.GatewayError], str] = {
     errors.BackendTimeout: "backend_unavailable",
 }
 
+#: The ``tls`` label of ftpgw_logins_total: every control channel is plain until FTPS exists.
+_TLS = "no"
+
 
 class Gateway:
     """A configured gateway: background SFTP loop, backends and the FTP server."""
@@ -62,10 +65,12 @@ class Gateway:
         self._readiness: list[str] = ["starting: backends not checked yet"]
         self.metrics_port: int | None = None
         if cfg.metrics.enabled:  # the checks only feed /readyz
+            m = cfg.metrics
             self.metrics_port = self.metrics.serve(
-                cfg.metrics.address, cfg.metrics.port, lambda: self._readiness
+                m.address, m.port, lambda: self._readiness, m.basic_auth, m.tls
             )
             self.loop.submit(self._check_backends_forever())
+            self.metrics.watch_backend_connections(self._connection_counts)
         self._stop = threading.Event()
 
     async def _check_backends_forever(self) -> None:
@@ -78,9 +83,26 @@ class Gateway:
                 log.exception("backend check failed")
                 results = [f"check failed ({exc.__class__.__name__})"] * len(names)
             self._readiness = [f"backend {n}: {why}" for n, why in zip(names, results, strict=True) if why]
+            for name, why in zip(names, results, strict=True):
+                self.metrics.backend_up.labels(name).set(0 if why else 1)
             for problem in self._readiness:
                 log.warning("not ready: %s", problem)
             await asyncio.sleep(READY_INTERVAL)
+
+    def _connection_counts(self) -> dict[tuple[str, str], int]:
+        """Pooled connections per (backend, state), read on the loop (at scrape time)."""
+
+        async def count() -> dict[tuple[str, str], int]:
+            counts: dict[tuple[str, str], int] = {}
+            for name, backend in self.backends.items():
+                for state in backend.connection_states():
+                    counts[name, state] = counts.get((name, state), 0) + 1
+            return counts
+
+        try:
+            return self.loop.run(count(), 2.0)
+        except Exception:  # a stuck loop must not hang the scrape; /readyz tells the rest
+            return {}
 
     @property
     def address(self) -> tuple[str, int]:
@@ -93,9 +115,9 @@ class Gateway:
         try:
             login = self._authenticate(user, password, client_ip)
         except errors.GatewayError as err:
-            self.metrics.logins.labels(_LOGIN_RESULTS.get(type(err), "refused"), "-").inc()
+            self.metrics.logins.labels(_LOGIN_RESULTS.get(type(err), "refused"), "-", _TLS).inc()
             raise
-        self.metrics.logins.labels("ok", login.route_name).inc()
+        self.metrics.logins.labels("ok", login.route_name, _TLS).inc()
         return login
 
     def _authenticate(self, user: str, password: str, client_ip: str) -> Login:

@@ -54,6 +54,7 @@ class LimitsConfig:
     data_timeout: int = 300
     failed_login_delay: float = 3.0
     transfer_buffer_mib: int = 128
+    drain_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,27 @@ class RouteConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """Logging level and format."""
+    """Logging level and format, and the xferlog transfer log (None: off)."""
 
     level: str = "info"
     format: str = "text"
+    transfer_log: str | None = None
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    """HTTP basic auth credentials (the password never appears in a repr)."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A PEM certificate (chain) and its private key."""
+
+    cert_file: str
+    key_file: str
 
 
 @dataclass(frozen=True)
@@ -108,6 +126,8 @@ class MetricsConfig:
     enabled: bool = True
     address: str = "127.0.0.1"
     port: int = 9102
+    basic_auth: BasicAuth | None = None  # protects /metrics; /healthz and /readyz stay open
+    tls: TLSFiles | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +339,7 @@ def _limits(data: Any, problems: list[str]) -> LimitsConfig:
         data_timeout=s.typed("data_timeout", int, d.data_timeout, _at_least(1, MAX_SECONDS)),
         failed_login_delay=s.typed("failed_login_delay", float, d.failed_login_delay, _delay),
         transfer_buffer_mib=s.typed("transfer_buffer_mib", int, d.transfer_buffer_mib, _at_least(1, 1 << 20)),
+        drain_timeout=s.typed("drain_timeout", float, d.drain_timeout, _delay),
     )
     s.finish()
     return cfg
@@ -403,23 +424,78 @@ def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) 
     return tuple(out)
 
 
-def _log(data: Any, problems: list[str]) -> LogConfig:
+def _log(data: Any, problems: list[str], base_dir: Path) -> LogConfig:
     s = _Section(data, "log", problems)
+    transfer_log = s.optional_str("transfer_log", _writable_file(base_dir))
     cfg = LogConfig(
         level=s.typed("level", str, "info", _one_of(LOG_LEVELS)),
         format=s.typed("format", str, "text", _one_of(("text", "json"))),
+        transfer_log=str(base_dir / transfer_log) if transfer_log else None,
     )
     s.finish()
     return cfg
 
 
-def _metrics(data: Any, problems: list[str]) -> MetricsConfig:
+def _writable_file(base_dir: Path) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        parent = (base_dir / value).parent
+        if not value.strip():
+            return "must not be empty (null turns it off)"
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            return f"directory {parent} does not exist or is not writable"
+        return None
+
+    return check
+
+
+def _readable_file(base_dir: Path) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        path = base_dir / value
+        return None if path.is_file() and os.access(path, os.R_OK) else f"cannot read file {path}"
+
+    return check
+
+
+def _basic_auth(data: Any, base_dir: Path, problems: list[str]) -> BasicAuth | None:
+    if data is None:
+        return None
+    s = _Section(data, "metrics.basic_auth", problems)
+    username = s.typed("username", str, "", lambda v: None if v and ":" not in v else "non-empty, no ':'")
+    password_file = s.optional_str("password_file", _readable_file(base_dir))
+    password_env = s.optional_str("password_env")
+    s.finish()
+    if (password_file is None) == (password_env is None):
+        s.problem("password_file", "set exactly one of password_file or password_env")
+        return None
+    if password_file is not None:
+        password = (base_dir / password_file).read_text(encoding="utf-8").rstrip("\r\n")
+    else:
+        password = os.environ.get(str(password_env), "")
+    if not password:
+        s.problem("password_file" if password_file else "password_env", "the password is empty or unset")
+        return None
+    return BasicAuth(username, password)
+
+
+def _tls_files(data: Any, path: str, base_dir: Path, problems: list[str]) -> TLSFiles | None:
+    if data is None:
+        return None
+    s = _Section(data, path, problems)
+    cert = s.typed("cert_file", str, "", _readable_file(base_dir), required=True)
+    key = s.typed("key_file", str, "", _readable_file(base_dir), required=True)
+    s.finish()
+    return TLSFiles(str(base_dir / cert), str(base_dir / key)) if cert and key else None
+
+
+def _metrics(data: Any, problems: list[str], base_dir: Path) -> MetricsConfig:
     s = _Section(data, "metrics", problems)
     d = MetricsConfig()
     cfg = MetricsConfig(
         enabled=s.typed("enabled", bool, d.enabled),
         address=s.typed("address", str, d.address, _ip),
         port=s.typed("port", int, d.port, _listen_port),
+        basic_auth=_basic_auth(s.raw("basic_auth", None), base_dir, problems),
+        tls=_tls_files(s.raw("tls", None), "metrics.tls", base_dir, problems),
     )
     s.finish()
     return cfg
@@ -428,19 +504,20 @@ def _metrics(data: Any, problems: list[str]) -> MetricsConfig:
 def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayConfig:
     """Validate a parsed YAML document; raise ConfigError listing every problem.
 
-    Relative file names (known_hosts) are taken relative to ``base_dir``, the directory of
+    Relative file names (known_hosts, log and TLS files) are taken relative to ``base_dir``, the directory of
     the config file (default: the current directory).
     """
     problems: list[str] = []
     top = _Section(data, "", problems)
-    backends = _backends(top.raw("backends"), problems, Path(base_dir or ".").absolute())
+    base = Path(base_dir or ".").absolute()
+    backends = _backends(top.raw("backends"), problems, base)
     cfg = GatewayConfig(
         listen=_listen(top.raw("listen", None), problems),
         limits=_limits(top.raw("limits", None), problems),
         backends=backends,
         routes=_routes(top.raw("routes"), backends, problems),
-        log=_log(top.raw("log", None), problems),
-        metrics=_metrics(top.raw("metrics", None), problems),
+        log=_log(top.raw("log", None), problems, base),
+        metrics=_metrics(top.raw("metrics", None), problems, base),
         workers=top.typed("workers", int, 1, _at_least(1, 64)),
     )
     low, high = cfg.listen.passive_ports

@@ -10,18 +10,46 @@ folded into ``OTHER``, reply codes into classes (``2xx``), user names never appe
 
 from __future__ import annotations
 
+import base64
+import hmac
+import re
 import socket
+import ssl
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    make_wsgi_app,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.config import BasicAuth, TLSFiles
+from gateway.errors import GatewayError
+
+# The *_created series double the series count and no dashboard here reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _TRANSFER_SECONDS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600)
+_OP_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+#: (backend, state) -> number of pooled SSH connections in that state.
+ConnectionCounts = dict[tuple[str, str], int]
+
+
+def error_kind(err: GatewayError) -> str:
+    """The ``kind`` label of an error: its class name in snake case (a small, fixed set)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(err).__name__).lower()
 
 
 class Metrics:
@@ -35,7 +63,10 @@ class Metrics:
             "ftpgw_sessions", "FTP sessions ended, by whether they logged in", ["result"], registry=r
         )
         self.logins = Counter(
-            "ftpgw_logins", "FTP login attempts by result and route", ["result", "route"], registry=r
+            "ftpgw_logins",
+            "FTP login attempts by result, route and whether the control channel was TLS",
+            ["result", "route", "tls"],
+            registry=r,
         )
         self.commands = Counter(
             "ftpgw_commands", "FTP commands by verb and reply class", ["command", "code_class"], registry=r
@@ -56,14 +87,64 @@ class Metrics:
             buckets=_TRANSFER_SECONDS,
             registry=r,
         )
+        self.data_connections = Counter(
+            "ftpgw_data_connections",
+            "FTP data connections by mode (pasv, epsv, port, eprt) and result",
+            ["mode", "result"],
+            registry=r,
+        )
+        self.passive_ports_in_use = Gauge(
+            "ftpgw_passive_ports_in_use",
+            "Passive data listeners open now (each holds a port of listen.passive_ports)",
+            registry=r,
+        )
+        self.tls_sessions = Counter(
+            "ftpgw_tls_sessions", "TLS handshakes completed, by channel (control, data)", ["kind"], registry=r
+        )
         self.backend_connects = Counter(
             "ftpgw_backend_connects",
             "New SSH connections to backends by result",
             ["backend", "result"],
             registry=r,
         )
+        self.backend_ops = Histogram(
+            "ftpgw_backend_op_duration_seconds",
+            "Duration of SFTP operations (and logins) on the backends",
+            ["backend", "op"],
+            buckets=_OP_SECONDS,
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "ftpgw_backend_errors",
+            "Failed SFTP operations by what the backend reported (not_found, backend_failure, ...)",
+            ["backend", "kind"],
+            registry=r,
+        )
+        self.backend_up = Gauge(
+            "ftpgw_backend_up",
+            "1 if the backend answered the last check with a trusted host key, else 0",
+            ["backend"],
+            registry=r,
+        )
+        self.guard_bans = Counter("ftpgw_guard_bans", "Client addresses banned by the guard", registry=r)
+        self.config_reloads = Counter(
+            "ftpgw_config_reloads", "Configuration reloads by result", ["result"], registry=r
+        )
+        self.draining = Gauge("ftpgw_draining", "1 while shutting down (no new sessions)", registry=r)
         Info("ftpgw_build", "Gateway version", registry=r).info({"version": __version__})
+        self._connection_counts: Callable[[], ConnectionCounts] = dict
+        r.register(_BackendConnections(lambda: self._connection_counts()))
         self._server: WSGIServer | None = None
+
+    def watch_backend_connections(self, counts: Callable[[], ConnectionCounts]) -> None:
+        """Report ``ftpgw_backend_connections`` from ``counts``, called at each scrape."""
+        self._connection_counts = counts
+
+    def backend_op(self, backend: str, op: str, seconds: float, err: GatewayError | None = None) -> None:
+        """Observe one backend operation; a failed one also counts as an error of its kind."""
+        self.backend_ops.labels(backend, op).observe(seconds)
+        if err is not None:
+            self.backend_errors.labels(backend, error_kind(err)).inc()
 
     def command(self, verb: str, code: int) -> None:
         """Count one FTP command and the class of its reply."""
@@ -77,12 +158,21 @@ class Metrics:
         self.transfer_bytes.labels(direction, backend).inc(nbytes)
         self.transfer_seconds.labels(direction).observe(seconds)
 
-    def serve(self, address: str, port: int, readiness: Callable[[], list[str]]) -> int:
-        """Start the HTTP listener in a daemon thread; returns its port.
+    def serve(
+        self,
+        address: str,
+        port: int,
+        readiness: Callable[[], list[str]],
+        auth: BasicAuth | None = None,
+        tls: TLSFiles | None = None,
+    ) -> int:
+        """Start the HTTP(S) listener in a daemon thread; returns its port.
 
         ``readiness`` returns the reasons the gateway is not ready (empty when it is).
+        ``auth`` protects /metrics only: probes of /healthz and /readyz carry no credentials.
         """
         metrics_app = make_wsgi_app(self.registry)
+        expected = b"Basic " + base64.b64encode(f"{auth.username}:{auth.password}".encode()) if auth else b""
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
             path = environ.get("PATH_INFO", "")
@@ -94,11 +184,27 @@ class Metrics:
                 status = "503 Service Unavailable" if problems else "200 OK"
                 start_response(status, [("Content-Type", "text/plain")])
                 return ["".join(f"{p}\n" for p in problems or ["ready"]).encode()]
+            given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+            if auth and not hmac.compare_digest(given, expected):
+                start_response(
+                    "401 Unauthorized",
+                    [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Basic realm="ftp-sftp-gateway"')],
+                )
+                return [b"unauthorized\n"]
             result: list[bytes] = metrics_app(environ, start_response)
             return result
 
         server_class = _Server6 if ":" in address else _Server
         server = make_server(address, port, app, server_class, handler_class=_QuietHandler)
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+            # The handshake runs in the request's own thread (see _Server.finish_request),
+            # so a client that never completes it cannot block the accept loop.
+            server.socket = context.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         self._server = server
         return int(server.server_port)
@@ -110,8 +216,45 @@ class Metrics:
             self._server.server_close()
 
 
+class _BackendConnections(Collector):
+    """``ftpgw_backend_connections{backend,state}``: read from the pools at scrape time."""
+
+    def __init__(self, counts: Callable[[], ConnectionCounts]) -> None:
+        self._counts = counts
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for (backend, state), n in sorted(self._counts().items()):
+            family.add_metric([backend, state], n)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "ftpgw_backend_connections",
+            "Pooled SSH connections to the backends: active (serving sessions) or idle",
+            labels=["backend", "state"],
+        )
+
+
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(_REQUEST_TIMEOUT)
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except (OSError, ssl.SSLError):
+                return
+        super().finish_request(request, client_address)
+
+
+#: Seconds an HTTP client may take for its request (handshake, headers): no slowloris.
+_REQUEST_TIMEOUT = 10.0
 
 
 class _Server6(_Server):

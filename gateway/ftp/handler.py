@@ -17,7 +17,7 @@ from typing import Any
 
 from pyftpdlib.exceptions import _RetryError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
-from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
+from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY
 from pyftpdlib.log import logger as ftplog
 
@@ -71,8 +71,22 @@ def strip_ls_options(arg: str) -> str:
     return " ".join(words).strip()
 
 
-class GatewayPassiveDTP(PassiveDTP):  # type: ignore[misc]
-    """Passive listener that stays inside ``passive_ports``.
+class _CountedDataConnection:
+    """Counts one data connection attempt in ``ftpgw_data_connections_total``, exactly once."""
+
+    cmd_channel: GatewayHandler
+    _mode = ""
+    _counted = True  # until the subclass has set itself up
+
+    def _count(self, result: str) -> None:
+        if not self._counted:
+            self._counted = True
+            if self.cmd_channel.metrics is not None:
+                self.cmd_channel.metrics.data_connections.labels(self._mode, result).inc()
+
+
+class GatewayPassiveDTP(_CountedDataConnection, PassiveDTP):  # type: ignore[misc]
+    """Passive listener that stays inside ``passive_ports`` and is counted.
 
     When every port of the range is taken, pyftpdlib binds a random kernel-chosen port
     outside it, which the firewall in front of the gateway then blocks (and which, with
@@ -80,6 +94,14 @@ class GatewayPassiveDTP(PassiveDTP):  # type: ignore[misc]
     """
 
     _range_tried = False
+    _listening = False
+
+    def __init__(self, cmd_channel: GatewayHandler, extmode: bool = False) -> None:
+        super().__init__(cmd_channel, extmode)
+        self._mode, self._counted = ("epsv" if extmode else "pasv"), False
+        if cmd_channel.metrics is not None and not self._closed:
+            cmd_channel.metrics.passive_ports_in_use.inc()
+            self._listening = True
 
     def bind(self, addr: tuple[str, int]) -> None:
         if addr[1] != 0:
@@ -88,6 +110,51 @@ class GatewayPassiveDTP(PassiveDTP):  # type: ignore[misc]
             self.close()
             raise NoPassivePort()
         super().bind(addr)
+
+    def handle_accepted(self, sock: Any, addr: tuple[str, int]) -> None:
+        if self.cmd_channel.connected and self.cmd_channel.remote_ip != addr[0]:
+            # FTP bounce / data theft: only the control connection's address may connect
+            # (pyftpdlib answers 425 and keeps listening for the real client).
+            if self.cmd_channel.metrics is not None:
+                self.cmd_channel.metrics.data_connections.labels(self._mode, "rejected").inc()
+        elif self.cmd_channel.connected:
+            self._count("ok")
+        super().handle_accepted(sock, addr)
+
+    def handle_timeout(self) -> None:
+        self._count("timeout")
+        super().handle_timeout()
+
+    def close(self) -> None:
+        self._count("unused")  # replaced by another PASV/PORT, or the session ended first
+        if self._listening and self.cmd_channel.metrics is not None:
+            self._listening = False
+            self.cmd_channel.metrics.passive_ports_in_use.dec()
+        super().close()
+
+
+class GatewayActiveDTP(_CountedDataConnection, ActiveDTP):  # type: ignore[misc]
+    """Active (PORT/EPRT) connector, counted."""
+
+    def __init__(self, ip: str, port: int, cmd_channel: GatewayHandler) -> None:
+        self._mode, self._counted = cmd_channel.active_command.lower(), False
+        super().__init__(ip, port, cmd_channel)
+
+    def handle_connect(self) -> None:
+        super().handle_connect()  # raises if the connect failed (then handle_close counts it)
+        self._count("ok")
+
+    def handle_timeout(self) -> None:
+        self._count("timeout")
+        super().handle_timeout()
+
+    def handle_close(self) -> None:
+        self._count("failed")
+        super().handle_close()
+
+    def close(self) -> None:
+        self._count("unused")
+        super().close()
 
 
 class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
@@ -171,10 +238,12 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     fs: GatewayFS  # None before login (pyftpdlib checks authenticated first)
     _in_dtp_queue: Any  # pyftpdlib: (file, cmd) of an upload waiting for its data connection
     _out_dtp_queue: Any  # pyftpdlib: (data, isproducer, file, cmd) of a download waiting
+    active_command = "PORT"  # PORT or EPRT, whichever started the active connection
     _in_buffer: list[bytes]  # pyftpdlib: the command line being received
     abstracted_fs = GatewayFS
     dtp_handler = GatewayDTPHandler
     passive_dtp = GatewayPassiveDTP
+    active_dtp = GatewayActiveDTP
     use_sendfile = False
     permit_foreign_addresses = False
     permit_privileged_ports = False
@@ -235,6 +304,14 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self.log_cmd(cmd, arg, err.code, err.text)
             if err.fatal:
                 self.close_when_done()
+
+    def ftp_PORT(self, line: str) -> None:
+        self.active_command = "PORT"
+        super().ftp_PORT(line)
+
+    def ftp_EPRT(self, line: str) -> None:
+        self.active_command = "EPRT"
+        super().ftp_EPRT(line)
 
     def backend_gone(self) -> None:
         """The backend connection died: tell the client (421) and end the session."""

@@ -48,8 +48,8 @@ def test_logins_commands_and_transfers_are_counted_exactly(gw, user):
     ftp.quit()
     assert wait_for(lambda: value(scrape(gw), "ftpgw_sessions_active") == 0)
     m = scrape(gw)
-    assert value(m, "ftpgw_logins_total", result="ok", route="route0") == 1
-    assert value(m, "ftpgw_logins_total", result="bad_credentials", route="-") == 1
+    assert value(m, "ftpgw_logins_total", result="ok", route="route0", tls="no") == 1
+    assert value(m, "ftpgw_logins_total", result="bad_credentials", route="-", tls="no") == 1
     assert value(m, "ftpgw_transfers_total", direction="upload", result="ok") == 1
     assert value(m, "ftpgw_transfers_total", direction="download", result="ok") == 1
     assert value(m, "ftpgw_transfer_bytes_total", direction="upload", backend="main") == len(payload)
@@ -63,6 +63,61 @@ def test_logins_commands_and_transfers_are_counted_exactly(gw, user):
     assert value(m, "ftpgw_backend_connects_total", backend="main", result="ok") == 1
     assert value(m, "ftpgw_backend_connects_total", backend="main", result="auth_failed") == 1
     assert value(m, "ftpgw_build_info", version=__import__("gateway").__version__) == 1
+    # ftplib uses PASV on IPv4: one data connection per transfer, the listener gone after.
+    assert value(m, "ftpgw_data_connections_total", mode="pasv", result="ok") == 2
+    assert value(m, "ftpgw_passive_ports_in_use") == 0
+    # Backend side: both logins timed (one failed), the missing file is the backend's ENOENT.
+    assert value(m, "ftpgw_backend_op_duration_seconds_count", backend="main", op="login") == 2
+    assert value(m, "ftpgw_backend_errors_total", backend="main", kind="login_refused") == 1
+    assert value(m, "ftpgw_backend_errors_total", backend="main", kind="not_found") >= 1
+    assert value(m, "ftpgw_backend_op_duration_seconds_count", backend="main", op="open") == 2
+    assert value(m, "ftpgw_backend_op_duration_seconds_count", backend="main", op="close") == 2
+    assert value(m, "ftpgw_backend_errors_total", backend="main", kind="backend_failure") == 0
+
+
+def test_data_connections_by_mode_and_result(gw, user):
+    seed(user, "f.txt", b"x" * 1000)
+    ftp = gw.login(user)
+    ftp.set_pasv(False)
+    ftp.retrbinary("RETR f.txt", lambda _: None)  # PORT
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ftp.sendcmd(f"EPRT |1|127.0.0.1|{listener.getsockname()[1]}|")
+        ftp.sendcmd("RETR f.txt")
+        with listener.accept()[0] as data:
+            assert data.makefile("rb").read() == b"x" * 1000
+        ftp.voidresp()
+    ftp.set_pasv(True)
+    ftp.af = socket.AF_INET6  # ftplib then uses EPSV, also with an IPv4 server
+    ftp.retrbinary("RETR f.txt", lambda _: None)
+    # A data connection from another address is refused (FTP bounce / port theft) and
+    # counted; the listener stays open for the real client.
+    port = int(ftp.sendcmd("EPSV").split("|")[3])
+    with pytest.raises(OSError):
+        stranger = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0), timeout=5)
+        stranger.recv(1)  # the gateway closes it at once
+        raise OSError("closed")
+    assert ftp.getline().startswith("425")
+    assert wait_for(lambda: value(scrape(gw), "ftpgw_passive_ports_in_use") == 1)
+    ftp.sendcmd("PASV")  # replaces the open EPSV listener, which was never used
+    ftp.quit()
+    assert wait_for(lambda: value(scrape(gw), "ftpgw_sessions_active") == 0)
+    m = scrape(gw)
+    assert value(m, "ftpgw_data_connections_total", mode="port", result="ok") == 1
+    assert value(m, "ftpgw_data_connections_total", mode="eprt", result="ok") == 1
+    assert value(m, "ftpgw_data_connections_total", mode="epsv", result="ok") == 1
+    assert value(m, "ftpgw_data_connections_total", mode="epsv", result="rejected") == 1
+    assert value(m, "ftpgw_data_connections_total", mode="epsv", result="unused") == 1
+    assert value(m, "ftpgw_data_connections_total", mode="pasv", result="unused") == 1
+    assert value(m, "ftpgw_passive_ports_in_use") == 0
+
+
+def test_backend_connections_and_up(gw, user):
+    ftp = gw.login(user)
+    assert value(scrape(gw), "ftpgw_backend_connections", backend="main", state="active") == 1
+    ftp.quit()
+    assert wait_for(lambda: value(scrape(gw), "ftpgw_backend_connections", backend="main", state="idle") == 1)
+    assert value(scrape(gw), "ftpgw_backend_connections", backend="main", state="active") == 0
+    assert wait_for(lambda: value(scrape(gw), "ftpgw_backend_up", backend="main") == 1)
 
 
 def test_an_interrupted_download_counts_as_failed_with_the_bytes_it_moved(gw, user):
@@ -135,3 +190,45 @@ def test_readyz_names_the_failing_backend(gateway_factory, sshd, tmp_path):
     assert lines[0].startswith("backend down: unreachable")
     assert lines[1].startswith("backend impostor: host key SHA256:") and "not in known_hosts" in lines[1]
     assert http_get(gw, "/healthz")[0] == 200
+
+
+def test_metrics_over_tls_with_basic_auth(gateway_factory, sshd, tmp_path):
+    import base64
+    import ssl
+    import subprocess
+
+    from tests.conftest import base_config
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "1",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (tmp_path / "pw").write_text("s3cret-metrics\n")
+    doc = base_config(sshd)
+    doc["metrics"].update(
+        basic_auth={"username": "prom", "password_file": str(tmp_path / "pw")},
+        tls={"cert_file": str(tmp_path / "cert.pem"), "key_file": str(tmp_path / "key.pem")},
+    )
+    gw = gateway_factory(doc)
+    base = f"https://127.0.0.1:{gw.gateway.metrics_port}"
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+
+    def get(path, password=None):
+        req = urllib.request.Request(base + path)
+        if password is not None:
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"prom:{password}".encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    assert get("/metrics")[0] == 401
+    assert get("/metrics", "wrong")[0] == 401
+    status, body = get("/metrics", "s3cret-metrics")
+    assert status == 200 and "ftpgw_sessions_active" in body
+    assert get("/healthz") == (200, "ok\n")  # probes carry no credentials
+    with pytest.raises(OSError):  # plain HTTP is not served
+        urllib.request.urlopen(f"http://127.0.0.1:{gw.gateway.metrics_port}/healthz", timeout=5)

@@ -180,3 +180,64 @@ def test_yaml_tags_are_not_executed(tmp_path):
     with pytest.raises(config.ConfigError) as exc:
         config.load(evil)
     assert "not valid YAML" in exc.value.problems[0]
+
+
+def _with_metrics(known_hosts, **metrics):
+    return {
+        "backends": {"b": {"host": "h", "known_hosts": known_hosts}},
+        "routes": [{"backend": "b", "match": {"user": "*"}}],
+        "metrics": metrics,
+    }
+
+
+def test_metrics_basic_auth_reads_the_password_from_a_file_or_the_environment(
+    known_hosts, tmp_path, monkeypatch
+):
+    (tmp_path / "pw").write_text("from-file\n")
+    cfg = config.parse(
+        _with_metrics(known_hosts, basic_auth={"username": "p", "password_file": "pw"}), tmp_path
+    )
+    assert cfg.metrics.basic_auth == config.BasicAuth("p", "from-file")
+    assert "from-file" not in repr(cfg)  # never in a log line or traceback
+    monkeypatch.setenv("GW_METRICS_PW", "from-env")
+    cfg = config.parse(
+        _with_metrics(known_hosts, basic_auth={"username": "p", "password_env": "GW_METRICS_PW"})
+    )
+    assert cfg.metrics.basic_auth is not None and cfg.metrics.basic_auth.password == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("auth", "problem"),
+    [
+        ({"username": "p"}, "metrics.basic_auth.password_file: set exactly one of"),
+        (
+            {"username": "p", "password_env": "GW_UNSET_VARIABLE"},
+            "metrics.basic_auth.password_env: the password",
+        ),
+        ({"username": "p", "password_file": "nope"}, "metrics.basic_auth.password_file: cannot read file"),
+        ({"username": "a:b", "password_env": "HOME"}, "metrics.basic_auth.username: non-empty"),
+    ],
+)
+def test_metrics_basic_auth_problems(known_hosts, tmp_path, auth, problem):
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(_with_metrics(known_hosts, basic_auth=auth), tmp_path)
+    assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+def test_metrics_tls_needs_readable_files(known_hosts, tmp_path):
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(_with_metrics(known_hosts, tls={"cert_file": "c.pem"}), tmp_path)
+    assert sorted(err.value.problems) == [
+        f"metrics.tls.cert_file: cannot read file {tmp_path / 'c.pem'}",
+        "metrics.tls.key_file: required key is missing",
+    ]
+
+
+def test_transfer_log_directory_must_exist(known_hosts, tmp_path):
+    doc = _with_metrics(known_hosts)
+    doc["log"] = {"transfer_log": "xferlog"}
+    assert config.parse(doc, tmp_path).log.transfer_log == str(tmp_path / "xferlog")
+    doc["log"] = {"transfer_log": "missing/xferlog"}
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc, tmp_path)
+    assert err.value.problems[0].startswith("log.transfer_log: directory")

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -160,6 +161,7 @@ class SFTPBackend:
                 )
                 raise errors.BackendUnavailable() from exc
 
+        started = time.perf_counter()
         future = self.loop.submit(guarded())
         try:
             lease = future.result(limit + 5)
@@ -167,7 +169,17 @@ class SFTPBackend:
             # Only if the loop itself is stuck: a lease that still arrives goes straight back.
             future.add_done_callback(self._release_late)
             raise errors.BackendUnavailable() from None
-        return SFTPStorage(self.loop, lease, self.cfg.operation_timeout, self.pool.release, self.budget)
+        except errors.GatewayError as err:
+            self.report("login", time.perf_counter() - started, err)
+            raise
+        self.report("login", time.perf_counter() - started, None)
+        return SFTPStorage(
+            self.loop, lease, self.cfg.operation_timeout, self.pool.release, self.budget, self.report
+        )
+
+    def report(self, op: str, seconds: float, err: errors.GatewayError | None) -> None:
+        """Count one operation on this backend (its duration; its error, if it failed)."""
+        self.metrics.backend_op(self.cfg.name, op, seconds, err)
 
     def _release_late(self, future: concurrent.futures.Future[Lease]) -> None:
         if not future.cancelled() and future.exception() is None:
@@ -193,6 +205,10 @@ class SFTPBackend:
             seen = key.get_fingerprint() if key is not None else "none"
             return f"host key {seen} is not in known_hosts"
         return None
+
+    def connection_states(self) -> list[str]:
+        """ "active" or "idle" for each pooled connection (call on the loop)."""
+        return ["active" if c.channels else "idle" for c in self.pool.connections()]
 
     def close(self) -> None:
         """Close every pooled connection (at shutdown; thread-safe)."""

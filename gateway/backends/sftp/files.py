@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -90,12 +91,31 @@ class _Window:
             self.pop()[1].cancel()
 
 
-class _Handle:
-    """An open SFTP file handle plus the loop it lives on."""
+#: Observes one backend operation: (op, seconds, error or None); called on the loop.
+Report = Callable[[str, float, GatewayError | None], None]
 
-    def __init__(self, loop: BackgroundLoop, fh: asyncssh.SFTPClientFile, name: str, timeout: float):
-        self.loop, self.fh, self.name, self.timeout = loop, fh, name, timeout
+
+def no_report(op: str, seconds: float, err: GatewayError | None) -> None:
+    """A Report that ignores everything."""
+
+
+class _Handle:
+    """An open SFTP file handle plus the loop it lives on.
+
+    Failed block reads and writes are reported (they count as backend errors); their
+    durations are not: one transfer issues thousands, and its duration is measured whole.
+    """
+
+    def __init__(
+        self, loop: BackgroundLoop, fh: asyncssh.SFTPClientFile, name: str, timeout: float, report: Report
+    ):
+        self.loop, self.fh, self.name, self.timeout, self.report = loop, fh, name, timeout, report
         self.closed = False
+
+    def _failed(self, op: str, exc: Exception) -> GatewayError:
+        err = translate(exc)
+        self.report(op, 0.0, err)
+        return err
 
     async def _read(self, size: int, offset: int) -> bytes:
         try:
@@ -103,20 +123,22 @@ class _Handle:
         except asyncssh.SFTPEOFError:
             return b""
         except Exception as exc:
-            raise translate(exc) from exc
+            raise self._failed("read", exc) from exc
         return data
 
     async def _write(self, data: bytes, offset: int) -> None:
         try:
             await self.fh.write(data, offset)
         except Exception as exc:
-            raise translate(exc) from exc
+            raise self._failed("write", exc) from exc
 
     async def _close(self) -> None:
+        started = time.perf_counter()
         try:
             await self.fh.close()
         except Exception as exc:
-            raise translate(exc) from exc
+            raise self._failed("close", exc) from exc
+        self.report("close", time.perf_counter() - started, None)
 
     def close_handle(self, *, check: bool) -> None:
         """Close on the backend; raise the backend's error only if ``check``."""
@@ -143,8 +165,9 @@ class SFTPReadStream(_Handle):
         block: int,
         budget: Budget,
         depth: int = READ_DEPTH,
+        report: Report = no_report,
     ) -> None:
-        super().__init__(loop, fh, name, timeout)
+        super().__init__(loop, fh, name, timeout, report)
         self._size_hint, self._block = size_hint, block
         self._window = _Window(budget, depth)
         self._next = 0  # offset of the next read to submit
@@ -209,8 +232,9 @@ class SFTPWriteStream(_Handle):
         budget: Budget,
         depth: int = WRITE_DEPTH,
         refine: Callable[[GatewayError], GatewayError] = lambda err: err,
+        report: Report = no_report,
     ) -> None:
-        super().__init__(loop, fh, name, timeout)
+        super().__init__(loop, fh, name, timeout, report)
         self._offset, self._block = offset, block
         self._window = _Window(budget, depth)
         self._refine = refine

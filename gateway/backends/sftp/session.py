@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import stat as statmod
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import TypeVar, cast
 
@@ -17,7 +18,7 @@ from asyncssh import constants as fx
 
 from gateway import errors
 from gateway.backends.sftp.errors import translate
-from gateway.backends.sftp.files import Budget, SFTPReadStream, SFTPWriteStream
+from gateway.backends.sftp.files import Budget, Report, SFTPReadStream, SFTPWriteStream, no_report
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.backends.sftp.pool import Lease
 from gateway.storage import Attrs, Entry, Kind
@@ -80,9 +81,10 @@ class SFTPStorage:
         timeout: float,
         release: Callable[[Lease], None],
         budget: Budget,
+        report: Report = no_report,
     ) -> None:
         self._loop, self._lease, self._sftp = loop, lease, lease.sftp
-        self._timeout, self._release, self._budget = timeout, release, budget
+        self._timeout, self._release, self._budget, self._report = timeout, release, budget, report
         self._lost = lease.owner.is_lost
         self._block = min(_MAX_BLOCK, self._sftp.limits.max_read_len or 32768)
         self._wblock = min(_MAX_BLOCK, self._sftp.limits.max_write_len or 32768)
@@ -90,12 +92,17 @@ class SFTPStorage:
 
     # --- plumbing
 
-    def _run(self, make: Callable[[], Awaitable[T]]) -> T:
+    def _run(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
         async def guarded() -> T:
+            started = time.perf_counter()
             try:
-                return await make()
+                result = await make()
             except Exception as exc:
-                raise translate(exc) from exc
+                err = translate(exc)
+                self._report(op, time.perf_counter() - started, err)
+                raise err from exc
+            self._report(op, time.perf_counter() - started, None)
+            return result
 
         if self._lost():
             raise errors.ConnectionLost()
@@ -108,7 +115,7 @@ class SFTPStorage:
             if not isinstance(err, errors.BackendFailure):
                 return err
             try:
-                vfs = self._run(lambda: self._sftp.statvfs(path.rsplit("/", 1)[0] or "/"))
+                vfs = self._run("statvfs", lambda: self._sftp.statvfs(path.rsplit("/", 1)[0] or "/"))
             except errors.GatewayError:
                 return err
             return errors.NoSpace() if vfs.bavail * vfs.frsize < self._wblock else err
@@ -134,11 +141,11 @@ class SFTPStorage:
 
     def stat(self, path: str) -> Attrs:
         """Attributes, following symlinks."""
-        return to_attrs(self._run(lambda: self._sftp.stat(path)))
+        return to_attrs(self._run("stat", lambda: self._sftp.stat(path)))
 
     def lstat(self, path: str) -> Attrs:
         """Attributes of the path itself."""
-        return to_attrs(self._run(lambda: self._sftp.lstat(path)))
+        return to_attrs(self._run("lstat", lambda: self._sftp.lstat(path)))
 
     def list_dir(self, path: str) -> Iterator[Entry]:
         """Entries streamed from READDIR with their attrs (no stat per entry), batch by batch."""
@@ -166,7 +173,7 @@ class SFTPStorage:
             return [Entry(n, a, targets.get(n)) for n, a in found]
 
         try:
-            while chunk := self._run(batch):
+            while chunk := self._run("readdir", batch):
                 yield from chunk
         finally:
             # Close the directory handle, also when the client abandons the listing, without
@@ -186,8 +193,17 @@ class SFTPStorage:
                 raise errors.NotRegularFile()
             return await self._sftp.open(path, fx.FXF_READ, encoding=None, block_size=None), attrs
 
-        fh, attrs = self._run(opened)
-        return SFTPReadStream(self._loop, fh, path, self._timeout, attrs.size or 0, self._block, self._budget)
+        fh, attrs = self._run("open", opened)
+        return SFTPReadStream(
+            self._loop,
+            fh,
+            path,
+            self._timeout,
+            attrs.size or 0,
+            self._block,
+            self._budget,
+            report=self._report,
+        )
 
     def open_write(self, path: str, mode: str) -> SFTPWriteStream:
         """Open for upload: "w" truncates, "a" appends at the current size, "r+" resumes."""
@@ -204,7 +220,7 @@ class SFTPStorage:
             return fh, offset
 
         try:
-            fh, offset = self._run(opened)
+            fh, offset = self._run("open", opened)
         except errors.BackendFailure:
             if (found := self._lstat_or_none(path)) is not None and found.kind is Kind.DIR:
                 raise errors.IsADirectory() from None
@@ -218,6 +234,7 @@ class SFTPStorage:
             self._wblock,
             self._budget,
             refine=self._write_failure(path),
+            report=self._report,
         )
 
     def create_unique(self, directory: str, prefix: str) -> SFTPWriteStream:
@@ -230,7 +247,7 @@ class SFTPStorage:
                 return await self._sftp.open(path, flags, encoding=None, block_size=None)
 
             try:
-                fh = self._run(create)
+                fh = self._run("open", create)
             except (errors.BackendFailure, errors.AlreadyExists):
                 if self._lstat_or_none(path) is None:
                     raise
@@ -244,6 +261,7 @@ class SFTPStorage:
                 self._wblock,
                 self._budget,
                 refine=self._write_failure(path),
+                report=self._report,
             )
         raise errors.AlreadyExists("No usable unique file name found.")
 
@@ -252,7 +270,7 @@ class SFTPStorage:
     def mkdir(self, path: str) -> None:
         """Create a directory."""
         try:
-            self._run(lambda: self._sftp.mkdir(path))
+            self._run("mkdir", lambda: self._sftp.mkdir(path))
         except errors.BackendFailure:
             if self._lstat_or_none(path) is not None:
                 raise errors.AlreadyExists() from None
@@ -261,7 +279,7 @@ class SFTPStorage:
     def rmdir(self, path: str) -> None:
         """Remove an empty directory."""
         try:
-            self._run(lambda: self._sftp.rmdir(path))
+            self._run("rmdir", lambda: self._sftp.rmdir(path))
         except errors.BackendFailure:
             found = self._lstat_or_none(path)
             if found is not None:
@@ -271,7 +289,7 @@ class SFTPStorage:
     def remove(self, path: str) -> None:
         """Remove a file or symlink."""
         try:
-            self._run(lambda: self._sftp.remove(path))
+            self._run("remove", lambda: self._sftp.remove(path))
         except errors.BackendFailure:
             if (found := self._lstat_or_none(path)) is not None and found.kind is Kind.DIR:
                 raise errors.IsADirectory() from None
@@ -280,20 +298,20 @@ class SFTPStorage:
     def rename(self, src: str, dst: str) -> None:
         """Rename, replacing ``dst`` atomically (posix-rename@openssh.com when offered)."""
         try:
-            self._run(lambda: self._sftp.posix_rename(src, dst))
+            self._run("rename", lambda: self._sftp.posix_rename(src, dst))
         except errors.Unsupported:
             # Plain SFTPv3 RENAME refuses an existing target: remove it first (not atomic).
             if (found := self._lstat_or_none(dst)) is not None and found.kind is not Kind.DIR:
                 self.remove(dst)
-            self._run(lambda: self._sftp.rename(src, dst))
+            self._run("rename", lambda: self._sftp.rename(src, dst))
 
     def chmod(self, path: str, mode: int) -> None:
         """Set permission bits."""
-        self._run(lambda: self._sftp.chmod(path, mode))
+        self._run("setstat", lambda: self._sftp.chmod(path, mode))
 
     def set_mtime(self, path: str, mtime: int) -> None:
         """Set the modification time (SFTP v3 sets both times: the access time becomes it too)."""
-        self._run(lambda: self._sftp.utime(path, (mtime, mtime)))
+        self._run("setstat", lambda: self._sftp.utime(path, (mtime, mtime)))
 
     def close(self) -> None:
         """End the session: its channel closes, the connection goes back to the pool."""
