@@ -10,11 +10,11 @@ import logging
 import socket
 import threading
 
-from gateway import errors
+from gateway import errors, logs
 from gateway.backends.sftp.backend import SFTPBackend, known_hosts_problem
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, RouteConfig
 from gateway.ftp.handler import GatewayHandler
 from gateway.ftp.server import build_server
 from gateway.listing import printable
@@ -37,9 +37,15 @@ def backend_problems(cfg: GatewayConfig) -> list[str]:
 #: Seconds between two background checks of every backend (for /readyz).
 READY_INTERVAL = 15.0
 
+
+class _RootUnusable(errors.LoginRefused):
+    """The backend accepted the login but the route's root is missing or not a directory."""
+
+
 #: Login outcomes other than "ok", as the ftpgw_logins_total{result} label.
 _LOGIN_RESULTS: dict[type[errors.GatewayError], str] = {
     errors.LoginRefused: "bad_credentials",
+    _RootUnusable: "root_unusable",
     errors.BackendUnavailable: "backend_unavailable",
     errors.ConnectionLost: "backend_unavailable",
     errors.HostKeyMismatch: "host_key_mismatch",
@@ -111,31 +117,31 @@ class Gateway:
         return str(host), int(port)
 
     def authenticate(self, user: str, password: str, client_ip: str) -> Login:
-        """Route ``user``, log in on its backend and resolve its root directory (counted)."""
-        try:
-            login = self._authenticate(user, password, client_ip)
-        except errors.GatewayError as err:
-            self.metrics.logins.labels(_LOGIN_RESULTS.get(type(err), "refused"), "-", _TLS).inc()
-            raise
-        self.metrics.logins.labels("ok", login.route_name, _TLS).inc()
-        return login
-
-    def _authenticate(self, user: str, password: str, client_ip: str) -> Login:
+        """Route ``user``, log in on its backend and resolve its root (counted and audited)."""
         route = match_route(self.cfg.routes, user)
         if route is None:
-            log.info("login refused: no route for user %r from %s", printable(user), client_ip)
+            self._refused(client_ip, user, "no_route", "-")
             raise errors.LoginRefused()
         try:
-            storage = self.backends[route.backend].login(user, password)
+            login = self._login(route, user, password)
         except errors.GatewayError as err:
-            log.info(
-                "login refused: user %r from %s via route %s: %s",
-                printable(user),
-                client_ip,
-                route.name,
-                "bad credentials" if isinstance(err, errors.LoginRefused) else err.text,
+            result = _LOGIN_RESULTS.get(type(err), "refused")
+            detail = (
+                "" if isinstance(err, errors.LoginRefused) else f"backend={route.backend} error={err.text!r}"
             )
+            self._refused(client_ip, user, result, route.name, detail)
             raise
+        self.metrics.logins.labels("ok", route.name, _TLS).inc()
+        detail = f"backend={route.backend} root={printable(login.root)!r}"
+        logs.login_audit(client_ip, user, "ok", route.name, detail)
+        return login
+
+    def _refused(self, client_ip: str, user: str, result: str, route: str, detail: str = "") -> None:
+        self.metrics.logins.labels(result, route, _TLS).inc()
+        logs.login_audit(client_ip, user, result, route, detail)
+
+    def _login(self, route: RouteConfig, user: str, password: str) -> Login:
+        storage = self.backends[route.backend].login(user, password)
         root = render_root(route.root, user, storage.home())
         try:
             if storage.stat(root).kind is not Kind.DIR:
@@ -152,15 +158,7 @@ class Gateway:
             )
             if err.fatal:
                 raise
-            raise errors.LoginRefused() from err
-        log.info(
-            "login ok: user %r from %s via route %s to backend %s root %r",
-            printable(user),
-            client_ip,
-            route.name,
-            route.backend,
-            printable(root),
-        )
+            raise _RootUnusable() from err
         return Login(storage, root, route.name, route.backend, route.banner)
 
     def serve_forever(self) -> None:

@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 2
-    logs.setup(cfg.log.level, cfg.log.format)
+    logs.setup(cfg.log.level, cfg.log.format, cfg.log.transfer_log)
     return _serve(cfg)
 
 

@@ -12,6 +12,7 @@ import itertools
 import logging
 import posixpath
 import secrets
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY
 from pyftpdlib.log import logger as ftplog
 
-from gateway import listing, paths
+from gateway import listing, logs, paths
 from gateway.errors import GatewayError, NoPassivePort, NotFound
 from gateway.ftp.authorizer import SessionAuthorizer
 from gateway.ftp.filesystem import GatewayFS
@@ -276,6 +277,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     # --- command dispatch and error mapping
 
     def found_terminator(self) -> None:
+        logs.bind_session(self._log_fields)  # this thread serves this session only
         # pyftpdlib answers an undecodable line with 501 but keeps it in its input buffer,
         # so every later command would fail too: drop the line here instead.
         try:
@@ -457,7 +459,28 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             login = self.authorizer.login
             backend = login.backend_name if login is not None else ""
             self.metrics.transfer(receive, completed, bytes, elapsed, backend)
+        if logs.xferlog.handlers:
+            line = logs.xferlog_line(
+                when=time.time(),
+                seconds=elapsed,
+                client_ip=self.remote_ip,
+                nbytes=bytes,
+                path=filename,
+                binary=self._current_type == "i",
+                upload=receive,
+                user=self.username or "-",
+                completed=completed,
+            )
+            logs.xferlog.info(line)
         super().log_transfer(cmd, filename, receive, completed, elapsed, bytes)
+
+    def _log_fields(self) -> dict[str, str]:
+        return {
+            "session": self.session_id,
+            "client_ip": self.remote_ip,
+            "user": listing.printable(self.username or "-"),
+            "route": self.route,
+        }
 
     # --- logging: every line goes through listing.printable (names may hold control chars)
 

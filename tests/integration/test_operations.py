@@ -1,0 +1,110 @@
+"""Operating the gateway as a process: JSON logs, audit lines, xferlog, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.conftest import base_config, seed
+from tests.helpers.sshd import free_port, wait_port
+from tests.integration.test_cli import CLI, write_config
+
+
+class GatewayProcess:
+    """``ftp-sftp-gateway run`` as a child process; stderr collected line by line."""
+
+    def __init__(self, tmp_path, doc) -> None:
+        self.port = doc["listen"]["port"] = free_port()
+        doc["metrics"]["port"] = self.metrics_port = free_port()
+        path = write_config(tmp_path, doc)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [*CLI, "run", "--config", str(path)], stderr=subprocess.PIPE, text=True, env=env
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_port("127.0.0.1", self.port, timeout=30)
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+
+def _connect(port: int) -> ftplib.FTP:
+    ftp = ftplib.FTP(timeout=30)
+    ftp.connect("127.0.0.1", port)
+    return ftp
+
+
+@pytest.fixture
+def process(tmp_path):
+    started: list[GatewayProcess] = []
+
+    def start(doc) -> GatewayProcess:
+        started.append(GatewayProcess(tmp_path, doc))
+        return started[-1]
+
+    yield start
+    for gw in started:
+        if gw.proc.poll() is None:
+            gw.proc.kill()
+            gw.proc.wait(10)
+
+
+def test_json_logs_audit_lines_and_xferlog(process, sshd, user, tmp_path):
+    doc = base_config(sshd)
+    doc["log"] = {"format": "json", "transfer_log": str(tmp_path / "xferlog")}
+    gw = process(doc)
+    seed(user, "report name.csv", b"a,b\n" * 1000)
+    bad = _connect(gw.port)
+    with pytest.raises(ftplib.error_perm):
+        bad.login(user.name, "wrong-password")
+    bad.close()
+    ftp = _connect(gw.port)
+    ftp.login(user.name, user.password)
+    ftp.retrbinary("RETR report name.csv", lambda _: None)
+    ftp.storbinary("STOR up.bin", io.BytesIO(b"x" * 5000))
+    ftp.quit()
+    assert gw.stop() == 0
+
+    records = [json.loads(line) for line in gw.lines]  # every line is one JSON document
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    audit = [r for r in records if r["logger"] == "gateway.audit"]
+    assert [re.sub(r" user=.*", "", r["message"]) for r in audit] == [
+        "login failed: client_ip=127.0.0.1",
+        "login ok: client_ip=127.0.0.1",
+    ]
+    assert f"user='{user.name}' result=bad_credentials route=route0" in audit[0]["message"]
+    assert f"user='{user.name}' result=ok route=route0 backend=main" in audit[1]["message"]
+    # Records from a session's thread carry its fields, the audit and backend lines too.
+    in_session = [r for r in records if "session" in r]
+    assert {(r["client_ip"], r["user"]) for r in in_session} == {("127.0.0.1", "-"), ("127.0.0.1", user.name)}
+    assert all(r.get("user") == user.name for r in audit)
+    assert {r["route"] for r in in_session} == {"-", "route0"}  # route0 once logged in
+    assert len({r["session"] for r in records if "session" in r}) == 2  # two FTP sessions
+    assert not any(user.password in line or "wrong-password" in line for line in gw.lines)
+
+    xfer = [line.split() for line in (tmp_path / "xferlog").read_text().splitlines()]
+    assert [len(fields) for fields in xfer] == [18, 18]  # xferlog(5): 5 date fields + 13
+    assert time.strptime(" ".join(xfer[0][:5]), "%a %b %d %H:%M:%S %Y")
+    name = f"{user.home}/report_name.csv"  # blanks in names become "_", as in ProFTPD
+    assert xfer[0][6:] == ["127.0.0.1", "4000", name, "b", "_", "o", "r", user.name, "ftp", "0", "*", "c"]
+    assert xfer[1][6:9] == ["127.0.0.1", "5000", f"{user.home}/up.bin"] and xfer[1][11] == "i"
