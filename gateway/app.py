@@ -9,6 +9,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 
 from gateway import errors, logs
 from gateway.backends.sftp.backend import SFTPBackend, known_hosts_problem
@@ -78,6 +79,7 @@ class Gateway:
             self.loop.submit(self._check_backends_forever())
             self.metrics.watch_backend_connections(self._connection_counts)
         self._stop = threading.Event()
+        self._drain_deadline: float | None = None
 
     async def _check_backends_forever(self) -> None:
         """Refresh the /readyz verdict: every backend probed every READY_INTERVAL seconds."""
@@ -162,16 +164,54 @@ class Gateway:
         return Login(storage, root, route.name, route.backend, route.banner)
 
     def serve_forever(self) -> None:
-        """Serve until ``stop`` is called (from any thread) or the process is interrupted."""
+        """Serve until ``stop`` is called, or a ``drain`` has finished (thread-safe)."""
         try:
             while not self._stop.is_set():
                 self.server.serve_forever(timeout=0.2, blocking=False, handle_exit=False)
+                if self._drain_deadline is not None and self._drained():
+                    break
         finally:
             self.server.close_all()
             for backend in self.backends.values():
                 backend.close()
             self.loop.stop()
             self.metrics.stop()
+
+    def drain(self) -> None:
+        """Stop accepting; idle sessions get 421, transfers may finish until drain_timeout.
+
+        Call it on the serving thread (the signal handler runs there). A second call stops
+        at once.
+        """
+        if self._drain_deadline is not None:
+            log.warning("second stop request: closing %d session(s) now", self.sessions_open())
+            self.stop()
+            return
+        self._drain_deadline = time.monotonic() + self.cfg.limits.drain_timeout
+        self.metrics.draining.set(1)
+        self.server.draining.set()
+        self.server.close()  # the listening socket: new connections are refused from now on
+        log.info(
+            "draining: %d session(s) open, running transfers get up to %.0f s",
+            self.sessions_open(),
+            self.cfg.limits.drain_timeout,
+        )
+
+    def _drained(self) -> bool:
+        open_now = self.sessions_open()
+        if open_now == 0:
+            log.info("drained: every session has ended")
+            return True
+        if time.monotonic() >= (self._drain_deadline or 0):
+            log.warning("drain_timeout reached: closing %d session(s) with transfers running", open_now)
+            return True
+        time.sleep(0.1)  # nothing to accept any more: the poll above no longer waits
+        return False
+
+    def sessions_open(self) -> int:
+        """FTP sessions still running (each has its own thread)."""
+        with self.server._lock:
+            return sum(1 for thread in self.server._active_tasks if thread.is_alive())
 
     def stop(self) -> None:
         """Ask ``serve_forever`` to return (thread-safe)."""

@@ -78,7 +78,7 @@ def _serve_one(cfg: config.GatewayConfig, sock: socket.socket | None = None) -> 
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
-        gateway.stop()
+        gateway.drain()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -77,6 +77,9 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, serve: Serve) -> int:
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
+        # The workers drain (a second signal stops them at once); without this copy of the
+        # listening socket the port closes as soon as they have closed theirs.
+        sock.close()
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)

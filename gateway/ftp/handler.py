@@ -264,6 +264,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self.session_id = secrets.token_hex(4)  # in every log line of the session
         self.route = "-"  # route name once logged in, for the logs
         self._counted = False  # this session is in ftpgw_sessions_active
+        self._drain_check: Any = None
         self._logged_in_once = False
         super().__init__(conn, server, ioloop=ioloop)
         self._available_facts = list(listing.FACTS)
@@ -291,6 +292,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         if self.fs is not None:
             self.fs.forget()
+        if cmd != "QUIT" and self._end_if_draining():
+            return
         try:
             paths.check_argument(line)
             if self.authenticated and not self.storage.alive:
@@ -314,6 +317,30 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     def ftp_EPRT(self, line: str) -> None:
         self.active_command = "EPRT"
         super().ftp_EPRT(line)
+
+    # --- graceful shutdown: the server's `draining` event is set on SIGTERM
+
+    def add_channel(self, map: Any = None, events: Any = None) -> None:
+        super().add_channel(map, events)
+        server = getattr(self, "server", None)
+        # pyftpdlib registers the channel twice: on the acceptor's loop, then on the
+        # session thread's own loop; the check must run on the latter.
+        if server is not None and self.ioloop is not server.ioloop and self._drain_check is None:
+            self._drain_check = self.ioloop.call_every(1.0, self._end_if_draining, _errback=self.handle_error)
+
+    def _transfer_pending(self) -> bool:
+        return (
+            self.data_channel is not None or self._in_dtp_queue is not None or self._out_dtp_queue is not None
+        )
+
+    def _end_if_draining(self) -> bool:
+        """421 and close if the server is shutting down and no transfer is running or queued."""
+        if self._closed or not self.server.draining.is_set() or self._transfer_pending():
+            return False
+        # RFC 959 4.2: 421 may answer any command when the service has to shut down.
+        self.respond("421 Server shutting down, closing control connection.", logfun=ftplog.info)
+        self.close_when_done()
+        return True
 
     def backend_gone(self) -> None:
         """The backend connection died: tell the client (421) and end the session."""
@@ -358,6 +385,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self._out_dtp_queue = None
 
     def close(self) -> None:
+        if self._drain_check is not None:
+            self._drain_check.cancel()
         if not self._closed:
             self._drop_queued_transfer()
         super().close()

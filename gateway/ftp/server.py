@@ -57,6 +57,7 @@ def build_server(
     # and _lock) are process-wide, so stopping one server would stop every other one.
     server = ThreadedFTPServer(address, handler_class(cfg, authenticate, metrics), ioloop=IOLoop())
     server._exit, server._lock = threading.Event(), threading.Lock()
+    server.draining = threading.Event()  # set on SIGTERM: sessions end once idle (421)
     server.max_cons = cfg.limits.max_connections
     server.max_cons_per_ip = cfg.limits.max_connections_per_ip
     return server

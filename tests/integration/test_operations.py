@@ -8,13 +8,15 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 
-from tests.conftest import base_config, seed
+from tests.conftest import base_config, seed, wait_for
 from tests.helpers.sshd import free_port, wait_port
 from tests.integration.test_cli import CLI, write_config
 
@@ -108,3 +110,51 @@ def test_json_logs_audit_lines_and_xferlog(process, sshd, user, tmp_path):
     name = f"{user.home}/report_name.csv"  # blanks in names become "_", as in ProFTPD
     assert xfer[0][6:] == ["127.0.0.1", "4000", name, "b", "_", "o", "r", user.name, "ftp", "0", "*", "c"]
     assert xfer[1][6:9] == ["127.0.0.1", "5000", f"{user.home}/up.bin"] and xfer[1][11] == "i"
+
+
+def test_sigterm_lets_a_running_upload_finish_and_ends_idle_sessions(process, sshd, user):
+    gw = process(base_config(sshd))
+    idle = _connect(gw.port)
+    idle.login(user.name, user.password)
+    uploader = _connect(gw.port)
+    uploader.login(user.name, user.password)
+    uploader.voidcmd("TYPE I")
+    data = uploader.transfercmd("STOR during-drain.bin")
+    chunk = os.urandom(256 * 1024)
+    data.sendall(chunk)
+    gw.proc.send_signal(signal.SIGTERM)
+    # The idle session is told and closed; the port refuses new sessions.
+    assert idle.getline().startswith("421 Server shutting down")
+    assert wait_for(lambda: _refused(gw.port))
+    metrics = f"http://127.0.0.1:{gw.metrics_port}/metrics"
+    assert "ftpgw_draining 1.0" in urllib.request.urlopen(metrics, timeout=10).read().decode()
+    for _ in range(8):  # the transfer goes on for a while after the signal
+        time.sleep(0.1)
+        data.sendall(chunk)
+    data.close()
+    assert uploader.voidresp().startswith("226")
+    assert (user.home / "during-drain.bin").stat().st_size == 9 * len(chunk)
+    assert gw.proc.wait(30) == 0  # the last session ends by itself: 421 to its next command
+    assert any("drained: every session has ended" in line for line in gw.lines)
+
+
+def test_drain_timeout_ends_a_stuck_transfer_and_exits_0(process, sshd, user):
+    doc = base_config(sshd)
+    doc["limits"]["drain_timeout"] = 1
+    gw = process(doc)
+    ftp = _connect(gw.port)
+    ftp.login(user.name, user.password)
+    data = ftp.transfercmd("STOR never-finished.bin")
+    data.sendall(b"x" * 1000)
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(30) == 0
+    assert any("drain_timeout reached: closing 1 session(s)" in line for line in gw.lines)
+    data.close()
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
