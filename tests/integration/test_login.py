@@ -47,6 +47,10 @@ def test_unknown_user_and_unrouted_user_get_the_same_530(gateway_factory, sshd, 
         replies.append(str(exc.value))
     assert all(r.startswith("530 ") for r in replies)
     assert len(set(replies)) == 1  # no user enumeration through reply texts
+    from tests.integration.test_metrics import scrape, value
+
+    # ...but the operator sees why (metrics and audit lines).
+    assert value(scrape(gw), "ftpgw_logins_total", result="no_route", route="-", tls="no") == 3
 
 
 def test_pass_before_user_and_double_login(gw, user):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ftplib
 import io
+import json
 import os
 import socket
+import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -49,7 +52,7 @@ def test_logins_commands_and_transfers_are_counted_exactly(gw, user):
     assert wait_for(lambda: value(scrape(gw), "ftpgw_sessions_active") == 0)
     m = scrape(gw)
     assert value(m, "ftpgw_logins_total", result="ok", route="route0", tls="no") == 1
-    assert value(m, "ftpgw_logins_total", result="bad_credentials", route="-", tls="no") == 1
+    assert value(m, "ftpgw_logins_total", result="bad_credentials", route="route0", tls="no") == 1
     assert value(m, "ftpgw_transfers_total", direction="upload", result="ok") == 1
     assert value(m, "ftpgw_transfers_total", direction="download", result="ok") == 1
     assert value(m, "ftpgw_transfer_bytes_total", direction="upload", backend="main") == len(payload)
@@ -232,3 +235,55 @@ def test_metrics_over_tls_with_basic_auth(gateway_factory, sshd, tmp_path):
     assert get("/healthz") == (200, "ok\n")  # probes carry no credentials
     with pytest.raises(OSError):  # plain HTTP is not served
         urllib.request.urlopen(f"http://127.0.0.1:{gw.gateway.metrics_port}/healthz", timeout=5)
+
+
+def test_promtool_accepts_the_exposition(gw, user):
+    ftp = gw.login(user)
+    ftp.storbinary("STOR x.bin", io.BytesIO(b"x" * 1000))
+    ftp.quit()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{gw.gateway.metrics_port}/metrics", timeout=10).read()
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert b"ftpgw_backend_op_duration_seconds_bucket" in text
+
+
+def test_a_real_prometheus_sees_the_counters_move(gw, user, tmp_path):
+    from tests.helpers.sshd import free_port, wait_port
+
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: ftpgw\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{gw.gateway.metrics_port}']}}]\n"
+    )
+    args = [
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    prometheus = subprocess.Popen(["prometheus", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def query(expr: str) -> float | None:
+        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            result = json.loads(urllib.request.urlopen(url, timeout=5).read())["data"]["result"]
+        except OSError:
+            return None
+        return float(result[0]["value"][1]) if result else None
+
+    try:
+        wait_port("127.0.0.1", port, timeout=30)
+        assert wait_for(lambda: query('up{job="ftpgw"}') == 1, timeout=30)
+        before = query('sum(ftpgw_transfers_total{direction="upload",result="ok"})') or 0
+        ftp = gw.login(user)
+        for i in range(3):
+            ftp.storbinary(f"STOR p{i}.bin", io.BytesIO(b"p" * 10_000))
+        ftp.quit()
+        expr = 'sum(ftpgw_transfer_bytes_total{direction="upload"})'
+        assert wait_for(lambda: query(expr) == 30_000, timeout=30)
+        assert query('sum(ftpgw_transfers_total{direction="upload",result="ok"})') == before + 3
+        assert query('ftpgw_logins_total{result="ok",tls="no"}') == 1
+    finally:
+        prometheus.terminate()
+        prometheus.wait(30)
