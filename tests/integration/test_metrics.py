@@ -287,3 +287,32 @@ def test_a_real_prometheus_sees_the_counters_move(gw, user, tmp_path):
     finally:
         prometheus.terminate()
         prometheus.wait(30)
+
+
+def test_readyz_follows_a_backend_sshd_that_stops_and_returns(gateway_factory, sshd, tmp_path, monkeypatch):
+    import gateway.app
+    from tests.conftest import base_config
+    from tests.helpers.sshd import OpenSSHServer
+
+    monkeypatch.setattr(gateway.app, "READY_INTERVAL", 0.5)
+    second = OpenSSHServer(tmp_path / "sshd2").start()
+    try:
+        doc = base_config(sshd)
+        doc["backends"]["second"] = {
+            "host": "127.0.0.1",
+            "port": second.port,
+            "known_hosts": str(second.known_hosts),
+            "connect_timeout": 2,
+        }
+        gw = gateway_factory(doc)
+        assert wait_for(lambda: http_get(gw, "/readyz") == (200, "ready\n"), timeout=20)
+        assert value(scrape(gw), "ftpgw_backend_up", backend="second") == 1
+        second.stop()
+        assert wait_for(lambda: http_get(gw, "/readyz")[0] == 503, timeout=20)
+        assert http_get(gw, "/readyz")[1].startswith("backend second: unreachable")
+        assert value(scrape(gw), "ftpgw_backend_up", backend="second") == 0
+        assert value(scrape(gw), "ftpgw_backend_up", backend="main") == 1
+        second.start()  # same port, same host key
+        assert wait_for(lambda: http_get(gw, "/readyz") == (200, "ready\n"), timeout=20)
+    finally:
+        second.stop()
