@@ -52,6 +52,9 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 def _serve(cfg: config.GatewayConfig, banner: str | None = None) -> int:
     limit_malloc_arenas()
+    # SIGHUP would terminate the process by default; `systemctl reload` must not do that.
+    # (Live reload arrives with the phased-migration issue.) Workers inherit this.
+    signal.signal(signal.SIGHUP, _ignore_hup)
     if banner:
         print(banner, flush=True)
     if cfg.workers > 1:
@@ -64,6 +67,10 @@ def _serve(cfg: config.GatewayConfig, banner: str | None = None) -> int:
             return 1
         return supervise(cfg, sock, _serve_one)
     return _serve_one(cfg)
+
+
+def _ignore_hup(signum: int, frame: FrameType | None) -> None:
+    log.warning("SIGHUP: configuration reload is not supported yet; ignored")
 
 
 def _serve_one(cfg: config.GatewayConfig, sock: socket.socket | None = None) -> int:

@@ -84,6 +84,9 @@ def test_json_logs_audit_lines_and_xferlog(process, sshd, user, tmp_path):
     ftp.login(user.name, user.password)
     ftp.retrbinary("RETR report name.csv", lambda _: None)
     ftp.storbinary("STOR up.bin", io.BytesIO(b"x" * 5000))
+    gw.proc.send_signal(signal.SIGHUP)  # no reload yet, but it must not kill the gateway
+    assert wait_for(lambda: any("SIGHUP" in line for line in gw.lines))
+    ftp.voidcmd("NOOP")
     ftp.quit()
     assert gw.stop() == 0
 
