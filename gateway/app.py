@@ -63,6 +63,7 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig, sock: socket.socket | None = None) -> None:
         self.cfg = cfg
         self.metrics = Metrics(known_commands=GatewayHandler.proto_cmds)
+        self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
         self.loop = BackgroundLoop().start()
         self.budget = Budget(cfg.limits.transfer_buffer_mib * 2**20)
         self.backends = {
@@ -134,7 +135,7 @@ class Gateway:
             self._refused(client_ip, user, result, route.name, detail)
             raise
         self.metrics.logins.labels("ok", route.name, _TLS).inc()
-        detail = f"backend={route.backend} root={printable(login.root)!r}"
+        detail = f"backend={route.backend} root={logs.audit_quote(login.root)}"
         logs.login_audit(client_ip, user, "ok", route.name, detail)
         return login
 

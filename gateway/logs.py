@@ -97,10 +97,19 @@ def setup(level: str = "info", fmt: str = "text", transfer_log: str | None = Non
         xferlog.setLevel(logging.INFO)
 
 
+def audit_quote(text: str) -> str:
+    """Client-controlled text for an audit line: quoted, control characters and blanks escaped.
+
+    Without blanks it cannot contain a second "login failed: client_ip=X " that a ban
+    filter would take for the client's address (and ban X).
+    """
+    return repr(printable(text).replace(" ", "\\x20"))
+
+
 def login_audit(client_ip: str, user: str, result: str, route: str, detail: str = "") -> None:
     """One audit line per login attempt: ``login ok|failed: client_ip=IP user='NAME' result=...``."""
     outcome = "ok" if result == "ok" else "failed"
-    line = f"login {outcome}: client_ip={client_ip} user={printable(user)!r} result={result} route={route}"
+    line = f"login {outcome}: client_ip={client_ip} user={audit_quote(user)} result={result} route={route}"
     audit.info(f"{line} {detail}" if detail else line)
 
 

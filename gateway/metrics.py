@@ -136,6 +136,20 @@ class Metrics:
         r.register(_BackendConnections(lambda: self._connection_counts()))
         self._server: WSGIServer | None = None
 
+    def start_at_zero(self, backends: Iterable[str], routes: Iterable[str]) -> None:
+        """Create the series alerts watch at 0, so that their first event is an increase."""
+        for direction in ("upload", "download"):
+            for result in ("ok", "failed"):
+                self.transfers.labels(direction, result)
+        for backend in backends:
+            for result in ("ok", "auth_failed", "host_key_mismatch", "error"):
+                self.backend_connects.labels(backend, result)
+        for route in routes:
+            for result in ("ok", "bad_credentials", "host_key_mismatch", "backend_unavailable"):
+                self.logins.labels(result, route, "no")
+        for result in ("ok", "failed"):
+            self.config_reloads.labels(result)
+
     def watch_backend_connections(self, counts: Callable[[], ConnectionCounts]) -> None:
         """Report ``ftpgw_backend_connections`` from ``counts``, called at each scrape."""
         self._connection_counts = counts

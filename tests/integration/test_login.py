@@ -148,3 +148,17 @@ def test_session_log_lines_carry_session_id_user_and_route(gw, user, caplog):
     ]
     assert transfer, caplog.text
     assert re.search(rf"sess=[0-9a-f]{{8}} \[{user.name}\] route=route0 RETR ", transfer[0])
+
+
+def test_a_backend_named_by_dns_name(gateway_factory, sshd, user, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[localhost]:{sshd.port} " + sshd.known_hosts.read_text().split(" ", 1)[1])
+    doc = base_config(sshd)
+    doc["backends"]["main"].update(host="localhost", known_hosts=str(known))
+    from gateway.app import backend_problems
+    from gateway.config import parse
+
+    assert backend_problems(parse(doc)) == []
+    ftp = gateway_factory(doc).login(user)
+    assert ftp.pwd() == "/"
+    ftp.quit()

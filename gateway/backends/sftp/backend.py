@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncssh
 
@@ -56,19 +57,33 @@ class _Client(asyncssh.SSHClient):
         self._state.lost = True
 
 
+def trusted_keys(known: asyncssh.SSHKnownHosts, host: str, port: int) -> tuple[list[Any], list[Any]]:
+    """(host keys, CA keys) that a connection to ``host``:``port`` would accept.
+
+    Looked up exactly as asyncssh's connect does: by name and by each address the name
+    resolves to, with the port only when it is not 22 (so a ``[host]:22`` line, which
+    OpenSSH itself never writes, matches nothing).
+    """
+    addrs = {""}
+    with contextlib.suppress(OSError):
+        addrs = {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    host_keys: list[Any] = []
+    ca_keys: list[Any] = []
+    for addr in sorted(addrs):
+        found = known.match(host, addr, None if port == 22 else port)
+        host_keys += found[0]
+        ca_keys += found[1]
+    return host_keys, ca_keys
+
+
 def known_hosts_problem(cfg: BackendConfig) -> str | None:
     """Why the backend's known_hosts file cannot verify it, or None if it can."""
     try:
         known = asyncssh.read_known_hosts(cfg.known_hosts)
     except (OSError, ValueError) as err:
         return f"cannot read {cfg.known_hosts}: {err}"
-    names = {cfg.host}
-    with contextlib.suppress(OSError):
-        names |= {str(info[4][0]) for info in socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM)}
-    for name in names:
-        host_keys, ca_keys, *_ = known.match(name, name, cfg.port)
-        if host_keys or ca_keys:
-            return None
+    if any(trusted_keys(known, cfg.host, cfg.port)):
+        return None
     where = cfg.host if cfg.port == 22 else f"[{cfg.host}]:{cfg.port}"
     return (
         f"no host key for {where} in {cfg.known_hosts} "
@@ -190,7 +205,7 @@ class SFTPBackend:
 
         Only the key exchange runs (no authentication, so no failed login on the backend).
         """
-        trusted = self._known_hosts.match(self.cfg.host, self.cfg.host, self.cfg.port)[0]
+        trusted = trusted_keys(self._known_hosts, self.cfg.host, self.cfg.port)[0]
         algs = sorted({key.get_algorithm() for key in trusted})
         try:
             key = await asyncio.wait_for(
