@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import threading
 import time
@@ -81,6 +82,7 @@ class Gateway:
             self.metrics.watch_backend_connections(self._connection_counts)
         self._stop = threading.Event()
         self._drain_deadline: float | None = None
+        self._signals: list[int] = []  # appended by on_signal, handled by serve_forever
 
     async def _check_backends_forever(self) -> None:
         """Refresh the /readyz verdict: every backend probed every READY_INTERVAL seconds."""
@@ -169,6 +171,8 @@ class Gateway:
         try:
             while not self._stop.is_set():
                 self.server.serve_forever(timeout=0.2, blocking=False, handle_exit=False)
+                while self._signals:
+                    self._handle_signal(self._signals.pop(0))
                 if self._drain_deadline is not None and self._drained():
                     break
         finally:
@@ -178,11 +182,25 @@ class Gateway:
             self.loop.stop()
             self.metrics.stop()
 
+    def on_signal(self, signum: int, frame: object = None) -> None:
+        """Signal handler: only records the signal; ``serve_forever`` acts on it.
+
+        A handler runs between two bytecodes of the main thread, which may hold a lock
+        (pyftpdlib's task list, a logging stream): taking one here could deadlock.
+        """
+        self._signals.append(signum)
+
+    def _handle_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            log.warning("SIGHUP: configuration reload is not supported yet; ignored")
+            return
+        log.info("signal %d: stopping", signum)
+        self.drain()
+
     def drain(self) -> None:
         """Stop accepting; idle sessions get 421, transfers may finish until drain_timeout.
 
-        Call it on the serving thread (the signal handler runs there). A second call stops
-        at once.
+        Call it on the serving thread; a second call stops at once.
         """
         if self._drain_deadline is not None:
             log.warning("second stop request: closing %d session(s) now", self.sessions_open())
@@ -211,8 +229,8 @@ class Gateway:
 
     def sessions_open(self) -> int:
         """FTP sessions still running (each has its own thread)."""
-        with self.server._lock:
-            return sum(1 for thread in self.server._active_tasks if thread.is_alive())
+        # A copy without pyftpdlib's lock: its holder may be joining threads for seconds.
+        return sum(1 for thread in list(self.server._active_tasks) if thread.is_alive())
 
     def stop(self) -> None:
         """Ask ``serve_forever`` to return (thread-safe)."""

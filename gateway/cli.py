@@ -12,7 +12,6 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from types import FrameType
 
 from gateway import __version__, config, logs
 
@@ -53,8 +52,8 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 def _serve(cfg: config.GatewayConfig, banner: str | None = None) -> int:
     limit_malloc_arenas()
     # SIGHUP would terminate the process by default; `systemctl reload` must not do that.
-    # (Live reload arrives with the phased-migration issue.) Workers inherit this.
-    signal.signal(signal.SIGHUP, _ignore_hup)
+    # (Live reload arrives with the phased-migration issue.) Each gateway logs it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if banner:
         print(banner, flush=True)
     if cfg.workers > 1:
@@ -69,10 +68,6 @@ def _serve(cfg: config.GatewayConfig, banner: str | None = None) -> int:
     return _serve_one(cfg)
 
 
-def _ignore_hup(signum: int, frame: FrameType | None) -> None:
-    log.warning("SIGHUP: configuration reload is not supported yet; ignored")
-
-
 def _serve_one(cfg: config.GatewayConfig, sock: socket.socket | None = None) -> int:
     """Run one gateway process until SIGTERM/SIGINT."""
     from gateway.app import Gateway
@@ -83,12 +78,11 @@ def _serve_one(cfg: config.GatewayConfig, sock: socket.socket | None = None) -> 
         print(f"cannot listen on {cfg.listen.address}:{cfg.listen.port}: {err.strerror}", file=sys.stderr)
         return 1
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        gateway.drain()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, gateway.on_signal)
+    signal.signal(signal.SIGHUP, gateway.on_signal)
+    # A worker (sock given) leaves SIGINT to its supervisor: Ctrl-C reaches the whole process
+    # group, and the supervisor's forwarded SIGTERM would otherwise be a second, "stop now".
+    signal.signal(signal.SIGINT, gateway.on_signal if sock is None else signal.SIG_IGN)
     host, port = gateway.address
     log.info("ftp-sftp-gateway %s listening on %s:%d (pid %d)", __version__, host, port, os.getpid())
     gateway.serve_forever()

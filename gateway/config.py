@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,8 +116,8 @@ class BasicAuth:
 class TLSFiles:
     """A PEM certificate (chain) and its private key."""
 
-    cert_file: str
-    key_file: str
+    certfile: str
+    keyfile: str
 
 
 @dataclass(frozen=True)
@@ -438,11 +439,15 @@ def _log(data: Any, problems: list[str], base_dir: Path) -> LogConfig:
 
 def _writable_file(base_dir: Path) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
-        parent = (base_dir / value).parent
+        path = base_dir / value
         if not value.strip():
             return "must not be empty (null turns it off)"
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            return f"directory {parent} does not exist or is not writable"
+        if path.is_dir():
+            return f"{path} is a directory (name a file in it)"
+        if path.exists() and not os.access(path, os.W_OK):
+            return f"file {path} is not writable by this user"
+        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+            return f"directory {path.parent} does not exist or is not writable"
         return None
 
     return check
@@ -456,35 +461,74 @@ def _readable_file(base_dir: Path) -> Callable[[str], str | None]:
     return check
 
 
+def _secret(s: _Section, name: str, base_dir: Path) -> str | None:
+    """A secret from ``NAME_file`` (a file's content) or ``NAME_env`` (an environment variable).
+
+    Secrets never sit in the config itself, which is often world-readable and versioned.
+    One trailing line break is dropped (files and Kubernetes secrets usually end with one).
+    """
+    file_key, env_key = f"{name}_file", f"{name}_env"
+    file_name = s.optional_str(file_key)
+    env_name = s.optional_str(env_key)
+    if (file_name is None) == (env_name is None):
+        s.problem(file_key, f"set exactly one of {file_key} or {env_key}")
+        return None
+    if file_name is not None:
+        try:
+            value = (base_dir / file_name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+            s.problem(file_key, f"cannot read {base_dir / file_name}: {reason}")
+            return None
+    else:
+        value = os.environ.get(str(env_name), "")
+    value = value.removesuffix("\n").removesuffix("\r")
+    if not value:
+        s.problem(file_key if file_name else env_key, f"the {name} is empty or unset")
+        return None
+    return value
+
+
 def _basic_auth(data: Any, base_dir: Path, problems: list[str]) -> BasicAuth | None:
     if data is None:
         return None
     s = _Section(data, "metrics.basic_auth", problems)
     username = s.typed("username", str, "", lambda v: None if v and ":" not in v else "non-empty, no ':'")
-    password_file = s.optional_str("password_file", _readable_file(base_dir))
-    password_env = s.optional_str("password_env")
+    password = _secret(s, "password", base_dir)
     s.finish()
-    if (password_file is None) == (password_env is None):
-        s.problem("password_file", "set exactly one of password_file or password_env")
-        return None
-    if password_file is not None:
-        password = (base_dir / password_file).read_text(encoding="utf-8").rstrip("\r\n")
-    else:
-        password = os.environ.get(str(password_env), "")
-    if not password:
-        s.problem("password_file" if password_file else "password_env", "the password is empty or unset")
-        return None
-    return BasicAuth(username, password)
+    return BasicAuth(username, password) if username and password else None
+
+
+def _tls_pair_problem(cert: str, key: str) -> str | None:
+    """Why ``cert`` and ``key`` cannot serve TLS (not PEM, not a pair, encrypted), or None."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+    def no_passphrase() -> str:
+        raise ValueError("encrypted")
+
+    try:
+        context.load_cert_chain(cert, key, password=no_passphrase)
+    except (ssl.SSLError, ValueError, OSError) as err:
+        if isinstance(err, ValueError) or "encrypted" in str(err):
+            return "the key is encrypted (use an unencrypted key file, readable only by the gateway)"
+        return f"not a PEM certificate and matching private key ({err.__class__.__name__}: {err})"
+    return None
 
 
 def _tls_files(data: Any, path: str, base_dir: Path, problems: list[str]) -> TLSFiles | None:
     if data is None:
         return None
     s = _Section(data, path, problems)
-    cert = s.typed("cert_file", str, "", _readable_file(base_dir), required=True)
-    key = s.typed("key_file", str, "", _readable_file(base_dir), required=True)
+    cert = s.typed("certfile", str, "", _readable_file(base_dir), required=True)
+    key = s.typed("keyfile", str, "", _readable_file(base_dir), required=True)
     s.finish()
-    return TLSFiles(str(base_dir / cert), str(base_dir / key)) if cert and key else None
+    if not (cert and key):
+        return None
+    files = TLSFiles(str(base_dir / cert), str(base_dir / key))
+    if problem := _tls_pair_problem(files.certfile, files.keyfile):
+        s.problem("keyfile", problem)
+        return None
+    return files
 
 
 def _metrics(data: Any, problems: list[str], base_dir: Path) -> MetricsConfig:

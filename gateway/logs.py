@@ -101,9 +101,11 @@ def audit_quote(text: str) -> str:
     """Client-controlled text for an audit line: quoted, control characters and blanks escaped.
 
     Without blanks it cannot contain a second "login failed: client_ip=X " that a ban
-    filter would take for the client's address (and ban X).
+    filter would take for the client's address (and ban X); backslashes are doubled so
+    that no two names look alike.
     """
-    return repr(printable(text).replace(" ", "\\x20"))
+    escaped = printable(text.replace("\\", "\\\\")).replace(" ", "\\x20").replace("'", "\\x27")
+    return f"'{escaped}'"
 
 
 def login_audit(client_ip: str, user: str, result: str, route: str, detail: str = "") -> None:

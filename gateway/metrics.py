@@ -154,9 +154,12 @@ class Metrics:
         """Report ``ftpgw_backend_connections`` from ``counts``, called at each scrape."""
         self._connection_counts = counts
 
-    def backend_op(self, backend: str, op: str, seconds: float, err: GatewayError | None = None) -> None:
-        """Observe one backend operation; a failed one also counts as an error of its kind."""
-        self.backend_ops.labels(backend, op).observe(seconds)
+    def backend_op(
+        self, backend: str, op: str, seconds: float | None, err: GatewayError | None = None
+    ) -> None:
+        """Observe one backend operation (if timed); a failed one also counts as an error."""
+        if seconds is not None:
+            self.backend_ops.labels(backend, op).observe(seconds)
         if err is not None:
             self.backend_errors.labels(backend, error_kind(err)).inc()
 
@@ -186,7 +189,7 @@ class Metrics:
         ``auth`` protects /metrics only: probes of /healthz and /readyz carry no credentials.
         """
         metrics_app = make_wsgi_app(self.registry)
-        expected = b"Basic " + base64.b64encode(f"{auth.username}:{auth.password}".encode()) if auth else b""
+        expected = base64.b64encode(f"{auth.username}:{auth.password}".encode()) if auth else b""
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
             path = environ.get("PATH_INFO", "")
@@ -198,8 +201,11 @@ class Metrics:
                 status = "503 Service Unavailable" if problems else "200 OK"
                 start_response(status, [("Content-Type", "text/plain")])
                 return ["".join(f"{p}\n" for p in problems or ["ready"]).encode()]
-            given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
-            if auth and not hmac.compare_digest(given, expected):
+            scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
+            given = token.strip().encode("latin-1", "replace")
+            # The scheme name is case-insensitive (RFC 7235 2.1); the comparison takes the
+            # same time whatever the credentials (hmac.compare_digest).
+            if auth and not (scheme.lower() == "basic" and hmac.compare_digest(given, expected)):
                 start_response(
                     "401 Unauthorized",
                     [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Basic realm="ftp-sftp-gateway"')],
@@ -213,7 +219,7 @@ class Metrics:
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(tls.cert_file, tls.key_file)
+            context.load_cert_chain(tls.certfile, tls.keyfile)
             # The handshake runs in the request's own thread (see _Server.finish_request),
             # so a client that never completes it cannot block the accept loop.
             server.socket = context.wrap_socket(
@@ -257,6 +263,28 @@ class _BackendConnections(Collector):
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(_MAX_CLIENTS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # One thread per connection, at most _MAX_CLIENTS at once: slow clients cannot pile
+        # up threads in the gateway process; beyond the cap a connection is closed at once.
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(_REQUEST_TIMEOUT)
         if isinstance(request, ssl.SSLSocket):
@@ -267,8 +295,10 @@ class _Server(ThreadingMixIn, WSGIServer):
         super().finish_request(request, client_address)
 
 
-#: Seconds an HTTP client may take for its request (handshake, headers): no slowloris.
+#: Seconds an HTTP client may stay silent (handshake, request); scrapes take milliseconds.
 _REQUEST_TIMEOUT = 10.0
+#: HTTP connections served at once (Prometheus uses one per scrape).
+_MAX_CLIENTS = 16
 
 
 class _Server6(_Server):

@@ -58,6 +58,7 @@ def build_server(
     server = ThreadedFTPServer(address, handler_class(cfg, authenticate, metrics), ioloop=IOLoop())
     server._exit, server._lock = threading.Event(), threading.Lock()
     server.draining = threading.Event()  # set on SIGTERM: sessions end once idle (421)
+    server.join_timeout = 1  # at shutdown, per session thread still blocked in a backend call
     server.max_cons = cfg.limits.max_connections
     server.max_cons_per_ip = cfg.limits.max_connections_per_ip
     return server

@@ -82,6 +82,11 @@ def test_operation_timeout_gives_451_not_a_hang(gateway_factory, sshd, relay, us
         ftp.sendcmd("MKD slow")
     assert ftp.sendcmd("NOOP").startswith("200")
     relay.resume()
+    # Counted for the operator (the request was cancelled on the loop, so the calling
+    # thread reports it).
+    registry = gw.gateway.metrics.registry
+    labels = {"backend": "relayed", "kind": "backend_timeout"}
+    assert registry.get_sample_value("ftpgw_backend_errors_total", labels) == 1
 
 
 def test_backend_killed_mid_download(gateway_factory, sshd, relay, user2):

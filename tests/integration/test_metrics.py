@@ -212,7 +212,7 @@ def test_metrics_over_tls_with_basic_auth(gateway_factory, sshd, tmp_path):
     doc = base_config(sshd)
     doc["metrics"].update(
         basic_auth={"username": "prom", "password_file": str(tmp_path / "pw")},
-        tls={"cert_file": str(tmp_path / "cert.pem"), "key_file": str(tmp_path / "key.pem")},
+        tls={"certfile": str(tmp_path / "cert.pem"), "keyfile": str(tmp_path / "key.pem")},
     )
     gw = gateway_factory(doc)
     base = f"https://127.0.0.1:{gw.gateway.metrics_port}"

@@ -141,17 +141,26 @@ def test_sigterm_lets_a_running_upload_finish_and_ends_idle_sessions(process, ss
     assert any("drained: every session has ended" in line for line in gw.lines)
 
 
-def test_drain_timeout_ends_a_stuck_transfer_and_exits_0(process, sshd, user):
+@pytest.mark.parametrize(
+    ("drain_timeout", "signals", "log_line"),
+    [
+        (1, 1, "drain_timeout reached: closing 1 session(s)"),  # the deadline cuts it
+        (300, 2, "second stop request: closing 1 session(s) now"),  # an impatient operator
+    ],
+)
+def test_a_stuck_transfer_does_not_hold_the_shutdown(process, sshd, user, drain_timeout, signals, log_line):
     doc = base_config(sshd)
-    doc["limits"]["drain_timeout"] = 1
+    doc["limits"]["drain_timeout"] = drain_timeout
     gw = process(doc)
     ftp = _connect(gw.port)
     ftp.login(user.name, user.password)
-    data = ftp.transfercmd("STOR never-finished.bin")
+    data = ftp.transfercmd("STOR stuck.bin")
     data.sendall(b"x" * 1000)
-    gw.proc.send_signal(signal.SIGTERM)
-    assert gw.proc.wait(30) == 0
-    assert any("drain_timeout reached: closing 1 session(s)" in line for line in gw.lines)
+    for _ in range(signals):
+        gw.proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: any("draining: 1 session(s) open" in line for line in gw.lines))
+    assert gw.proc.wait(30) == 0  # well before a 300 s drain_timeout
+    assert any(log_line in line for line in gw.lines)
     data.close()
 
 

@@ -214,11 +214,18 @@ def test_metrics_basic_auth_reads_the_password_from_a_file_or_the_environment(
             {"username": "p", "password_env": "GW_UNSET_VARIABLE"},
             "metrics.basic_auth.password_env: the password",
         ),
-        ({"username": "p", "password_file": "nope"}, "metrics.basic_auth.password_file: cannot read file"),
+        ({"username": "p", "password_file": "nope"}, "metrics.basic_auth.password_file: cannot read /"),
+        ({"username": "p", "password_file": "latin1"}, "metrics.basic_auth.password_file: cannot read"),
+        (
+            {"username": "p", "password_env": "A", "password_file": "pw"},
+            "metrics.basic_auth.password_file: set",
+        ),
         ({"username": "a:b", "password_env": "HOME"}, "metrics.basic_auth.username: non-empty"),
     ],
 )
 def test_metrics_basic_auth_problems(known_hosts, tmp_path, auth, problem):
+    (tmp_path / "latin1").write_bytes(b"caf\xe9\n")
+    (tmp_path / "pw").write_text("x\n")
     with pytest.raises(config.ConfigError) as err:
         config.parse(_with_metrics(known_hosts, basic_auth=auth), tmp_path)
     assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
@@ -226,11 +233,37 @@ def test_metrics_basic_auth_problems(known_hosts, tmp_path, auth, problem):
 
 def test_metrics_tls_needs_readable_files(known_hosts, tmp_path):
     with pytest.raises(config.ConfigError) as err:
-        config.parse(_with_metrics(known_hosts, tls={"cert_file": "c.pem"}), tmp_path)
+        config.parse(_with_metrics(known_hosts, tls={"certfile": "c.pem"}), tmp_path)
     assert sorted(err.value.problems) == [
-        f"metrics.tls.cert_file: cannot read file {tmp_path / 'c.pem'}",
-        "metrics.tls.key_file: required key is missing",
+        f"metrics.tls.certfile: cannot read file {tmp_path / 'c.pem'}",
+        "metrics.tls.keyfile: required key is missing",
     ]
+
+
+def test_metrics_tls_pair_is_loaded_at_check_time(known_hosts, tmp_path):
+    import subprocess
+
+    def make(name, *extra):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", *extra,
+             "-subj", "/CN=x", "-days", "1", "-keyout", str(tmp_path / f"{name}.key"),
+             "-out", str(tmp_path / f"{name}.crt")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    make("a", "-nodes")
+    make("b", "-nodes")
+    make("enc", "-passout", "pass:secret")
+    ok = config.parse(_with_metrics(known_hosts, tls={"certfile": "a.crt", "keyfile": "a.key"}), tmp_path)
+    assert ok.metrics.tls == config.TLSFiles(str(tmp_path / "a.crt"), str(tmp_path / "a.key"))
+    for cert, key, problem in [
+        ("a.crt", "b.key", "metrics.tls.keyfile: not a PEM certificate and matching private key"),
+        ("enc.crt", "enc.key", "metrics.tls.keyfile: the key is encrypted"),
+        ("a.key", "a.key", "metrics.tls.keyfile: not a PEM certificate"),
+    ]:
+        with pytest.raises(config.ConfigError) as err:
+            config.parse(_with_metrics(known_hosts, tls={"certfile": cert, "keyfile": key}), tmp_path)
+        assert err.value.problems[0].startswith(problem), err.value.problems
 
 
 def test_transfer_log_directory_must_exist(known_hosts, tmp_path):
@@ -241,3 +274,9 @@ def test_transfer_log_directory_must_exist(known_hosts, tmp_path):
     with pytest.raises(config.ConfigError) as err:
         config.parse(doc, tmp_path)
     assert err.value.problems[0].startswith("log.transfer_log: directory")
+    doc["log"] = {"transfer_log": "."}
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc, tmp_path)
+    assert (
+        err.value.problems[0].startswith("log.transfer_log: ") and "is a directory" in err.value.problems[0]
+    )

@@ -25,3 +25,10 @@ def test_xferlog_line_keeps_18_fields_whatever_the_name():
     assert len(fields) == 18 and "\n" not in line
     assert fields[5:] == ["1", "192.0.2.1", "7", fields[8], "a", "_", "i", "r", "u_v", "ftp", "0", "*", "i"]
     assert fields[8].startswith("/a_b")
+
+
+def test_audit_quote_is_unambiguous():
+    assert logs.audit_quote("bob") == "'bob'"
+    assert logs.audit_quote("a b") == "'a\\x20b'"
+    assert logs.audit_quote("a\\x20b") == "'a\\\\x20b'"  # a literal backslash stays distinct
+    assert logs.audit_quote("o'hara") == "'o\\x27hara'"

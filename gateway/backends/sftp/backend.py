@@ -192,7 +192,7 @@ class SFTPBackend:
             self.loop, lease, self.cfg.operation_timeout, self.pool.release, self.budget, self.report
         )
 
-    def report(self, op: str, seconds: float, err: errors.GatewayError | None) -> None:
+    def report(self, op: str, seconds: float | None, err: errors.GatewayError | None) -> None:
         """Count one operation on this backend (its duration; its error, if it failed)."""
         self.metrics.backend_op(self.cfg.name, op, seconds, err)
 
@@ -205,7 +205,8 @@ class SFTPBackend:
 
         Only the key exchange runs (no authentication, so no failed login on the backend).
         """
-        trusted = trusted_keys(self._known_hosts, self.cfg.host, self.cfg.port)[0]
+        # getaddrinfo blocks: never on the loop every session's SFTP traffic runs on.
+        trusted = (await asyncio.to_thread(trusted_keys, self._known_hosts, self.cfg.host, self.cfg.port))[0]
         algs = sorted({key.get_algorithm() for key in trusted})
         try:
             key = await asyncio.wait_for(

@@ -13,13 +13,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 
 from gateway.backends.sftp.errors import translate
 from gateway.backends.sftp.loop import BackgroundLoop, wait
-from gateway.errors import GatewayError
+from gateway.errors import BackendTimeout, GatewayError
+
+T = TypeVar("T")
 
 #: Reads in flight per download: 16 x 255 KiB = 4 MiB, within the 16 MiB SSH window we
 #: advertise, enough to fill a 20 ms WAN path at ~200 MiB/s.
@@ -91,11 +93,11 @@ class _Window:
             self.pop()[1].cancel()
 
 
-#: Observes one backend operation: (op, seconds, error or None); called on the loop.
-Report = Callable[[str, float, GatewayError | None], None]
+#: Observes one backend operation: (op, seconds or None if not timed, error or None).
+Report = Callable[[str, float | None, GatewayError | None], None]
 
 
-def no_report(op: str, seconds: float, err: GatewayError | None) -> None:
+def no_report(op: str, seconds: float | None, err: GatewayError | None) -> None:
     """A Report that ignores everything."""
 
 
@@ -114,8 +116,16 @@ class _Handle:
 
     def _failed(self, op: str, exc: Exception) -> GatewayError:
         err = translate(exc)
-        self.report(op, 0.0, err)
+        self.report(op, None, err)
         return err
+
+    def _wait(self, op: str, future: concurrent.futures.Future[T]) -> T:
+        """``wait`` that also counts a timeout (the cancelled request reports nothing)."""
+        try:
+            return wait(future, self.timeout)
+        except BackendTimeout as err:
+            self.report(op, None, err)
+            raise
 
     async def _read(self, size: int, offset: int) -> bytes:
         try:
@@ -146,7 +156,7 @@ class _Handle:
             return
         self.closed = True
         try:
-            self.loop.run(self._close(), self.timeout)
+            self._wait("close", self.loop.submit(self._close()))
         except GatewayError:
             if check:
                 raise
@@ -194,7 +204,7 @@ class SFTPReadStream(_Handle):
             return b""
         self._fill()
         offset, future = self._window.pop()
-        data: bytes = wait(future, self.timeout)
+        data: bytes = self._wait("read", future)
         if len(data) < self._block:
             # Short read: EOF, or a server that returns less than asked. Everything
             # queued after it started at the wrong offset; restart right after it. A short
@@ -247,12 +257,12 @@ class SFTPWriteStream(_Handle):
     def _reap(self, block: bool) -> None:
         """Collect finished writes (all of them if ``block``), raising the first error."""
         while self._window and (block or self._window.oldest_done()):
-            wait(self._window.pop()[1], self.timeout)
+            self._wait("write", self._window.pop()[1])
 
     def _submit(self, data: bytes) -> None:
         self._reap(block=False)
         while (charge := self._window.admit(len(data))) is None:
-            wait(self._window.pop()[1], self.timeout)  # window full: TCP pushes back meanwhile
+            self._wait("write", self._window.pop()[1])  # window full: TCP pushes back meanwhile
         self._window.push(self._offset, self.loop.submit(self._write(data, self._offset)), charge)
         self._offset += len(data)
 
@@ -290,7 +300,7 @@ class SFTPWriteStream(_Handle):
                 with contextlib.suppress(GatewayError):
                     wait(closing, self.timeout)
                 raise
-            wait(closing, self.timeout)
+            self._wait("close", closing)
         except GatewayError as err:
             self.abort()
             raise self._refine(err) from err

@@ -106,7 +106,11 @@ class SFTPStorage:
 
         if self._lost():
             raise errors.ConnectionLost()
-        return self._loop.run(guarded(), self._timeout)
+        try:
+            return self._loop.run(guarded(), self._timeout)
+        except errors.BackendTimeout as err:  # cancelled on the loop: guarded() saw no error
+            self._report(op, None, err)
+            raise
 
     def _write_failure(self, path: str) -> Callable[[errors.GatewayError], errors.GatewayError]:
         """Refines upload failures: OpenSSH reports ENOSPC as a bare FX_FAILURE."""
