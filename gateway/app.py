@@ -54,14 +54,16 @@ _LOGIN_RESULTS: dict[type[errors.GatewayError], str] = {
     errors.BackendTimeout: "backend_unavailable",
 }
 
-#: The ``tls`` label of ftpgw_logins_total: every control channel is plain until FTPS exists.
-_TLS = "no"
-
 
 class Gateway:
     """A configured gateway: background SFTP loop, backends and the FTP server."""
 
-    def __init__(self, cfg: GatewayConfig, sock: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        sock: socket.socket | None = None,
+        implicit_sock: socket.socket | None = None,
+    ) -> None:
         self.cfg = cfg
         self.metrics = Metrics(known_commands=GatewayHandler.proto_cmds)
         self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
@@ -71,6 +73,12 @@ class Gateway:
             name: SFTPBackend(self.loop, b, self.budget, self.metrics) for name, b in cfg.backends.items()
         }
         self.server = build_server(cfg, self.authenticate, sock, self.metrics)
+        self.servers = [self.server]
+        if cfg.tls.enabled and cfg.tls.implicit_port is not None:
+            self.implicit_server = build_server(
+                cfg, self.authenticate, implicit_sock, self.metrics, implicit=True
+            )
+            self.servers.append(self.implicit_server)
         self._readiness: list[str] = ["starting: backends not checked yet"]
         self.metrics_port: int | None = None
         if cfg.metrics.enabled:  # the checks only feed /readyz
@@ -116,16 +124,25 @@ class Gateway:
             return {}
 
     @property
+    def implicit_address(self) -> tuple[str, int] | None:
+        """The (host, port) of the implicit FTPS listener, if there is one."""
+        if len(self.servers) < 2:
+            return None
+        host, port = self.servers[1].socket.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
     def address(self) -> tuple[str, int]:
         """The (host, port) the FTP server listens on."""
         host, port = self.server.socket.getsockname()[:2]
         return str(host), int(port)
 
-    def authenticate(self, user: str, password: str, client_ip: str) -> Login:
+    def authenticate(self, user: str, password: str, client_ip: str, tls: bool = False) -> Login:
         """Route ``user``, log in on its backend and resolve its root (counted and audited)."""
+        label = "yes" if tls else "no"
         route = match_route(self.cfg.routes, user)
         if route is None:
-            self._refused(client_ip, user, "no_route", "-")
+            self._refused(client_ip, user, "no_route", "-", label)
             raise errors.LoginRefused()
         try:
             login = self._login(route, user, password)
@@ -134,15 +151,17 @@ class Gateway:
             detail = (
                 "" if isinstance(err, errors.LoginRefused) else f"backend={route.backend} error={err.text!r}"
             )
-            self._refused(client_ip, user, result, route.name, detail)
+            self._refused(client_ip, user, result, route.name, label, detail)
             raise
-        self.metrics.logins.labels("ok", route.name, _TLS).inc()
+        self.metrics.logins.labels("ok", route.name, label).inc()
         detail = f"backend={route.backend} root={logs.audit_quote(login.root)}"
         logs.login_audit(client_ip, user, "ok", route.name, detail)
         return login
 
-    def _refused(self, client_ip: str, user: str, result: str, route: str, detail: str = "") -> None:
-        self.metrics.logins.labels(result, route, _TLS).inc()
+    def _refused(
+        self, client_ip: str, user: str, result: str, route: str, tls: str, detail: str = ""
+    ) -> None:
+        self.metrics.logins.labels(result, route, tls).inc()
         logs.login_audit(client_ip, user, result, route, detail)
 
     def _login(self, route: RouteConfig, user: str, password: str) -> Login:
@@ -170,13 +189,15 @@ class Gateway:
         """Serve until ``stop`` is called, or a ``drain`` has finished (thread-safe)."""
         try:
             while not self._stop.is_set():
-                self.server.serve_forever(timeout=0.2, blocking=False, handle_exit=False)
+                for server in self.servers:
+                    server.serve_forever(timeout=0.2 / len(self.servers), blocking=False, handle_exit=False)
                 while self._signals:
                     self._handle_signal(self._signals.pop(0))
                 if self._drain_deadline is not None and self._drained():
                     break
         finally:
-            self.server.close_all()
+            for server in self.servers:
+                server.close_all()
             for backend in self.backends.values():
                 backend.close()
             self.loop.stop()
@@ -208,8 +229,9 @@ class Gateway:
             return
         self._drain_deadline = time.monotonic() + self.cfg.limits.drain_timeout
         self.metrics.draining.set(1)
-        self.server.draining.set()
-        self.server.close()  # the listening socket: new connections are refused from now on
+        for server in self.servers:
+            server.draining.set()
+            server.close()  # the listening socket: new connections are refused from now on
         log.info(
             "draining: %d session(s) open, running transfers get up to %.0f s",
             self.sessions_open(),
@@ -230,7 +252,8 @@ class Gateway:
     def sessions_open(self) -> int:
         """FTP sessions still running (each has its own thread)."""
         # A copy without pyftpdlib's lock: its holder may be joining threads for seconds.
-        return sum(1 for thread in list(self.server._active_tasks) if thread.is_alive())
+        threads = [t for server in self.servers for t in list(server._active_tasks)]
+        return sum(1 for thread in threads if thread.is_alive())
 
     def stop(self) -> None:
         """Ask ``serve_forever`` to return (thread-safe)."""

@@ -57,25 +57,32 @@ def _serve(cfg: config.GatewayConfig, banner: str | None = None) -> int:
     if banner:
         print(banner, flush=True)
     if cfg.workers > 1:
-        from gateway.workers import listen_socket, supervise
+        from gateway.workers import listen_sockets, supervise
 
         try:
-            sock = listen_socket(cfg)
+            sock, implicit = listen_sockets(cfg)
         except OSError as err:
-            print(f"cannot listen on {cfg.listen.address}:{cfg.listen.port}: {err.strerror}", file=sys.stderr)
+            print(f"cannot listen on {_ports(cfg)}: {err.strerror}", file=sys.stderr)
             return 1
-        return supervise(cfg, sock, _serve_one)
+        return supervise(cfg, sock, implicit, _serve_one)
     return _serve_one(cfg)
 
 
-def _serve_one(cfg: config.GatewayConfig, sock: socket.socket | None = None) -> int:
+def _ports(cfg: config.GatewayConfig) -> str:
+    ports = [cfg.listen.port] + ([cfg.tls.implicit_port] if cfg.tls.enabled and cfg.tls.implicit_port else [])
+    return f"{cfg.listen.address} port {' and '.join(map(str, ports))}"
+
+
+def _serve_one(
+    cfg: config.GatewayConfig, sock: socket.socket | None = None, implicit: socket.socket | None = None
+) -> int:
     """Run one gateway process until SIGTERM/SIGINT."""
     from gateway.app import Gateway
 
     try:
-        gateway = Gateway(cfg, sock)
+        gateway = Gateway(cfg, sock, implicit)
     except OSError as err:
-        print(f"cannot listen on {cfg.listen.address}:{cfg.listen.port}: {err.strerror}", file=sys.stderr)
+        print(f"cannot listen on {_ports(cfg)}: {err.strerror}", file=sys.stderr)
         return 1
 
     signal.signal(signal.SIGTERM, gateway.on_signal)
@@ -84,7 +91,10 @@ def _serve_one(cfg: config.GatewayConfig, sock: socket.socket | None = None) -> 
     # group, and the supervisor's forwarded SIGTERM would otherwise be a second, "stop now".
     signal.signal(signal.SIGINT, gateway.on_signal if sock is None else signal.SIG_IGN)
     host, port = gateway.address
-    log.info("ftp-sftp-gateway %s listening on %s:%d (pid %d)", __version__, host, port, os.getpid())
+    tls = {"off": "plain FTP only", "optional": "FTPS optional", "required": "FTPS required"}[cfg.tls.mode]
+    log.info("ftp-sftp-gateway %s listening on %s:%d, %s (pid %d)", __version__, host, port, tls, os.getpid())
+    if gateway.implicit_address is not None:
+        log.info("implicit FTPS on %s:%d", *gateway.implicit_address)
     gateway.serve_forever()
     return 0
 

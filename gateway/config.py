@@ -121,6 +121,21 @@ class TLSFiles:
 
 
 @dataclass(frozen=True)
+class TLSConfig:
+    """FTPS: explicit (AUTH TLS on the control port) and, with implicit_port, implicit."""
+
+    mode: str = "off"  # off | optional | required
+    certfile: str = ""
+    keyfile: str = ""
+    implicit_port: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """True when clients can use TLS."""
+        return self.mode != "off"
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The Prometheus /metrics listener (loopback by default: metrics are not public)."""
 
@@ -141,6 +156,7 @@ class GatewayConfig:
     routes: tuple[RouteConfig, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
     workers: int = 1
 
 
@@ -531,6 +547,33 @@ def _tls_files(data: Any, path: str, base_dir: Path, problems: list[str]) -> TLS
     return files
 
 
+TLS_MODES = ("required", "optional", "off")
+
+
+def _tls(data: Any, problems: list[str], base_dir: Path) -> TLSConfig:
+    if data is None:
+        return TLSConfig()
+    s = _Section(data, "tls", problems)
+    # A tls section without a mode means TLS is wanted: required, the secure choice.
+    mode = s.typed("mode", str, "required", _one_of(TLS_MODES))
+    implicit_port = s.raw("implicit_port", None)
+    pair = {key: value for key in ("certfile", "keyfile") if (value := s.raw(key, None)) is not None}
+    s.finish()
+    if mode == "off":
+        return TLSConfig()
+    bad_port = (
+        not isinstance(implicit_port, int) or isinstance(implicit_port, bool) or _listen_port(implicit_port)
+    )
+    if implicit_port is not None and bad_port:
+        s.problem(
+            "implicit_port",
+            f"must be a port (usually 990; 0 picks a free one) or null, got {implicit_port!r}",
+        )
+        implicit_port = None
+    files = _tls_files(pair, "tls", base_dir, problems)
+    return TLSConfig(mode, files.certfile, files.keyfile, implicit_port) if files else TLSConfig()
+
+
 def _metrics(data: Any, problems: list[str], base_dir: Path) -> MetricsConfig:
     s = _Section(data, "metrics", problems)
     d = MetricsConfig()
@@ -562,6 +605,7 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
         routes=_routes(top.raw("routes"), backends, problems),
         log=_log(top.raw("log", None), problems, base),
         metrics=_metrics(top.raw("metrics", None), problems, base),
+        tls=_tls(top.raw("tls", None), problems, base),
         workers=top.typed("workers", int, 1, _at_least(1, 64)),
     )
     low, high = cfg.listen.passive_ports

@@ -164,6 +164,6 @@ class Login:
     banner: str | None = None
 
 
-#: How the FTP side logs a user in: (user, password, client_ip) -> Login.
+#: How the FTP side logs a user in: (user, password, client_ip, tls) -> Login.
 #: Raises LoginRefused for bad credentials and BackendUnavailable for a dead backend.
-Authenticate = Callable[[str, str, str], Login]
+Authenticate = Callable[[str, str, str, bool], Login]

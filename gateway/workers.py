@@ -26,8 +26,9 @@ from gateway.config import GatewayConfig, passive_share
 
 log = logging.getLogger("gateway.workers")
 
-#: Serves ``cfg`` on ``sock`` until SIGTERM; returns the exit status (the CLI's _serve).
-Serve = Callable[[GatewayConfig, socket.socket], int]
+#: Serves ``cfg`` on the control socket (and the implicit FTPS one) until SIGTERM; returns
+#: the exit status (the CLI's _serve_one).
+Serve = Callable[[GatewayConfig, socket.socket, socket.socket | None], int]
 
 
 def worker_config(cfg: GatewayConfig, index: int) -> GatewayConfig:
@@ -45,13 +46,23 @@ def worker_config(cfg: GatewayConfig, index: int) -> GatewayConfig:
     return dataclasses.replace(cfg, listen=listen, limits=limits, metrics=metrics, workers=1)
 
 
-def listen_socket(cfg: GatewayConfig) -> socket.socket:
-    """The FTP control socket, bound and listening, to be shared by the workers."""
+def listen_sockets(cfg: GatewayConfig) -> tuple[socket.socket, socket.socket | None]:
+    """The FTP control socket and the implicit FTPS one (if any), listening, for the workers."""
     family = socket.AF_INET6 if ":" in cfg.listen.address else socket.AF_INET
-    return socket.create_server((cfg.listen.address, cfg.listen.port), family=family, backlog=1024)
+    control = socket.create_server((cfg.listen.address, cfg.listen.port), family=family, backlog=1024)
+    if not cfg.tls.enabled or cfg.tls.implicit_port is None:
+        return control, None
+    try:
+        implicit = socket.create_server(
+            (cfg.listen.address, cfg.tls.implicit_port), family=family, backlog=1024
+        )
+    except OSError:
+        control.close()
+        raise
+    return control, implicit
 
 
-def supervise(cfg: GatewayConfig, sock: socket.socket, serve: Serve) -> int:
+def supervise(cfg: GatewayConfig, sock: socket.socket, implicit: socket.socket | None, serve: Serve) -> int:
     """Fork ``cfg.workers`` workers on ``sock``; restart any that dies until SIGTERM/SIGINT."""
     children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
     stopping = False
@@ -67,7 +78,7 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, serve: Serve) -> int:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             status = 1
             try:
-                status = serve(worker_config(cfg, index), sock)
+                status = serve(worker_config(cfg, index), sock, implicit)
             except Exception:
                 log.exception("worker %d failed", index)
             finally:
@@ -80,6 +91,8 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, serve: Serve) -> int:
         # The workers drain (a second signal stops them at once); without this copy of the
         # listening socket the port closes as soon as they have closed theirs.
         sock.close()
+        if implicit is not None:
+            implicit.close()
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -107,6 +120,8 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, serve: Serve) -> int:
             spawn(index)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     sock.close()
+    if implicit is not None:
+        implicit.close()
     return 0
 
 

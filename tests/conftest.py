@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ftplib
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +170,37 @@ def relay_known_hosts(sshd: OpenSSHServer, relay: Relay) -> Path:
     path = sshd.workdir / f"known_hosts_relay_{relay.port}"
     path.write_text(f"[127.0.0.1]:{relay.port} " + sshd.known_hosts.read_text().split(" ", 1)[1])
     return path
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    cert: Path
+    key: Path
+
+    def context(self) -> ssl.SSLContext:
+        """A client context trusting exactly this certificate (valid for 127.0.0.1)."""
+        return ssl.create_default_context(cafile=str(self.cert))
+
+
+@pytest.fixture(scope="session")
+def tls_files() -> TLSFiles:
+    """A self-signed certificate for 127.0.0.1 and its key (made with openssl)."""
+    workdir = BASE / "tls"
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = TLSFiles(workdir / "gateway.crt", workdir / "gateway.key")
+    if not files.cert.exists():
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "30",
+             "-keyout", str(files.key), "-out", str(files.cert)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    return files
+
+
+def tls_config(
+    sshd: OpenSSHServer, tls_files: TLSFiles, mode: str = "required", **extra: Any
+) -> dict[str, Any]:
+    """``base_config`` with FTPS (and an implicit listener on a free port)."""
+    tls = {"mode": mode, "certfile": str(tls_files.cert), "keyfile": str(tls_files.key), "implicit_port": 0}
+    return base_config(sshd, tls={**tls, **extra})

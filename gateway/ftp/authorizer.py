@@ -28,7 +28,7 @@ class SessionAuthorizer:
     def validate_authentication(self, username: str, password: str, handler: Any) -> None:
         """Log in on the backend; AuthenticationFailed (530 after a delay) if refused."""
         try:
-            self.login = self._authenticate(username, password, handler.remote_ip)
+            self.login = self._authenticate(username, password, handler.remote_ip, handler.secure)
         except LoginRefused as err:
             raise AuthenticationFailed(err.text) from None
 

@@ -271,6 +271,11 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self._current_facts = ["type", "size", "modify", "perm", "unix.mode"]
 
     @property
+    def secure(self) -> bool:
+        """True once the control channel is TLS-protected (never, without FTPS)."""
+        return False
+
+    @property
     def storage(self) -> Storage:
         """The backend session of the logged-in user."""
         return self.authorizer.storage()

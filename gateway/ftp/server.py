@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Any
 
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
 from gateway.config import GatewayConfig
 from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
+from gateway.ftp.tls import GatewayImplicitTLSHandler, GatewayTLSDTPHandler, GatewayTLSHandler, ssl_context
 from gateway.metrics import Metrics
 from gateway.storage import Authenticate
 
@@ -22,16 +24,27 @@ _ACTIVE_COMMANDS = ("PORT", "EPRT")
 
 
 def handler_class(
-    cfg: GatewayConfig, authenticate: Authenticate, metrics: Metrics | None = None
+    cfg: GatewayConfig, authenticate: Authenticate, metrics: Metrics | None = None, implicit: bool = False
 ) -> type[GatewayHandler]:
-    """A GatewayHandler subclass carrying this configuration."""
+    """A GatewayHandler subclass carrying this configuration (FTPS ones when TLS is on)."""
     low, high = cfg.listen.passive_ports
-    commands = dict(GatewayHandler.proto_cmds)
+    base: type[GatewayHandler] = GatewayHandler
+    dtp_base: type[GatewayDTPHandler] = GatewayDTPHandler
+    tls_attrs: dict[str, Any] = {}
+    if cfg.tls.enabled:
+        base = GatewayImplicitTLSHandler if implicit else GatewayTLSHandler
+        dtp_base = GatewayTLSDTPHandler
+        tls_attrs = {
+            "ssl_context": ssl_context(cfg.tls.certfile, cfg.tls.keyfile),
+            "tls_required": cfg.tls.mode == "required",
+        }
+    commands = dict(base.proto_cmds)
     if not cfg.listen.active_mode:
         for name in _ACTIVE_COMMANDS:
             commands.pop(name, None)
-    dtp = type("ConfiguredDTPHandler", (GatewayDTPHandler,), {"timeout": cfg.limits.data_timeout})
+    dtp = type("ConfiguredDTPHandler", (dtp_base,), {"timeout": cfg.limits.data_timeout})
     attrs = {
+        **tls_attrs,
         "authenticate": staticmethod(authenticate),
         "metrics": metrics,
         "proto_cmds": commands,
@@ -42,7 +55,7 @@ def handler_class(
         "max_login_attempts": cfg.limits.max_login_attempts,
         "auth_failed_timeout": cfg.limits.failed_login_delay,
     }
-    return type("ConfiguredHandler", (GatewayHandler,), attrs)
+    return type("ConfiguredHandler", (base,), attrs)
 
 
 def build_server(
@@ -50,12 +63,20 @@ def build_server(
     authenticate: Authenticate,
     sock: socket.socket | None = None,
     metrics: Metrics | None = None,
+    implicit: bool = False,
 ) -> ThreadedFTPServer:
-    """A ThreadedFTPServer (one thread per session) listening as configured, or on ``sock``."""
-    address = sock if sock is not None else (cfg.listen.address, cfg.listen.port)
+    """A ThreadedFTPServer (one thread per session) listening as configured, or on ``sock``.
+
+    ``implicit``: the implicit FTPS listener (tls.implicit_port) instead of the control port.
+    """
+    if sock is not None:
+        address: Any = sock
+    else:
+        address = (cfg.listen.address, cfg.tls.implicit_port if implicit else cfg.listen.port)
+    handler = handler_class(cfg, authenticate, metrics, implicit)
     # Own IOLoop and stop flag: pyftpdlib's defaults (IOLoop.instance(), class-level _exit
     # and _lock) are process-wide, so stopping one server would stop every other one.
-    server = ThreadedFTPServer(address, handler_class(cfg, authenticate, metrics), ioloop=IOLoop())
+    server = ThreadedFTPServer(address, handler, ioloop=IOLoop())
     server._exit, server._lock = threading.Event(), threading.Lock()
     server.draining = threading.Event()  # set on SIGTERM: sessions end once idle (421)
     server.join_timeout = 1  # at shutdown, per session thread still blocked in a backend call

@@ -1,0 +1,145 @@
+"""FTPS: the gateway's control and data handlers with TLS (explicit AUTH TLS and implicit).
+
+Built on pyftpdlib's pyOpenSSL handlers (RFC 4217), with what they lack for an
+internet-facing gateway: TLS 1.2 at least, a policy that refuses plaintext logins and
+unprotected data connections in ``required`` mode, plaintext pipelined behind
+``AUTH TLS`` discarded, and implicit FTPS (TLS from the first byte, usually port 990).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from pyftpdlib.exceptions import _RetryError
+from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
+from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
+from pyftpdlib.log import logger as ftplog
+
+from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
+
+
+def ssl_context(certfile: str, keyfile: str) -> SSL.Context:
+    """A server context: TLS 1.2 or newer, no compression, no renegotiation, OpenSSL's ciphers."""
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    context.use_certificate_chain_file(certfile)
+    context.use_privatekey_file(keyfile)
+    context.check_privatekey()
+    # A session cache, so clients can resume the control connection's session on their
+    # data connections (curl, lftp and FileZilla do; it saves a full handshake per file).
+    context.set_session_id(b"ftp-sftp-gateway")
+    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    return context
+
+
+class GatewayTLSDTPHandler(GatewayDTPHandler, TLS_DTPHandler):  # type: ignore[misc]
+    """Data channel, TLS-protected after PROT P."""
+
+    _ssl_want_read: bool
+    _ssl_want_write: bool
+
+    def recv(self, buffer_size: int) -> bytes:
+        # GatewayDTPHandler.recv reads the socket itself (it must tell a clean end of an
+        # upload from a broken one), so pyOpenSSL's conditions are handled here.
+        try:
+            data: bytes = super().recv(buffer_size)
+        except SSL.WantReadError as err:
+            self._ssl_want_read = True
+            raise _RetryError from err
+        except SSL.WantWriteError as err:
+            self._ssl_want_write = True
+            raise _RetryError from err
+        except (SSL.ZeroReturnError, SSL.SysCallError) as err:
+            reset = isinstance(err, SSL.SysCallError) and err.args[1] != "Unexpected EOF"
+            if reset and err.args[0] not in _ERRNOS_DISCONNECTED:
+                raise
+            # close_notify, or (like vsftpd's default strict_ssl_read_eof=NO) a TCP FIN
+            # without it, which many clients send, ends an upload; a reset does not.
+            self._clean_eof = not reset
+            self.handle_close()
+            return b""
+        return data
+
+    def handle_ssl_established(self) -> None:
+        metrics = self.cmd_channel.metrics
+        if metrics is not None:
+            metrics.tls_sessions.labels("data").inc()
+
+
+class GatewayTLSHandler(GatewayHandler, TLS_FTPHandler):  # type: ignore[misc]
+    """Control channel with explicit FTPS (AUTH TLS); the server factory subclasses it."""
+
+    dtp_handler = GatewayTLSDTPHandler
+    proto_cmds = {**GatewayHandler.proto_cmds, **TLS_FTPHandler.proto_cmds}
+    #: ``tls.mode: required``: no login before AUTH TLS, no data connection before PROT P.
+    tls_required = True
+    # pyftpdlib's own checks answer 550; the policy below answers with the RFC codes.
+    tls_control_required = False
+    tls_data_required = False
+    _ssl_established: bool
+    _ssl_requested: bool
+    _prot: bool
+    ac_in_buffer: bytes
+    _in_buffer_len: int
+
+    @property
+    def secure(self) -> bool:
+        """True once the control channel is TLS-protected."""
+        return bool(self._ssl_established)
+
+    def process_command(self, cmd: str, *args: Any, **kwargs: Any) -> None:
+        if self.tls_required and cmd in ("USER", "PASS") and not self._ssl_established:
+            # RFC 2228 534: request denied for policy reasons. Refused before the password
+            # is even read, so a plaintext PASS never reaches the backend.
+            self._refuse(cmd, 534, "Policy requires TLS: use AUTH TLS first (explicit FTPS).")
+            return
+        if self.tls_required and cmd in ("PASV", "EPSV", "PORT", "EPRT") and not self._prot:
+            # RFC 4217 9: 521 when the data connection cannot be opened at this PROT level.
+            self._refuse(cmd, 521, "Policy requires protected data connections: send PBSZ 0 and PROT P.")
+            return
+        super().process_command(cmd, *args, **kwargs)
+
+    def _refuse(self, cmd: str, code: int, text: str) -> None:
+        self.respond(f"{code} {text}")
+        self.log_cmd(cmd, "", code, text)
+
+    def ftp_AUTH(self, line: str) -> None:
+        """AUTH TLS; plaintext the client sent behind it is dropped, never run under TLS."""
+        super().ftp_AUTH(line)
+        if not self._ssl_requested:
+            return
+        # STARTTLS command injection (the CVE-2011-0411 class): commands pipelined in the
+        # same packet as AUTH TLS were written by whoever controlled the plaintext channel
+        # and must not execute inside the TLS session. Legitimate clients wait for 234.
+        pending = len(self.ac_in_buffer) + self._in_buffer_len
+        if pending:
+            self.ac_in_buffer = b""
+            self._in_buffer, self._in_buffer_len = [], 0
+            self.log(f"discarded {pending} plaintext bytes sent after AUTH TLS", logfun=ftplog.warning)
+
+    def handle_ssl_established(self) -> None:
+        if self.metrics is not None:
+            self.metrics.tls_sessions.labels("control").inc()
+
+
+class GatewayImplicitTLSHandler(GatewayTLSHandler):
+    """Implicit FTPS: the TLS handshake comes first, the 220 greeting after it (over TLS)."""
+
+    _greeted = False
+
+    def handle(self) -> None:
+        self.on_connect()
+        if not self._closed:
+            self.secure_connection(self.ssl_context)
+
+    def handle_ssl_established(self) -> None:
+        super().handle_ssl_established()
+        if not self._greeted:
+            self._greeted = True
+            self.respond(f"220 {self.banner}")
+
+    def ftp_AUTH(self, line: str) -> None:
+        """Already TLS."""
+        self.respond("503 Already using TLS.")

@@ -1,0 +1,91 @@
+"""FTPS policy: plaintext refused when TLS is required, TLS < 1.2 refused, no CCC, and
+plaintext pipelined behind AUTH TLS never executed inside the TLS session (STARTTLS
+injection, the CVE-2011-0411 class)."""
+
+from __future__ import annotations
+
+import ftplib
+import socket
+import subprocess
+
+import pytest
+
+from tests.conftest import tls_config
+
+
+@pytest.fixture
+def ftps(gateway_factory, sshd, tls_files):
+    return gateway_factory(tls_config(sshd, tls_files))
+
+
+def logins(gw, tls: str) -> float:
+    labels = {"result": "ok", "route": "route0", "tls": tls}
+    return gw.gateway.metrics.registry.get_sample_value("ftpgw_logins_total", labels) or 0
+
+
+def test_plaintext_login_is_refused_before_the_password_is_read(ftps, user):
+    ftp = ftps.connect()
+    with pytest.raises(ftplib.error_perm, match=r"^534 Policy requires TLS"):
+        ftp.sendcmd(f"USER {user.name}")
+    with pytest.raises(ftplib.error_perm, match=r"^534"):
+        ftp.sendcmd(f"PASS {user.password}")
+    assert logins(ftps, "no") == 0
+
+
+def test_unprotected_data_connections_are_refused(ftps, tls_files, user):
+    ftp = ftplib.FTP_TLS(context=tls_files.context(), timeout=20)
+    ftp.connect(ftps.host, ftps.port)
+    ftp.login(user.name, user.password)
+    for command in ("PASV", "EPSV", "PORT 127,0,0,1,200,10"):
+        with pytest.raises(ftplib.error_perm, match=r"^521"):
+            ftp.sendcmd(command)
+    ftp.prot_p()
+    assert ftp.sendcmd("PASV").startswith("227")
+    with pytest.raises(ftplib.error_perm, match=r"^50[02]"):
+        ftp.sendcmd("CCC")  # never back to a plaintext control channel
+
+
+def test_pipelined_plaintext_after_auth_tls_is_discarded(ftps, tls_files, user):
+    raw = socket.create_connection((ftps.host, ftps.port), timeout=10)
+    reader = raw.makefile("rb")
+    assert reader.readline().startswith(b"220")
+    # What an attacker on the plaintext path appends to the client's AUTH TLS.
+    raw.sendall(f"AUTH TLS\r\nUSER {user.name}\r\nPASS {user.password}\r\n".encode())
+    assert reader.readline().startswith(b"234")
+    tls = tls_files.context().wrap_socket(raw, server_hostname="127.0.0.1")
+    tls.settimeout(1.5)
+    with pytest.raises(TimeoutError):
+        tls.recv(1024)  # no 331/230 for the injected commands
+    tls.settimeout(10)
+    tls.sendall(b"NOOP\r\n")
+    assert tls.recv(1024).startswith(b"200")
+    tls.sendall(b"PWD\r\n")
+    assert tls.recv(1024).startswith(b"530")  # not logged in: the injected login never ran
+    tls.close()
+    assert logins(ftps, "yes") == logins(ftps, "no") == 0
+
+
+def s_client(port: int, version: str) -> subprocess.CompletedProcess[str]:
+    # SECLEVEL=0 lets this OpenSSL client offer old versions at all: a refusal must come
+    # from the gateway, not from the client's own policy.
+    return subprocess.run(
+        ["openssl", "s_client", "-starttls", "ftp", "-connect", f"127.0.0.1:{port}", version,
+         "-cipher", "DEFAULT@SECLEVEL=0"],
+        input="", capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("version", ["-tls1", "-tls1_1"])
+def test_tls_below_1_2_is_refused(ftps, version):
+    assert s_client(ftps.port, "-tls1_2").returncode == 0  # the control: the probe itself works
+    result = s_client(ftps.port, version)
+    assert result.returncode != 0
+    assert "Cipher is (NONE)" in result.stdout  # no session was established
+
+
+def test_implicit_ftps_has_no_plaintext_greeting(ftps):
+    host, port = ftps.gateway.implicit_address
+    with socket.create_connection((host, port), timeout=5) as raw:
+        raw.settimeout(1.5)
+        with pytest.raises(TimeoutError):
+            raw.recv(100)  # waits for a ClientHello; says nothing in clear
