@@ -19,6 +19,7 @@ from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.ftp.handler import GatewayHandler
 from gateway.ftp.server import build_server
+from gateway.guard import Guard
 from gateway.listing import printable
 from gateway.metrics import Metrics
 from gateway.routing import match_route, render_root
@@ -69,16 +70,17 @@ class Gateway:
         self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
         self.loop = BackgroundLoop().start()
         self.budget = Budget(cfg.limits.transfer_buffer_mib * 2**20)
+        self.guard = Guard(cfg.guard)
         self.backends = {
             name: SFTPBackend(self.loop, b, self.budget, self.metrics) for name, b in cfg.backends.items()
         }
-        self.server = build_server(cfg, self.authenticate, sock, self.metrics)
+        self.server = build_server(cfg, self.authenticate, sock, self.metrics, self.guard)
         self.servers = [self.server]
         if cfg.tls.enabled and cfg.tls.implicit_port is not None:
-            self.implicit_server = build_server(
-                cfg, self.authenticate, implicit_sock, self.metrics, implicit=True
+            implicit = build_server(
+                cfg, self.authenticate, implicit_sock, self.metrics, self.guard, implicit=True
             )
-            self.servers.append(self.implicit_server)
+            self.servers.append(implicit)
         self._readiness: list[str] = ["starting: backends not checked yet"]
         self.metrics_port: int | None = None
         if cfg.metrics.enabled:  # the checks only feed /readyz
@@ -140,9 +142,14 @@ class Gateway:
     def authenticate(self, user: str, password: str, client_ip: str, tls: bool = False) -> Login:
         """Route ``user``, log in on its backend and resolve its root (counted and audited)."""
         label = "yes" if tls else "no"
+        # The guard first: a banned address never reaches a backend (see gateway.guard).
+        if self.guard.ban_remaining(client_ip):
+            self._refused(client_ip, user, "banned", "-", label)
+            raise errors.Banned()
         route = match_route(self.cfg.routes, user)
         if route is None:
             self._refused(client_ip, user, "no_route", "-", label)
+            self._failed(client_ip)
             raise errors.LoginRefused()
         try:
             login = self._login(route, user, password)
@@ -152,11 +159,19 @@ class Gateway:
                 "" if isinstance(err, errors.LoginRefused) else f"backend={route.backend} error={err.text!r}"
             )
             self._refused(client_ip, user, result, route.name, label, detail)
+            if result == "bad_credentials":
+                self._failed(client_ip)
             raise
         self.metrics.logins.labels("ok", route.name, label).inc()
         detail = f"backend={route.backend} root={logs.audit_quote(login.root)}"
         logs.login_audit(client_ip, user, "ok", route.name, detail)
         return login
+
+    def _failed(self, client_ip: str) -> None:
+        """A failed login counts towards a ban of ``client_ip``."""
+        if banned_for := self.guard.failure(client_ip):
+            self.metrics.guard_bans.inc()
+            logs.audit.warning("ban: client_ip=%s seconds=%d reason=failed_logins", client_ip, banned_for)
 
     def _refused(
         self, client_ip: str, user: str, result: str, route: str, tls: str, detail: str = ""

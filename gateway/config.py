@@ -59,6 +59,20 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    """The brute-force guard (gateway.guard) and limits on sessions that have not logged in."""
+
+    enabled: bool = True
+    max_failures: int = 5  # failed logins from one address within `window` before a ban
+    window: float = 600.0
+    ban_time: float = 900.0  # doubled for each earlier ban within `forget_after`
+    max_ban_time: float = 86400.0
+    forget_after: float = 86400.0
+    login_grace: float = 30.0  # seconds from connect to login; NOOP does not extend it
+    max_unauthenticated: int = 64  # sessions not logged in yet, in total
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     """Reuse of SSH connections across FTP logins of the same backend user."""
 
@@ -157,6 +171,7 @@ class GatewayConfig:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     workers: int = 1
 
 
@@ -550,6 +565,25 @@ def _tls_files(data: Any, path: str, base_dir: Path, problems: list[str]) -> TLS
 TLS_MODES = ("required", "optional", "off")
 
 
+def _guard(data: Any, problems: list[str]) -> GuardConfig:
+    s = _Section(data, "guard", problems)
+    d = GuardConfig()
+    cfg = GuardConfig(
+        enabled=s.typed("enabled", bool, d.enabled),
+        max_failures=s.typed("max_failures", int, d.max_failures, _at_least(1, 1000)),
+        window=s.typed("window", float, d.window, _duration),
+        ban_time=s.typed("ban_time", float, d.ban_time, _duration),
+        max_ban_time=s.typed("max_ban_time", float, d.max_ban_time, _duration),
+        forget_after=s.typed("forget_after", float, d.forget_after, _duration),
+        login_grace=s.typed("login_grace", float, d.login_grace, _duration),
+        max_unauthenticated=s.typed("max_unauthenticated", int, d.max_unauthenticated, _at_least(1)),
+    )
+    s.finish()
+    if cfg.max_ban_time < cfg.ban_time:
+        problems.append("guard.max_ban_time: must be at least guard.ban_time")
+    return cfg
+
+
 def _tls(data: Any, problems: list[str], base_dir: Path) -> TLSConfig:
     if data is None:
         return TLSConfig()
@@ -606,6 +640,7 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
         log=_log(top.raw("log", None), problems, base),
         metrics=_metrics(top.raw("metrics", None), problems, base),
         tls=_tls(top.raw("tls", None), problems, base),
+        guard=_guard(top.raw("guard", None), problems),
         workers=top.typed("workers", int, 1, _at_least(1, 64)),
     )
     low, high = cfg.listen.passive_ports

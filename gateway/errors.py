@@ -61,6 +61,14 @@ class LoginRefused(GatewayError):
 # --- storage outcomes -------------------------------------------------------------------
 
 
+class Banned(GatewayError):
+    """The client's address is banned by the guard (too many failed logins): 421, closed."""
+
+    code = 421
+    text = "Too many failed logins from your address; try again later."
+    fatal = True
+
+
 class StorageError(GatewayError):
     """A backend operation failed; subclasses say how."""
 

@@ -23,9 +23,10 @@ from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY
 from pyftpdlib.log import logger as ftplog
 
 from gateway import listing, logs, paths
-from gateway.errors import GatewayError, NoPassivePort, NotFound
+from gateway.errors import Banned, GatewayError, NoPassivePort, NotFound
 from gateway.ftp.authorizer import SessionAuthorizer
 from gateway.ftp.filesystem import GatewayFS
+from gateway.guard import Guard
 from gateway.metrics import Metrics
 from gateway.storage import Authenticate, Entry, Kind, Login, Storage
 
@@ -236,6 +237,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
 
     authenticate: Authenticate  # set by gateway.ftp.server.build_server
     metrics: Metrics | None = None  # idem
+    guard: Guard | None = None  # idem
+    login_grace = 30.0  # idem: seconds from connect to a successful login
     fs: GatewayFS  # None before login (pyftpdlib checks authenticated first)
     _in_dtp_queue: Any  # pyftpdlib: (file, cmd) of an upload waiting for its data connection
     _out_dtp_queue: Any  # pyftpdlib: (data, isproducer, file, cmd) of a download waiting
@@ -264,7 +267,9 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self.session_id = secrets.token_hex(4)  # in every log line of the session
         self.route = "-"  # route name once logged in, for the logs
         self._counted = False  # this session is in ftpgw_sessions_active
-        self._drain_check: Any = None
+        self._ticker: Any = None
+        self._connected_at = time.monotonic()
+        self._unauthenticated = False  # counted in the guard's not-logged-in sessions
         self._logged_in_once = False
         super().__init__(conn, server, ioloop=ioloop)
         self._available_facts = list(listing.FACTS)
@@ -326,12 +331,25 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     # --- graceful shutdown: the server's `draining` event is set on SIGTERM
 
     def add_channel(self, map: Any = None, events: Any = None) -> None:
+        if getattr(self, "_closed", False):
+            return  # refused in on_connect and already closed: nothing for the thread to serve
         super().add_channel(map, events)
         server = getattr(self, "server", None)
         # pyftpdlib registers the channel twice: on the acceptor's loop, then on the
         # session thread's own loop; the check must run on the latter.
-        if server is not None and self.ioloop is not server.ioloop and self._drain_check is None:
-            self._drain_check = self.ioloop.call_every(1.0, self._end_if_draining, _errback=self.handle_error)
+        if server is not None and self.ioloop is not server.ioloop and self._ticker is None:
+            self._ticker = self.ioloop.call_every(1.0, self._tick, _errback=self.handle_error)
+
+    def _tick(self) -> None:
+        """Every second on the session's thread: the login grace time, then a drain."""
+        if not self.authenticated and time.monotonic() - self._connected_at > self.login_grace:
+            # Slowloris before login: the grace time runs from connect and no command
+            # (NOOP included) extends it, unlike pyftpdlib's idle timeout.
+            if not self._closed and not self._closing:
+                self.respond("421 Login timeout, closing control connection.", logfun=ftplog.info)
+                self.close_when_done()
+            return
+        self._end_if_draining()
 
     def _transfer_pending(self) -> bool:
         return (
@@ -390,8 +408,9 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self._out_dtp_queue = None
 
     def close(self) -> None:
-        if self._drain_check is not None:
-            self._drain_check.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._leave_unauthenticated()
         if not self._closed:
             self._drop_queued_transfer()
         super().close()
@@ -471,9 +490,27 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         if self.metrics is not None:
             self.metrics.sessions_active.inc()
             self._counted = True
+        if self.guard is None:
+            return
+        # Refused before the 220 greeting, before any backend work (pyftpdlib then sends
+        # no banner to a session that is closing).
+        if self.guard.ban_remaining(self.remote_ip):
+            self.respond(f"421 {Banned.text}", logfun=ftplog.info)
+            self.close_when_done()
+        elif not self.guard.enter_unauthenticated():
+            self.respond("421 Too many sessions waiting to log in; try again later.", logfun=ftplog.warning)
+            self.close_when_done()
+        else:
+            self._unauthenticated = True
 
     def on_login(self, username: str) -> None:
         self._logged_in_once = True
+        self._leave_unauthenticated()
+
+    def _leave_unauthenticated(self) -> None:
+        if self._unauthenticated and self.guard is not None:
+            self._unauthenticated = False
+            self.guard.leave_unauthenticated()
 
     def on_disconnect(self) -> None:
         if self.metrics is not None and self._counted:

@@ -16,6 +16,7 @@ from pyftpdlib.servers import ThreadedFTPServer
 from gateway.config import GatewayConfig
 from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
 from gateway.ftp.tls import GatewayImplicitTLSHandler, GatewayTLSDTPHandler, GatewayTLSHandler, ssl_context
+from gateway.guard import Guard
 from gateway.metrics import Metrics
 from gateway.storage import Authenticate
 
@@ -24,7 +25,11 @@ _ACTIVE_COMMANDS = ("PORT", "EPRT")
 
 
 def handler_class(
-    cfg: GatewayConfig, authenticate: Authenticate, metrics: Metrics | None = None, implicit: bool = False
+    cfg: GatewayConfig,
+    authenticate: Authenticate,
+    metrics: Metrics | None = None,
+    guard: Guard | None = None,
+    implicit: bool = False,
 ) -> type[GatewayHandler]:
     """A GatewayHandler subclass carrying this configuration (FTPS ones when TLS is on)."""
     low, high = cfg.listen.passive_ports
@@ -47,6 +52,8 @@ def handler_class(
         **tls_attrs,
         "authenticate": staticmethod(authenticate),
         "metrics": metrics,
+        "guard": guard,
+        "login_grace": cfg.guard.login_grace,
         "proto_cmds": commands,
         "dtp_handler": dtp,
         "passive_ports": list(range(low, high + 1)),
@@ -63,6 +70,7 @@ def build_server(
     authenticate: Authenticate,
     sock: socket.socket | None = None,
     metrics: Metrics | None = None,
+    guard: Guard | None = None,
     implicit: bool = False,
 ) -> ThreadedFTPServer:
     """A ThreadedFTPServer (one thread per session) listening as configured, or on ``sock``.
@@ -73,7 +81,7 @@ def build_server(
         address: Any = sock
     else:
         address = (cfg.listen.address, cfg.tls.implicit_port if implicit else cfg.listen.port)
-    handler = handler_class(cfg, authenticate, metrics, implicit)
+    handler = handler_class(cfg, authenticate, metrics, guard, implicit)
     # Own IOLoop and stop flag: pyftpdlib's defaults (IOLoop.instance(), class-level _exit
     # and _lock) are process-wide, so stopping one server would stop every other one.
     server = ThreadedFTPServer(address, handler, ioloop=IOLoop())
