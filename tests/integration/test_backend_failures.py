@@ -149,7 +149,7 @@ def test_backend_down_at_login_is_421_without_details(gateway_factory, sshd, use
         assert leak not in text
 
 
-def test_host_key_mismatch_is_421_and_no_password_is_sent(gateway_factory, sshd, user, tmp_path):
+def test_host_key_mismatch_is_421_and_no_password_is_sent(gateway_factory, sshd, user, tmp_path, caplog):
     impostor_key = tmp_path / "impostor"
     os.system(f"ssh-keygen -q -t ed25519 -N '' -f {impostor_key}")
     known = tmp_path / "known_hosts"
@@ -165,6 +165,14 @@ def test_host_key_mismatch_is_421_and_no_password_is_sent(gateway_factory, sshd,
     time.sleep(0.3)
     new_log = sshd.log.read_text()[len(log_before) :]
     assert "password for" not in new_log  # neither "Accepted" nor "Failed password for"
+    # The log names the key the backend showed, for the operator to compare out of band.
+    real = subprocess.run(
+        ["ssh-keygen", "-lf", str(sshd.workdir / "host_ed25519.pub")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[1]
+    assert any(real in r.getMessage() and "does not trust" in r.getMessage() for r in caplog.records)
 
 
 @pytest.fixture

@@ -27,6 +27,8 @@ def test_example_config_is_valid_and_matches_defaults(known_hosts):
     cfg = config.parse(example_doc(known_hosts))
     assert cfg.listen == config.ListenConfig()
     assert cfg.limits == config.LimitsConfig()
+    assert cfg.guard == config.GuardConfig()
+    assert cfg.tls == config.TLSConfig()  # commented out in the example: plain FTP
     assert cfg.backends["main"].known_hosts == known_hosts
     assert cfg.routes[0].root == "/home/{user}"
     assert cfg.routes[0].auth == "passthrough"
@@ -280,3 +282,27 @@ def test_transfer_log_directory_must_exist(known_hosts, tmp_path):
     assert (
         err.value.problems[0].startswith("log.transfer_log: ") and "is a directory" in err.value.problems[0]
     )
+
+
+def test_tls_section(known_hosts, tmp_path):
+    import subprocess
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-subj", "/CN=x", "-days", "1", "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    doc = _with_metrics(known_hosts)
+    doc["tls"] = {"certfile": "c.pem", "keyfile": "k.pem"}
+    tls = config.parse(doc, tmp_path).tls
+    assert (tls.mode, tls.enabled, tls.implicit_port) == ("required", True, None)  # secure default
+    doc["tls"] = {"mode": "off", "certfile": "missing.pem"}
+    assert not config.parse(doc, tmp_path).tls.enabled
+    doc["tls"] = {"mode": "sometimes", "implicit_port": "990", "keyfile": "k.pem"}
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc, tmp_path)
+    assert sorted(p.split(":")[0] for p in err.value.problems) == [
+        "tls.certfile",
+        "tls.implicit_port",
+        "tls.mode",
+    ]

@@ -45,13 +45,20 @@ SSH_WINDOW = 16 * 1024 * 1024
 @dataclass
 class _ConnState:
     lost: bool = False
+    untrusted_key: str = ""  # fingerprint of a host key known_hosts did not trust
 
 
 class _Client(asyncssh.SSHClient):
-    """Records when the connection goes away so sessions fail fast instead of hanging."""
+    """Records when the connection goes away (sessions then fail fast instead of hanging)
+    and the fingerprint of an untrusted host key (for the log)."""
 
     def __init__(self, state: _ConnState) -> None:
         self._state = state
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        """Called only for a key known_hosts does not trust: remember it, and refuse it."""
+        self._state.untrusted_key = key.get_fingerprint()
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state.lost = True
@@ -111,6 +118,15 @@ class SFTPBackend:
             raise
         except asyncssh.HostKeyNotVerifiable:
             self.metrics.backend_connects.labels(self.cfg.name, "host_key_mismatch").inc()
+            log.error(
+                "backend %s (%s:%d) showed host key %s, which %s does not trust: login refused, "
+                "no credential sent",
+                self.cfg.name,
+                self.cfg.host,
+                self.cfg.port,
+                state.untrusted_key or "(unknown)",
+                self.cfg.known_hosts,
+            )
             raise
         except BaseException:
             self.metrics.backend_connects.labels(self.cfg.name, "error").inc()
@@ -155,13 +171,6 @@ class SFTPBackend:
             except asyncssh.PermissionDenied as exc:
                 raise errors.LoginRefused() from exc
             except asyncssh.HostKeyNotVerifiable as exc:
-                log.error(
-                    "backend %s (%s:%d): host key not trusted, login refused and no credential sent: %s",
-                    self.cfg.name,
-                    self.cfg.host,
-                    self.cfg.port,
-                    exc,
-                )
                 raise errors.HostKeyMismatch() from exc
             except errors.GatewayError:
                 raise
