@@ -13,7 +13,7 @@ import threading
 import time
 
 from gateway import errors, logs
-from gateway.backends.sftp.backend import SFTPBackend, known_hosts_problem
+from gateway.backends.sftp.backend import SFTPBackend, key_problem, known_hosts_problem
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.config import GatewayConfig, RouteConfig
@@ -22,6 +22,7 @@ from gateway.ftp.server import build_server
 from gateway.guard import Guard
 from gateway.listing import printable
 from gateway.metrics import Metrics
+from gateway.passwords import verify_password
 from gateway.routing import match_route, render_root
 from gateway.storage import Kind, Login
 
@@ -30,10 +31,15 @@ log = logging.getLogger("gateway")
 
 def backend_problems(cfg: GatewayConfig) -> list[str]:
     """Problems only the backend adapters can see (``key: message``), e.g. a host key missing."""
-    return [
+    problems = [
         f"backends.{name}.known_hosts: {problem}"
         for name, backend in cfg.backends.items()
         if (problem := known_hosts_problem(backend))
+    ]
+    return problems + [
+        f"users.{name}.backend_key_file: {problem}"
+        for name, local in cfg.users.items()
+        if local.backend_key_file and (problem := key_problem(local.backend_key_file))
     ]
 
 
@@ -180,7 +186,18 @@ class Gateway:
         logs.login_audit(client_ip, user, result, route, detail)
 
     def _login(self, route: RouteConfig, user: str, password: str) -> Login:
-        storage = self.backends[route.backend].login(user, password)
+        backend = self.backends[route.backend]
+        if route.auth == "mapped":
+            # A gateway-local user: the gateway checks the password, the backend sees only
+            # the mapped account's own credential (a key or a password from a file).
+            local = self.cfg.users.get(user)
+            # The hash check runs for unknown users too (against a dummy): same time.
+            if not verify_password(password, local.password_hash if local else None) or local is None:
+                raise errors.LoginRefused()
+            storage = backend.login(local.backend_user, local.backend_password, local.backend_key_file)
+        else:
+            # passthrough: exactly one backend attempt with the FTP credentials.
+            storage = backend.login(user, password)
         root = render_root(route.root, user, storage.home())
         try:
             if storage.stat(root).kind is not Kind.DIR:

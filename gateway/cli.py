@@ -1,10 +1,11 @@
-"""Command line: ``run``, ``check-config`` and ``demo`` (the edge that starts everything)."""
+"""Command line: run, check-config, hash-password, demo (the edge that starts everything)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import ctypes
+import getpass
 import logging
 import os
 import signal
@@ -113,6 +114,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 2
+    if args.print:
+        import yaml
+
+        print(yaml.safe_dump(config.redacted(cfg), sort_keys=False), end="")
+        return 0
     routes = ", ".join(f"{r.name}({r.user}->{r.backend})" for r in cfg.routes)
     print(f"{args.config}: OK: {len(cfg.backends)} backend(s), routes {routes}")
     return 0
@@ -151,6 +157,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _serve(cfg, banner)
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print the password_hash for a gateway-local user (`users.NAME.password_hash`)."""
+    from gateway.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("the two passwords differ", file=sys.stderr)
+            return 1
+    else:  # piped: one line, e.g. from a secrets manager
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("empty password refused", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = argparse.ArgumentParser(prog="ftp-sftp-gateway", description=__doc__)
@@ -161,7 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config", help="YAML config file")
+    check.add_argument(
+        "--print",
+        action="store_true",
+        help="print the effective config with secrets redacted",
+    )
     check.set_defaults(func=cmd_check_config)
+    hasher = sub.add_parser("hash-password", help="print a password hash for `users` (reads the password)")
+    hasher.set_defaults(func=cmd_hash_password)
     demo = sub.add_parser("demo", help="run with an embedded demo SFTP server")
     demo.add_argument("--port", type=int, default=2121, help="FTP port (default 2121)")
     demo.add_argument("--data", default="demo-data", help="folder to serve (default ./demo-data)")

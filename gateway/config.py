@@ -7,6 +7,7 @@ file in one pass (like ``sshd -t``). Nothing invalid is silently replaced by a d
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -18,11 +19,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from gateway import passwords
+
 T = TypeVar("T")
 _MISSING: Any = object()
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-AUTH_MODES = ("passthrough",)
+AUTH_MODES = ("passthrough", "mapped")
 
 
 class ConfigError(Exception):
@@ -91,6 +94,7 @@ class BackendConfig:
     host: str
     port: int = 22
     known_hosts: str = ""
+    host_key_fingerprints: tuple[str, ...] = ()  # pinned "SHA256:..." keys, instead of or besides known_hosts
     connect_timeout: float = 10.0
     operation_timeout: float = 30.0
     keepalive_interval: int = 30
@@ -107,6 +111,17 @@ class RouteConfig:
     auth: str = "passthrough"
     root: str = "~"
     banner: str | None = None
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    """A gateway-local FTP user (``auth: mapped``) and the backend account it logs in as."""
+
+    name: str
+    password_hash: str = field(repr=False)
+    backend_user: str
+    backend_password: str | None = field(default=None, repr=False)
+    backend_key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,7 @@ class GatewayConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    users: dict[str, LocalUser] = field(default_factory=dict)
     workers: int = 1
 
 
@@ -311,6 +327,21 @@ def _root_template(value: str) -> str | None:
     return None
 
 
+_FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
+
+
+def _fingerprints(s: _Section) -> tuple[str, ...]:
+    value = s.raw("host_key_fingerprints", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and _FINGERPRINT_RE.match(v) for v in value):
+        s.problem(
+            "host_key_fingerprints",
+            "must be a list of SHA256:... fingerprints as `ssh-keygen -lf` prints them "
+            f"(e.g. `ssh-keyscan HOST | ssh-keygen -lf -`), got {value!r}",
+        )
+        return ()
+    return tuple(value)
+
+
 def _known_hosts_file(value: str) -> str | None:
     path = Path(value)
     if not path.is_file():
@@ -393,14 +424,20 @@ def _backends(data: Any, problems: list[str], base_dir: Path) -> dict[str, Backe
                 "host", str, "", lambda v: None if v.strip() else "must not be empty", required=True
             ),
             port=s.typed("port", int, 22, _port),
-            known_hosts=str(base_dir / s.typed("known_hosts", str, "", required=True)),
+            known_hosts=str(base_dir / known_hosts) if (known_hosts := s.optional_str("known_hosts")) else "",
+            host_key_fingerprints=_fingerprints(s),
             connect_timeout=s.typed("connect_timeout", float, 10.0, _duration),
             operation_timeout=s.typed("operation_timeout", float, 30.0, _duration),
             keepalive_interval=s.typed("keepalive_interval", int, 30, _at_least(0, MAX_SECONDS)),
             pool=_pool(s.raw("pool", None), f"backends.{name}.pool", problems),
         )
-        if "known_hosts" in s.data and (problem := _known_hosts_file(out[name].known_hosts)):
+        if out[name].known_hosts and (problem := _known_hosts_file(out[name].known_hosts)):
             s.problem("known_hosts", problem)
+        elif (
+            not out[name].known_hosts and not out[name].host_key_fingerprints and "known_hosts" not in s.data
+        ):
+            # Host keys are always verified: there is no way to connect without either.
+            s.problem("known_hosts", "required key is missing (or pin host_key_fingerprints: [SHA256:...])")
         s.finish()
     return out
 
@@ -565,6 +602,33 @@ def _tls_files(data: Any, path: str, base_dir: Path, problems: list[str]) -> TLS
 TLS_MODES = ("required", "optional", "off")
 
 
+def _users(data: Any, problems: list[str], base_dir: Path) -> dict[str, LocalUser]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.append("users: must be a mapping of FTP user names to their settings")
+        return {}
+    out = {}
+    for name, body in data.items():
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            problems.append(f"users.{name}: user names use letters, digits, '_', '.', '-'")
+            continue
+        s = _Section(body, f"users.{name}", problems)
+        password_hash = s.typed("password_hash", str, "", passwords.hash_problem, required=True)
+        backend_user = s.typed("backend_user", str, name, lambda v: None if _NAME_RE.match(v) else "bad name")
+        key_file = s.optional_str("backend_key_file", _readable_file(base_dir))
+        has_password = "backend_password_file" in s.data or "backend_password_env" in s.data
+        if key_file is not None and has_password:
+            s.problem("backend_key_file", "set either a key or a password for the backend, not both")
+        password = _secret(s, "backend_password", base_dir) if has_password or key_file is None else None
+        s.finish()
+        if password_hash and (password or key_file):
+            out[name] = LocalUser(
+                name, password_hash, backend_user, password, str(base_dir / key_file) if key_file else None
+            )
+    return out
+
+
 def _guard(data: Any, problems: list[str]) -> GuardConfig:
     s = _Section(data, "guard", problems)
     d = GuardConfig()
@@ -641,8 +705,12 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
         metrics=_metrics(top.raw("metrics", None), problems, base),
         tls=_tls(top.raw("tls", None), problems, base),
         guard=_guard(top.raw("guard", None), problems),
+        users=_users(top.raw("users", None), problems, base),
         workers=top.typed("workers", int, 1, _at_least(1, 64)),
     )
+    for index, route in enumerate(cfg.routes):
+        if route.auth == "mapped" and not cfg.users:
+            problems.append(f"routes[{index}].auth: 'mapped' needs gateway-local users in `users`")
     low, high = cfg.listen.passive_ports
     if high - low + 1 < cfg.workers:
         problems.append(
@@ -652,6 +720,20 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def redacted(value: Any) -> Any:
+    """``value`` (a config dataclass) as plain data, every secret field (repr=False) redacted."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: (redacted(getattr(value, f.name)) if f.repr else "<redacted>")
+            for f in dataclasses.fields(value)
+        }
+    if isinstance(value, dict):
+        return {str(k): redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(v) for v in value]
+    return value
 
 
 def load(path: str | os.PathLike[str]) -> GatewayConfig:

@@ -223,3 +223,25 @@ def test_without_pool_the_backend_connection_closes_with_the_ftp_session(gateway
     with pytest.raises(ftplib.error_perm, match=r"^530"):
         bad.login(user2.name, "wrong")
     assert wait_for(lambda: relay.connections == 0)
+
+
+def test_pinned_fingerprint_instead_of_known_hosts(gateway_factory, sshd, user, tmp_path):
+    real = subprocess.run(
+        ["ssh-keygen", "-lf", str(sshd.workdir / "host_ed25519.pub")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[1]
+    doc = base_config(sshd)
+    del doc["backends"]["main"]["known_hosts"]
+    doc["backends"]["main"]["host_key_fingerprints"] = [real]
+    ftp = gateway_factory(doc).login(user)
+    assert ftp.sendcmd("NOOP").startswith("200")
+    ftp.quit()
+    # A wrong pin is a mismatch like any other: 421 and no password sent.
+    other = "SHA256:" + "A" * 43
+    doc["backends"]["main"]["host_key_fingerprints"] = [other]
+    ftp = gateway_factory(doc).connect()
+    ftp.sendcmd(f"USER {user.name}")
+    with pytest.raises(ftplib.error_temp, match=r"^421"):
+        ftp.sendcmd(f"PASS {user.password}")

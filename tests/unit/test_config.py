@@ -95,7 +95,10 @@ def test_required_keys(known_hosts):
     assert any(p.startswith("backends:") for p in problems)
     assert any(p.startswith("routes[0].backend: required") for p in problems)
     problems = problems_of({"backends": {"b": {"host": "h"}}, "routes": [{"backend": "b"}]})
-    assert "backends.b.known_hosts: required key is missing" in problems
+    assert (
+        "backends.b.known_hosts: required key is missing (or pin host_key_fingerprints: [SHA256:...])"
+        in problems
+    )
     assert "routes[0].match: required key is missing" in problems
 
 

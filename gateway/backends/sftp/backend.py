@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import socket
 import time
@@ -23,7 +24,7 @@ import asyncssh
 from gateway import errors
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
-from gateway.backends.sftp.pool import Lease, SFTPPool
+from gateway.backends.sftp.pool import Credential, Lease, SFTPPool
 from gateway.backends.sftp.session import SFTPStorage
 from gateway.config import BackendConfig
 from gateway.metrics import Metrics
@@ -42,6 +43,9 @@ ENCRYPTION_ALGS = (
 SSH_WINDOW = 16 * 1024 * 1024
 
 
+_NO_HOSTS = asyncssh.import_known_hosts("")
+
+
 @dataclass
 class _ConnState:
     lost: bool = False
@@ -52,12 +56,18 @@ class _Client(asyncssh.SSHClient):
     """Records when the connection goes away (sessions then fail fast instead of hanging)
     and the fingerprint of an untrusted host key (for the log)."""
 
-    def __init__(self, state: _ConnState) -> None:
-        self._state = state
+    def __init__(self, state: _ConnState, pinned: tuple[str, ...]) -> None:
+        self._state, self._pinned = state, pinned
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        """Called only for a key known_hosts does not trust: remember it, and refuse it."""
-        self._state.untrusted_key = key.get_fingerprint()
+        """Called only for a key known_hosts does not trust: accept it if pinned, else refuse.
+
+        asyncssh then still checks that the server holds the matching private key.
+        """
+        fingerprint = key.get_fingerprint()
+        if fingerprint in self._pinned:
+            return True
+        self._state.untrusted_key = fingerprint
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -83,8 +93,25 @@ def trusted_keys(known: asyncssh.SSHKnownHosts, host: str, port: int) -> tuple[l
     return host_keys, ca_keys
 
 
+@functools.lru_cache(maxsize=256)
+def load_key(path: str) -> asyncssh.SSHKey:
+    """A private key file (OpenSSH or PEM, unencrypted), read once."""
+    return asyncssh.read_private_key(path)
+
+
+def key_problem(path: str) -> str | None:
+    """Why the private key file at ``path`` cannot be used, or None."""
+    try:
+        load_key(path)
+    except (OSError, asyncssh.KeyImportError, ValueError) as err:
+        return f"cannot use the private key {path}: {err} (an unencrypted OpenSSH or PEM key)"
+    return None
+
+
 def known_hosts_problem(cfg: BackendConfig) -> str | None:
     """Why the backend's known_hosts file cannot verify it, or None if it can."""
+    if cfg.host_key_fingerprints and not cfg.known_hosts:
+        return None
     try:
         known = asyncssh.read_known_hosts(cfg.known_hosts)
     except (OSError, ValueError) as err:
@@ -103,16 +130,18 @@ class SFTPBackend:
 
     def __init__(self, loop: BackgroundLoop, cfg: BackendConfig, budget: Budget, metrics: Metrics) -> None:
         self.loop, self.cfg, self.budget, self.metrics = loop, cfg, budget, metrics
-        self._known_hosts = asyncssh.read_known_hosts(cfg.known_hosts)
+        # An empty known_hosts (not None, which would turn checking off) when only pinned
+        # fingerprints are configured: every key then goes through validate_host_public_key.
+        self._known_hosts = asyncssh.read_known_hosts(cfg.known_hosts) if cfg.known_hosts else _NO_HOSTS
         # A pooled connection that cannot open a channel within connect_timeout is replaced.
         self.pool = SFTPPool(cfg.pool, self._connect, cfg.connect_timeout)
 
     async def _connect(
-        self, username: str, password: str
+        self, username: str, credential: Credential
     ) -> tuple[asyncssh.SSHClientConnection, Callable[[], bool]]:
         state = _ConnState()
         try:
-            conn = await self._open(state, username, password)
+            conn = await self._open(state, username, credential)
         except asyncssh.PermissionDenied:
             self.metrics.backend_connects.labels(self.cfg.name, "auth_failed").inc()
             raise
@@ -134,18 +163,21 @@ class SFTPBackend:
         self.metrics.backend_connects.labels(self.cfg.name, "ok").inc()
         return conn, lambda: state.lost
 
-    async def _open(self, state: _ConnState, username: str, password: str) -> asyncssh.SSHClientConnection:
+    async def _open(
+        self, state: _ConnState, username: str, credential: Credential
+    ) -> asyncssh.SSHClientConnection:
+        # Exactly the one credential: never the gateway's own keys, agent or ssh config.
         return await asyncssh.connect(
             self.cfg.host,
             self.cfg.port,
-            client_factory=lambda: _Client(state),
+            client_factory=lambda: _Client(state, self.cfg.host_key_fingerprints),
             username=username,
-            password=password,
+            password=credential.password,
             known_hosts=self._known_hosts,
-            client_keys=None,
+            client_keys=[credential.key] if credential.key is not None else None,
             agent_path=None,
             config=None,
-            preferred_auth="password",
+            preferred_auth="publickey" if credential.key is not None else "password",
             encryption_algs=ENCRYPTION_ALGS,
             compression_algs=None,
             connect_timeout=self.cfg.connect_timeout,
@@ -155,9 +187,13 @@ class SFTPBackend:
             window=SSH_WINDOW,
         )
 
-    def login(self, username: str, password: str) -> SFTPStorage:
-        """Open an SFTP session as ``username``; LoginRefused or BackendUnavailable on failure."""
-        verifier = self.pool.verifier(password)  # scrypt here, in the session thread, not on the loop
+    def login(self, username: str, password: str | None = None, key_file: str | None = None) -> SFTPStorage:
+        """Open an SFTP session as ``username`` with a password or a private key file.
+
+        LoginRefused or BackendUnavailable on failure.
+        """
+        credential = Credential(password, load_key(key_file) if key_file else None)
+        verifier = self.pool.verifier(credential)  # scrypt here, in the session thread, not on the loop
 
         # connect_timeout bounds TCP + key exchange, and again the authentication.
         limit = 2 * self.cfg.connect_timeout + self.cfg.operation_timeout
@@ -167,7 +203,7 @@ class SFTPBackend:
                 # The time limit acts inside the pool, which gives back what it took when
                 # cancelled; the session thread never cancels a lease half-way.
                 async with asyncio.timeout(limit):
-                    return await self.pool.lease(username, password, verifier)
+                    return await self.pool.lease(username, credential, verifier)
             except asyncssh.PermissionDenied as exc:
                 raise errors.LoginRefused() from exc
             except asyncssh.HostKeyNotVerifiable as exc:
@@ -216,7 +252,8 @@ class SFTPBackend:
         """
         # getaddrinfo blocks: never on the loop every session's SFTP traffic runs on.
         trusted = (await asyncio.to_thread(trusted_keys, self._known_hosts, self.cfg.host, self.cfg.port))[0]
-        algs = sorted({key.get_algorithm() for key in trusted})
+        # Pinned fingerprints do not say which algorithm: then the server's choice is taken.
+        algs = [] if self.cfg.host_key_fingerprints else sorted({key.get_algorithm() for key in trusted})
         try:
             key = await asyncio.wait_for(
                 asyncssh.get_server_host_key(
@@ -226,9 +263,10 @@ class SFTPBackend:
             )
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             return f"unreachable ({exc.__class__.__name__})"
-        if key is None or all(key.public_data != known.public_data for known in trusted):
+        pinned = key is not None and key.get_fingerprint() in self.cfg.host_key_fingerprints
+        if key is None or (not pinned and all(key.public_data != known.public_data for known in trusted)):
             seen = key.get_fingerprint() if key is not None else "none"
-            return f"host key {seen} is not in known_hosts"
+            return f"host key {seen} is not in known_hosts nor pinned"
         return None
 
     def connection_states(self) -> list[str]:

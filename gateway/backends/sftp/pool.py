@@ -34,8 +34,23 @@ from gateway.config import PoolConfig
 
 log = logging.getLogger("gateway.sftp.pool")
 
-#: Opens an authenticated SSH connection: (user, password) -> (connection, is_lost()).
-Connect = Callable[[str, str], Awaitable[tuple[asyncssh.SSHClientConnection, Callable[[], bool]]]]
+
+@dataclass(frozen=True, repr=False)
+class Credential:
+    """What a backend login presents: a password or a private key (never in a repr)."""
+
+    password: str | None = None
+    key: asyncssh.SSHKey | None = None
+
+    def secret(self) -> bytes:
+        """Bytes that identify the credential (for the pool's reuse verifier)."""
+        if self.key is not None:
+            return b"key:" + self.key.public_data
+        return b"password:" + (self.password or "").encode("utf-8", "surrogateescape")
+
+
+#: Opens an authenticated SSH connection: (user, credential) -> (connection, is_lost()).
+Connect = Callable[[str, Credential], Awaitable[tuple[asyncssh.SSHClientConnection, Callable[[], bool]]]]
 
 # scrypt with n=2**11: about 4 ms per login here, memory-hard; enough for a verifier that
 # only ever lives in this process's memory next to the passwords passing through it.
@@ -103,12 +118,12 @@ class SFTPPool:
             return [c for entry in self._users.values() for c in entry.conns]
         return list(self._users[user].conns) if user in self._users else []
 
-    def verifier(self, password: str) -> bytes:
-        """The salted scrypt verifier of ``password`` (thread-safe: call it off the loop)."""
-        return hashlib.scrypt(password.encode("utf-8", "surrogateescape"), salt=self._salt, **_SCRYPT)
+    def verifier(self, credential: Credential) -> bytes:
+        """The salted scrypt verifier of ``credential`` (thread-safe: call it off the loop)."""
+        return hashlib.scrypt(credential.secret(), salt=self._salt, **_SCRYPT)
 
-    async def lease(self, user: str, password: str, verifier: bytes) -> Lease:
-        """An SFTP channel for ``user``, on a reused connection when the password matches."""
+    async def lease(self, user: str, credential: Credential, verifier: bytes) -> Lease:
+        """An SFTP channel for ``user``, on a reused connection when the credential matches."""
         now = self._clock()
         entry = self._users.get(user, _User())
         for pooled in list(entry.conns):
@@ -116,7 +131,7 @@ class SFTPPool:
                 lease = await self._open_channel(pooled)
                 if lease is not None:
                     return lease
-        return await self._lease_new(user, password, verifier)
+        return await self._lease_new(user, credential, verifier)
 
     def _reusable(self, pooled: PooledConnection, now: float) -> bool:
         if pooled.is_lost() or pooled.stale or not self.cfg.enabled:
@@ -159,9 +174,9 @@ class SFTPPool:
             raise
         return Lease(pooled, sftp)
 
-    async def _lease_new(self, user: str, password: str, verifier: bytes) -> Lease:
+    async def _lease_new(self, user: str, credential: Credential, verifier: bytes) -> Lease:
         async with self._startups:  # stay below the backend's MaxStartups
-            conn, is_lost = await self._connect(user, password)
+            conn, is_lost = await self._connect(user, credential)
         now = self._clock()
         pooled = PooledConnection(
             user, conn, is_lost, verifier, verified_at=now, max_channels=self.cfg.max_sessions, idle_since=now
