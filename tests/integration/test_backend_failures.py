@@ -166,13 +166,16 @@ def test_host_key_mismatch_is_421_and_no_password_is_sent(gateway_factory, sshd,
     new_log = sshd.log.read_text()[len(log_before) :]
     assert "password for" not in new_log  # neither "Accepted" nor "Failed password for"
     # The log names the key the backend showed, for the operator to compare out of band.
-    real = subprocess.run(
-        ["ssh-keygen", "-lf", str(sshd.workdir / "host_ed25519.pub")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[1]
+    real = host_key_fingerprint(sshd)
     assert any(real in r.getMessage() and "does not trust" in r.getMessage() for r in caplog.records)
+
+
+def host_key_fingerprint(sshd) -> str:
+    """The SHA256 fingerprint of the test sshd's host key, as ssh-keygen prints it."""
+    pub = str(sshd.workdir / "host_ed25519.pub")
+    return subprocess.run(
+        ["ssh-keygen", "-lf", pub], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
 
 
 @pytest.fixture
@@ -226,12 +229,7 @@ def test_without_pool_the_backend_connection_closes_with_the_ftp_session(gateway
 
 
 def test_pinned_fingerprint_instead_of_known_hosts(gateway_factory, sshd, user, tmp_path):
-    real = subprocess.run(
-        ["ssh-keygen", "-lf", str(sshd.workdir / "host_ed25519.pub")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[1]
+    real = host_key_fingerprint(sshd)
     doc = base_config(sshd)
     del doc["backends"]["main"]["known_hosts"]
     doc["backends"]["main"]["host_key_fingerprints"] = [real]
