@@ -46,6 +46,11 @@ _CANCELS_QUEUED_TRANSFER = frozenset(
 )
 
 
+#: pyftpdlib's limit on a command line (longer ones get "500 Command too long.").
+_LINE_LIMIT = 2048
+#: Overlong command lines tolerated per session before 421 (a line of 6 KiB already is three).
+MAX_LONG_LINES = 3
+
 #: STAT <dir> sends its listing over the control channel; longer listings are cut here.
 STAT_MAX_LINES = 1000
 
@@ -268,6 +273,9 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self.route = "-"  # route name once logged in, for the logs
         self._counted = False  # this session is in ftpgw_sessions_active
         self._ticker: Any = None
+        self._discarding = False  # inside an overlong line, until its CRLF
+        self._discarded = 0
+        self._long_lines = 0
         self._connected_at = time.monotonic()
         self._unauthenticated = False  # counted in the guard's not-logged-in sessions
         self._logged_in_once = False
@@ -287,8 +295,33 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
 
     # --- command dispatch and error mapping
 
+    def collect_incoming_data(self, data: bytes) -> None:
+        if self._discarding:
+            # Still inside an overlong line: every further 2048 bytes count as another one.
+            self._discarded += len(data)
+            while self._discarded > _LINE_LIMIT and not self._closing:
+                self._discarded -= _LINE_LIMIT
+                self._overlong_line()
+            return
+        super().collect_incoming_data(data)
+        if data and self._in_buffer_len == 0:  # pyftpdlib answered "500 Command too long." and reset
+            # The rest of that line must not become a command of its own (its tail would be
+            # executed: a smuggling vector), and repeated abuse ends the session.
+            self._discarding, self._discarded = True, 0
+            self._overlong_line()
+
+    def _overlong_line(self) -> None:
+        self._long_lines += 1
+        if self._long_lines >= MAX_LONG_LINES and not self._closing:
+            self.respond("421 Too many overlong command lines, closing control connection.")
+            self.close_when_done()
+
     def found_terminator(self) -> None:
         logs.bind_session(self._log_fields)  # this thread serves this session only
+        if self._discarding:  # the end of an overlong line (see collect_incoming_data)
+            self._discarding = False
+            self._in_buffer, self._in_buffer_len = [], 0
+            return
         # pyftpdlib answers an undecodable line with 501 but keeps it in its input buffer,
         # so every later command would fail too: drop the line here instead.
         try:

@@ -65,6 +65,15 @@ def handler_class(
     return type("ConfiguredHandler", (base,), attrs)
 
 
+class GatewayFTPServer(ThreadedFTPServer):  # type: ignore[misc]
+    """pyftpdlib's threaded server with an exact connection limit."""
+
+    def _accept_new_cons(self) -> bool:
+        # pyftpdlib compares the sessions already running with `<=`, which lets
+        # max_cons + 1 in; limits.max_connections is the total, the new one included.
+        return bool(self._map_len() < self.max_cons)
+
+
 def build_server(
     cfg: GatewayConfig,
     authenticate: Authenticate,
@@ -84,7 +93,7 @@ def build_server(
     handler = handler_class(cfg, authenticate, metrics, guard, implicit)
     # Own IOLoop and stop flag: pyftpdlib's defaults (IOLoop.instance(), class-level _exit
     # and _lock) are process-wide, so stopping one server would stop every other one.
-    server = ThreadedFTPServer(address, handler, ioloop=IOLoop())
+    server = GatewayFTPServer(address, handler, ioloop=IOLoop())
     server._exit, server._lock = threading.Event(), threading.Lock()
     server.draining = threading.Event()  # set on SIGTERM: sessions end once idle (421)
     server.join_timeout = 1  # at shutdown, per session thread still blocked in a backend call

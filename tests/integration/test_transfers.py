@@ -225,16 +225,6 @@ def test_active_mode_port_and_eprt(ftp, user):
     assert ftp.voidresp().startswith("226")
 
 
-@pytest.mark.parametrize(
-    "cmd",
-    ["PORT 127,0,0,2,160,1", "EPRT |1|127.0.0.2|40961|", "PORT 127,0,0,1,0,80", "EPRT |1|127.0.0.1|21|"],
-)
-def test_port_to_another_host_or_privileged_port_is_refused(ftp, cmd):
-    with pytest.raises(ftplib.error_perm, match=r"^501"):
-        ftp.sendcmd(cmd)
-    assert ftp.sendcmd("NOOP").startswith("200")
-
-
 def test_active_mode_can_be_disabled(gateway_factory, sshd, user):
     from tests.conftest import base_config
 
