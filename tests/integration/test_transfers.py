@@ -225,18 +225,6 @@ def test_active_mode_port_and_eprt(ftp, user):
     assert ftp.voidresp().startswith("226")
 
 
-def test_active_mode_can_be_disabled(gateway_factory, sshd, user):
-    from tests.conftest import base_config
-
-    doc = base_config(sshd)
-    doc["listen"]["active_mode"] = False
-    ftp = gateway_factory(doc).login(user)
-    with pytest.raises(ftplib.error_perm, match=r"^500"):
-        ftp.sendcmd("PORT 127,0,0,1,160,1")
-    feat = ftp.sendcmd("FEAT")
-    assert "EPRT" not in feat and "EPSV" in feat
-
-
 def test_upload_into_forbidden_directory_is_550_before_150(ftp, user):
     locked = user.home / "locked"
     locked.mkdir(mode=0o555)
