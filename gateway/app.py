@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 
-from gateway import errors, logs
+from gateway import auth_external, errors, logs
 from gateway.backends.sftp.backend import SFTPBackend, key_problem, known_hosts_problem
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
@@ -157,8 +157,13 @@ class Gateway:
             self._refused(client_ip, user, "no_route", "-", label)
             self._failed(client_ip)
             raise errors.LoginRefused()
+        decision = None
+        if route.auth == "external":
+            decision = self._ask_external(user, password, client_ip, tls, route.name, label)
+            if decision.route and decision.route != route.name:
+                route = self._route_named(decision.route, user, client_ip, label)
         try:
-            login = self._login(route, user, password)
+            login = self._login(route, user, password, decision)
         except errors.GatewayError as err:
             result = _LOGIN_RESULTS.get(type(err), "refused")
             detail = (
@@ -185,9 +190,46 @@ class Gateway:
         self.metrics.logins.labels(result, route, tls).inc()
         logs.login_audit(client_ip, user, result, route, detail)
 
-    def _login(self, route: RouteConfig, user: str, password: str) -> Login:
+    def _ask_external(
+        self, user: str, password: str, client_ip: str, tls: bool, route: str, label: str
+    ) -> auth_external.Decision:
+        """The external authority's decision; refusals count like wrong passwords."""
+        assert self.cfg.external_auth is not None  # config.parse insists on it
+        try:
+            decision = auth_external.ask(self.cfg.external_auth, user, password, client_ip, tls)
+        except auth_external.ExternalAuthError as err:
+            log.error("external auth failed for user %r from %s: %s", printable(user), client_ip, err)
+            self._refused(client_ip, user, "auth_unavailable", route, label, f"error={str(err)!r}")
+            raise errors.BackendUnavailable() from err
+        if not decision.allow:
+            self._refused(client_ip, user, "bad_credentials", route, label, "by=external")
+            self._failed(client_ip)
+            raise errors.LoginRefused()
+        return decision
+
+    def _route_named(self, name: str, user: str, client_ip: str, label: str) -> RouteConfig:
+        for route in self.cfg.routes:
+            if route.name == name:
+                return route
+        log.error(
+            "external auth chose route %r, which is not configured (user %r)",
+            printable(name),
+            printable(user),
+        )
+        self._refused(client_ip, user, "auth_unavailable", "-", label, "error='unknown route'")
+        raise errors.BackendUnavailable()
+
+    def _login(
+        self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None = None
+    ) -> Login:
         backend = self.backends[route.backend]
-        if route.auth == "mapped":
+        if decision is not None and decision.backend_user:
+            # The external authority named the backend account, and its key or password
+            # (without either, the FTP password logs in to that account).
+            key = decision.backend_key_file
+            secret = decision.backend_password if decision.backend_password is not None else password
+            storage = backend.login(decision.backend_user, None if key else secret, key)
+        elif route.auth == "mapped":
             # A gateway-local user: the gateway checks the password, the backend sees only
             # the mapped account's own credential (a key or a password from a file).
             local = self.cfg.users.get(user)

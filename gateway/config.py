@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import ssl
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ T = TypeVar("T")
 _MISSING: Any = object()
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-AUTH_MODES = ("passthrough", "mapped")
+AUTH_MODES = ("passthrough", "mapped", "external")
 
 
 class ConfigError(Exception):
@@ -125,6 +126,15 @@ class LocalUser:
 
 
 @dataclass(frozen=True)
+class ExternalAuthConfig:
+    """The command or HTTP endpoint that decides ``auth: external`` logins."""
+
+    command: tuple[str, ...] = ()
+    url: str | None = None
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Logging level and format, and the xferlog transfer log (None: off)."""
 
@@ -188,6 +198,7 @@ class GatewayConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     users: dict[str, LocalUser] = field(default_factory=dict)
+    external_auth: ExternalAuthConfig | None = None
     workers: int = 1
 
 
@@ -629,6 +640,35 @@ def _users(data: Any, problems: list[str], base_dir: Path) -> dict[str, LocalUse
     return out
 
 
+def _external_auth(data: Any, problems: list[str]) -> ExternalAuthConfig | None:
+    if data is None:
+        return None
+    s = _Section(data, "external_auth", problems)
+    command = s.raw("command", None)
+    url = s.optional_str("url", _auth_url)
+    timeout = s.typed("timeout", float, 5.0, _duration)
+    s.finish()
+    if command is not None and (
+        not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command)
+    ):
+        s.problem("command", f"must be a list: the program and its arguments, got {command!r}")
+        command = None
+    if (command is None) == (url is None):
+        s.problem("command", "set exactly one of command or url")
+        return None
+    return ExternalAuthConfig(tuple(command or ()), url, timeout)
+
+
+def _auth_url(value: str) -> str | None:
+    # The request carries the user's password: plain HTTP only to this machine.
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme == "https" and parsed.hostname:
+        return None
+    if parsed.scheme == "http" and parsed.hostname in ("127.0.0.1", "::1", "localhost"):
+        return None
+    return "must be an https:// URL (http:// only to 127.0.0.1, ::1 or localhost: passwords are sent)"
+
+
 def _guard(data: Any, problems: list[str]) -> GuardConfig:
     s = _Section(data, "guard", problems)
     d = GuardConfig()
@@ -706,11 +746,14 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
         tls=_tls(top.raw("tls", None), problems, base),
         guard=_guard(top.raw("guard", None), problems),
         users=_users(top.raw("users", None), problems, base),
+        external_auth=_external_auth(top.raw("external_auth", None), problems),
         workers=top.typed("workers", int, 1, _at_least(1, 64)),
     )
     for index, route in enumerate(cfg.routes):
         if route.auth == "mapped" and not cfg.users:
             problems.append(f"routes[{index}].auth: 'mapped' needs gateway-local users in `users`")
+        if route.auth == "external" and cfg.external_auth is None:
+            problems.append(f"routes[{index}].auth: 'external' needs an `external_auth` section")
     low, high = cfg.listen.passive_ports
     if high - low + 1 < cfg.workers:
         problems.append(
