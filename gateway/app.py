@@ -19,6 +19,7 @@ from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.ftp.handler import GatewayHandler
 from gateway.ftp.server import build_server
+from gateway.ftp.tls import session_reuse_supported
 from gateway.guard import Guard
 from gateway.listing import printable
 from gateway.metrics import Metrics
@@ -30,17 +31,22 @@ log = logging.getLogger("gateway")
 
 
 def backend_problems(cfg: GatewayConfig) -> list[str]:
-    """Problems only the backend adapters can see (``key: message``), e.g. a host key missing."""
+    """Problems only the adapters can see (``key: message``), e.g. a host key missing."""
     problems = [
         f"backends.{name}.known_hosts: {problem}"
         for name, backend in cfg.backends.items()
         if (problem := known_hosts_problem(backend))
     ]
-    return problems + [
+    problems += [
         f"users.{name}.backend_key_file: {problem}"
         for name, local in cfg.users.items()
         if local.backend_key_file and (problem := key_problem(local.backend_key_file))
     ]
+    if cfg.tls.require_session_reuse and not session_reuse_supported():
+        problems.append(
+            "tls.require_session_reuse: this pyOpenSSL cannot tell resumed sessions (set it false)"
+        )
+    return problems
 
 
 #: Seconds between two background checks of every backend (for /readyz).

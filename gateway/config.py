@@ -167,6 +167,7 @@ class TLSConfig:
     certfile: str = ""
     keyfile: str = ""
     implicit_port: int | None = None
+    require_session_reuse: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -695,6 +696,7 @@ def _tls(data: Any, problems: list[str], base_dir: Path) -> TLSConfig:
     # A tls section without a mode means TLS is wanted: required, the secure choice.
     mode = s.typed("mode", str, "required", _one_of(TLS_MODES))
     implicit_port = s.raw("implicit_port", None)
+    reuse = s.typed("require_session_reuse", bool, False)
     pair = {key: value for key in ("certfile", "keyfile") if (value := s.raw(key, None)) is not None}
     s.finish()
     if mode == "off":
@@ -709,7 +711,7 @@ def _tls(data: Any, problems: list[str], base_dir: Path) -> TLSConfig:
         )
         implicit_port = None
     files = _tls_files(pair, "tls", base_dir, problems)
-    return TLSConfig(mode, files.certfile, files.keyfile, implicit_port) if files else TLSConfig()
+    return TLSConfig(mode, files.certfile, files.keyfile, implicit_port, reuse) if files else TLSConfig()
 
 
 def _metrics(data: Any, problems: list[str], base_dir: Path) -> MetricsConfig:

@@ -42,6 +42,7 @@ def handler_class(
         tls_attrs = {
             "ssl_context": ssl_context(cfg.tls.certfile, cfg.tls.keyfile),
             "tls_required": cfg.tls.mode == "required",
+            "require_session_reuse": cfg.tls.require_session_reuse,
         }
     commands = dict(base.proto_cmds)
     if not cfg.listen.active_mode:

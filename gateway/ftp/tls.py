@@ -11,12 +11,24 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL import SSL
+from OpenSSL._util import lib as _openssl
 from pyftpdlib.exceptions import _RetryError
 from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
 from pyftpdlib.log import logger as ftplog
 
 from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
+
+
+def session_reused(conn: SSL.Connection) -> bool:
+    """Whether the TLS handshake of ``conn`` resumed an earlier session."""
+    # pyOpenSSL has no wrapper for SSL_session_reused; its cffi binding exports the call.
+    return bool(_openssl.SSL_session_reused(conn._ssl))
+
+
+def session_reuse_supported() -> bool:
+    """True if this pyOpenSSL can tell resumed sessions (tls.require_session_reuse)."""
+    return hasattr(_openssl, "SSL_session_reused")
 
 
 def ssl_context(certfile: str, keyfile: str) -> SSL.Context:
@@ -66,6 +78,12 @@ class GatewayTLSDTPHandler(GatewayDTPHandler, TLS_DTPHandler):  # type: ignore[m
         metrics = self.cmd_channel.metrics
         if metrics is not None:
             metrics.tls_sessions.labels("data").inc()
+        if self.cmd_channel.require_session_reuse and not session_reused(self.socket):
+            # Only the client that holds the control connection's TLS session can resume it:
+            # a stranger who raced for the passive port (e.g. behind the same NAT address)
+            # cannot (vsftpd require_ssl_reuse, RFC 4217 10.2).
+            self.cmd_channel.respond("522 Data connection must reuse the control connection's TLS session.")
+            self.close()
 
 
 class GatewayTLSHandler(GatewayHandler, TLS_FTPHandler):  # type: ignore[misc]
@@ -75,6 +93,8 @@ class GatewayTLSHandler(GatewayHandler, TLS_FTPHandler):  # type: ignore[misc]
     proto_cmds = {**GatewayHandler.proto_cmds, **TLS_FTPHandler.proto_cmds}
     #: ``tls.mode: required``: no login before AUTH TLS, no data connection before PROT P.
     tls_required = True
+    #: ``tls.require_session_reuse``: protected data connections must resume the control session.
+    require_session_reuse = False
     # pyftpdlib's own checks answer 550; the policy below answers with the RFC codes.
     tls_control_required = False
     tls_data_required = False

@@ -89,3 +89,23 @@ def test_implicit_ftps_has_no_plaintext_greeting(ftps):
         raw.settimeout(1.5)
         with pytest.raises(TimeoutError):
             raw.recv(100)  # waits for a ClientHello; says nothing in clear
+
+
+def test_required_session_reuse_refuses_a_fresh_tls_session_on_data(gateway_factory, sshd, tls_files, user):
+    """The defence against a data-port thief behind the client's own (NAT) address."""
+    gw = gateway_factory(tls_config(sshd, tls_files, require_session_reuse=True))
+    # Python's ftplib starts a new TLS session on every data connection: refused.
+    ftp = ftplib.FTP_TLS(context=tls_files.context(), timeout=20)
+    ftp.connect(gw.host, gw.port)
+    ftp.login(user.name, user.password)
+    ftp.prot_p()
+    with pytest.raises(ftplib.error_perm, match=r"^522"):
+        ftp.nlst()
+    # curl resumes the control connection's session, so it works.
+    (user.home / "f.txt").write_text("resumed\n")
+    out = subprocess.run(
+        ["curl", "-sS", "--ssl-reqd", "--cacert", str(tls_files.cert), "-u", f"{user.name}:{user.password}",
+         f"ftp://127.0.0.1:{gw.port}/f.txt"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.stdout == "resumed\n", out.stderr
