@@ -18,7 +18,7 @@ from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.ftp.handler import GatewayHandler
-from gateway.ftp.server import build_server
+from gateway.ftp.server import build_server, share_limits
 from gateway.ftp.tls import session_reuse_supported
 from gateway.guard import Guard
 from gateway.listing import printable
@@ -93,6 +93,7 @@ class Gateway:
                 cfg, self.authenticate, implicit_sock, self.metrics, self.guard, implicit=True
             )
             self.servers.append(implicit)
+            share_limits(self.servers)
         self._readiness: list[str] = ["starting: backends not checked yet"]
         self.metrics_port: int | None = None
         if cfg.metrics.enabled:  # the checks only feed /readyz
@@ -154,14 +155,26 @@ class Gateway:
     def authenticate(self, user: str, password: str, client_ip: str, tls: bool = False) -> Login:
         """Route ``user``, log in on its backend and resolve its root (counted and audited)."""
         label = "yes" if tls else "no"
-        # The guard first: a banned address never reaches a backend (see gateway.guard).
-        if self.guard.ban_remaining(client_ip):
+        # The guard first: a banned address never reaches a backend, and attempts in flight
+        # count, so parallel sessions cannot outrun it (see gateway.guard).
+        if not self.guard.begin_attempt(client_ip):
             self._refused(client_ip, user, "banned", "-", label)
             raise errors.Banned()
+        failed = False
+        try:
+            return self._attempt(user, password, client_ip, tls, label)
+        except errors.LoginRefused as err:
+            failed = not isinstance(err, _RootUnusable)  # a wrong password, user or route
+            raise
+        finally:
+            if banned_for := self.guard.end_attempt(client_ip, failed):
+                self.metrics.guard_bans.inc()
+                logs.audit.warning("ban: client_ip=%s seconds=%d reason=failed_logins", client_ip, banned_for)
+
+    def _attempt(self, user: str, password: str, client_ip: str, tls: bool, label: str) -> Login:
         route = match_route(self.cfg.routes, user)
         if route is None:
             self._refused(client_ip, user, "no_route", "-", label)
-            self._failed(client_ip)
             raise errors.LoginRefused()
         decision = None
         if route.auth == "external":
@@ -172,23 +185,14 @@ class Gateway:
             login = self._login(route, user, password, decision)
         except errors.GatewayError as err:
             result = _LOGIN_RESULTS.get(type(err), "refused")
-            detail = (
-                "" if isinstance(err, errors.LoginRefused) else f"backend={route.backend} error={err.text!r}"
-            )
+            refused = isinstance(err, errors.LoginRefused)
+            detail = "" if refused else f"backend={route.backend} error={err.text!r}"
             self._refused(client_ip, user, result, route.name, label, detail)
-            if result == "bad_credentials":
-                self._failed(client_ip)
             raise
         self.metrics.logins.labels("ok", route.name, label).inc()
         detail = f"backend={route.backend} root={logs.audit_quote(login.root)}"
         logs.login_audit(client_ip, user, "ok", route.name, detail)
         return login
-
-    def _failed(self, client_ip: str) -> None:
-        """A failed login counts towards a ban of ``client_ip``."""
-        if banned_for := self.guard.failure(client_ip):
-            self.metrics.guard_bans.inc()
-            logs.audit.warning("ban: client_ip=%s seconds=%d reason=failed_logins", client_ip, banned_for)
 
     def _refused(
         self, client_ip: str, user: str, result: str, route: str, tls: str, detail: str = ""
@@ -209,7 +213,6 @@ class Gateway:
             raise errors.BackendUnavailable() from err
         if not decision.allow:
             self._refused(client_ip, user, "bad_credentials", route, label, "by=external")
-            self._failed(client_ip)
             raise errors.LoginRefused()
         return decision
 

@@ -15,13 +15,26 @@ or a URL, which other local users or proxies could see.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.config import ExternalAuthConfig
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: the answer must come from the configured endpoint itself."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+#: No proxy (http_proxy would see the password) and no redirects.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 #: Largest answer read from the command or endpoint.
 _MAX_ANSWER = 64 * 1024
@@ -50,13 +63,22 @@ def ask(cfg: ExternalAuthConfig, user: str, password: str, client_ip: str, tls: 
         doc = json.loads(answer)
     except ValueError as err:
         raise ExternalAuthError("answer is not JSON") from err
-    return _decision(doc)
+    decision = _decision(doc)
+    if decision.backend_key_file is not None:
+        # The authority may only pick among keys the operator put aside for it.
+        key_dir = Path(cfg.key_dir).resolve() if cfg.key_dir else None
+        if key_dir is None or not Path(decision.backend_key_file).resolve().is_relative_to(key_dir):
+            raise ExternalAuthError("backend_key_file outside external_auth.key_dir")
+    return decision
 
 
 def _run(cfg: ExternalAuthConfig, request: bytes) -> bytes:
+    # A minimal environment: the gateway's own (secrets named by *_env settings among
+    # them) is none of the command's business.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
     try:
         done = subprocess.run(
-            list(cfg.command), input=request, capture_output=True, timeout=cfg.timeout, check=False
+            list(cfg.command), input=request, capture_output=True, timeout=cfg.timeout, check=False, env=env
         )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise ExternalAuthError(f"command failed: {err.__class__.__name__}") from err
@@ -69,7 +91,7 @@ def _post(cfg: ExternalAuthConfig, request: bytes) -> bytes:
     headers = {"Content-Type": "application/json"}
     req = urllib.request.Request(str(cfg.url), data=request, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=cfg.timeout) as resp:
+        with _OPENER.open(req, timeout=cfg.timeout) as resp:
             return bytes(resp.read(_MAX_ANSWER))
     except urllib.error.HTTPError as err:
         raise ExternalAuthError(f"endpoint answered HTTP {err.code}") from err

@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import shutil
 import ssl
 import urllib.parse
 from collections.abc import Callable
@@ -74,6 +75,7 @@ class GuardConfig:
     forget_after: float = 86400.0
     login_grace: float = 30.0  # seconds from connect to login; NOOP does not extend it
     max_unauthenticated: int = 64  # sessions not logged in yet, in total
+    max_unauthenticated_per_ip: int = 8  # ... from one address (IPv6: one /64)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class ExternalAuthConfig:
     command: tuple[str, ...] = ()
     url: str | None = None
     timeout: float = 5.0
+    key_dir: str | None = None  # the only place backend_key_file answers may point into
 
 
 @dataclass(frozen=True)
@@ -641,28 +644,42 @@ def _users(data: Any, problems: list[str], base_dir: Path) -> dict[str, LocalUse
     return out
 
 
-def _external_auth(data: Any, problems: list[str]) -> ExternalAuthConfig | None:
+def _external_auth(data: Any, problems: list[str], base_dir: Path) -> ExternalAuthConfig | None:
     if data is None:
         return None
     s = _Section(data, "external_auth", problems)
     command = s.raw("command", None)
     url = s.optional_str("url", _auth_url)
     timeout = s.typed("timeout", float, 5.0, _duration)
+    key_dir = s.optional_str(
+        "key_dir", lambda v: None if (base_dir / v).is_dir() else f"no directory {base_dir / v}"
+    )
     s.finish()
     if command is not None and (
         not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command)
     ):
         s.problem("command", f"must be a list: the program and its arguments, got {command!r}")
         command = None
+    elif command is not None:
+        # A relative program is taken relative to the config file, like every other path.
+        program = base_dir / command[0] if "/" in command[0] else shutil.which(command[0])
+        if program is None or not os.access(program, os.X_OK):
+            s.problem("command", f"{command[0]} is not an executable program (give its full path)")
+        else:
+            command = [str(program), *command[1:]]
     if (command is None) == (url is None):
         s.problem("command", "set exactly one of command or url")
         return None
-    return ExternalAuthConfig(tuple(command or ()), url, timeout)
+    return ExternalAuthConfig(
+        tuple(command or ()), url, timeout, str(base_dir / key_dir) if key_dir else None
+    )
 
 
 def _auth_url(value: str) -> str | None:
     # The request carries the user's password: plain HTTP only to this machine.
     parsed = urllib.parse.urlsplit(value)
+    if parsed.username or parsed.password or parsed.query:
+        return "must not carry credentials or a query (they would show in --print and logs)"
     if parsed.scheme == "https" and parsed.hostname:
         return None
     if parsed.scheme == "http" and parsed.hostname in ("127.0.0.1", "::1", "localhost"):
@@ -682,6 +699,9 @@ def _guard(data: Any, problems: list[str]) -> GuardConfig:
         forget_after=s.typed("forget_after", float, d.forget_after, _duration),
         login_grace=s.typed("login_grace", float, d.login_grace, _duration),
         max_unauthenticated=s.typed("max_unauthenticated", int, d.max_unauthenticated, _at_least(1)),
+        max_unauthenticated_per_ip=s.typed(
+            "max_unauthenticated_per_ip", int, d.max_unauthenticated_per_ip, _at_least(1)
+        ),
     )
     s.finish()
     if cfg.max_ban_time < cfg.ban_time:
@@ -700,6 +720,8 @@ def _tls(data: Any, problems: list[str], base_dir: Path) -> TLSConfig:
     pair = {key: value for key in ("certfile", "keyfile") if (value := s.raw(key, None)) is not None}
     s.finish()
     if mode == "off":
+        if reuse:
+            s.problem("require_session_reuse", "needs TLS (tls.mode required or optional)")
         return TLSConfig()
     bad_port = (
         not isinstance(implicit_port, int) or isinstance(implicit_port, bool) or _listen_port(implicit_port)
@@ -748,7 +770,7 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
         tls=_tls(top.raw("tls", None), problems, base),
         guard=_guard(top.raw("guard", None), problems),
         users=_users(top.raw("users", None), problems, base),
-        external_auth=_external_auth(top.raw("external_auth", None), problems),
+        external_auth=_external_auth(top.raw("external_auth", None), problems, base),
         workers=top.typed("workers", int, 1, _at_least(1, 64)),
     )
     for index, route in enumerate(cfg.routes):

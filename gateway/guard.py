@@ -10,6 +10,7 @@ doubled for each earlier ban still remembered, up to ``max_ban_time``.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections import OrderedDict, deque
@@ -29,61 +30,118 @@ class _Record:
     banned_until: float = 0.0
     bans: int = 0  # earlier bans, for the escalation
     last_ban: float = 0.0
+    in_flight: int = 0  # login attempts admitted, result not known yet
 
 
 class Guard:
-    """Per-address failure scores and bans (thread-safe)."""
+    """Per-address failure scores, bans and login attempts in flight (thread-safe)."""
 
     def __init__(self, cfg: GuardConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self._clock = cfg, clock
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._lock = threading.Lock()
-        self._unauthenticated = 0
+        self._turn = threading.Condition(self._lock)
+        self._unauthenticated: dict[str, int] = {}
 
     def ban_remaining(self, address: str) -> float:
         """Seconds ``address`` stays banned (0 when it is not)."""
         if not self.cfg.enabled:
             return 0.0
         with self._lock:
-            record = self._records.get(address)
+            record = self._records.get(source(address))
             return max(0.0, record.banned_until - self._clock()) if record else 0.0
 
-    def failure(self, address: str) -> float:
-        """Count a failed login from ``address``; the length of the ban it caused, else 0."""
+    def begin_attempt(self, address: str, wait: float = 30.0) -> bool:
+        """Admit one login attempt from ``address``; False if it is (or becomes) banned.
+
+        Attempts in flight count like failures already made, so parallel sessions cannot
+        try more than ``max_failures`` passwords before the first results are known; an
+        attempt beyond that waits (up to ``wait`` seconds) for one to finish.
+        """
+        if not self.cfg.enabled:
+            return True
+        key = source(address)
+        deadline = self._clock() + wait
+        with self._turn:
+            while True:
+                record = self._record(key)
+                now = self._clock()
+                if record.banned_until > now:
+                    return False
+                self._expire(record, now)
+                if len(record.failures) + record.in_flight < self.cfg.max_failures:
+                    record.in_flight += 1
+                    return True
+                if now >= deadline:
+                    return False
+                self._turn.wait(timeout=min(1.0, deadline - now))
+
+    def end_attempt(self, address: str, failed: bool) -> float:
+        """Finish an attempt admitted by ``begin_attempt``; the ban it caused, else 0."""
         if not self.cfg.enabled:
             return 0.0
-        now = self._clock()
-        with self._lock:
-            record = self._record(address)
-            record.failures.append(now)
-            while record.failures and record.failures[0] <= now - self.cfg.window:
-                record.failures.popleft()
-            if len(record.failures) < self.cfg.max_failures or record.banned_until > now:
-                return 0.0
-            if now - record.last_ban > self.cfg.forget_after:
-                record.bans = 0  # a ban long ago: start over
-            length = min(self.cfg.ban_time * float(2**record.bans), self.cfg.max_ban_time)
-            record.banned_until, record.last_ban = now + length, now
-            record.bans += 1
-            record.failures.clear()
-            return length
+        with self._turn:
+            record = self._record(source(address))
+            record.in_flight = max(0, record.in_flight - 1)
+            banned_for = self._fail(record) if failed else 0.0
+            self._turn.notify_all()
+            return banned_for
 
-    def _record(self, address: str) -> _Record:
-        record = self._records.pop(address, None) or _Record()
-        self._records[address] = record  # most recently seen last
+    def _expire(self, record: _Record, now: float) -> None:
+        while record.failures and record.failures[0] <= now - self.cfg.window:
+            record.failures.popleft()
+
+    def _fail(self, record: _Record) -> float:
+        now = self._clock()
+        record.failures.append(now)
+        self._expire(record, now)
+        if len(record.failures) < self.cfg.max_failures or record.banned_until > now:
+            return 0.0
+        if now - record.last_ban > self.cfg.forget_after:
+            record.bans = 0  # a ban long ago: start over
+        length = min(self.cfg.ban_time * float(2**record.bans), self.cfg.max_ban_time)
+        record.banned_until, record.last_ban = now + length, now
+        record.bans += 1
+        record.failures.clear()
+        return length
+
+    def _record(self, key: str) -> _Record:
+        record = self._records.pop(key, None) or _Record()
+        self._records[key] = record  # most recently seen last
         while len(self._records) > MAX_TRACKED:
             self._records.popitem(last=False)
         return record
 
-    def enter_unauthenticated(self) -> bool:
-        """Admit one more not-yet-logged-in session, unless ``max_unauthenticated`` are open."""
+    def enter_unauthenticated(self, address: str) -> bool:
+        """Admit one more not-yet-logged-in session, within the total and per-source caps."""
+        key = source(address)
         with self._lock:
-            if self._unauthenticated >= self.cfg.max_unauthenticated:
+            total = sum(self._unauthenticated.values())
+            mine = self._unauthenticated.get(key, 0)
+            if total >= self.cfg.max_unauthenticated or mine >= self.cfg.max_unauthenticated_per_ip:
                 return False
-            self._unauthenticated += 1
+            self._unauthenticated[key] = mine + 1
             return True
 
-    def leave_unauthenticated(self) -> None:
+    def leave_unauthenticated(self, address: str) -> None:
         """A session admitted by ``enter_unauthenticated`` logged in or ended."""
+        key = source(address)
         with self._lock:
-            self._unauthenticated -= 1
+            left = self._unauthenticated.get(key, 0) - 1
+            if left > 0:
+                self._unauthenticated[key] = left
+            else:
+                self._unauthenticated.pop(key, None)
+
+
+def source(address: str) -> str:
+    """What the guard counts by: the IPv4 address, or the IPv6 /64 (one end site's prefix)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

@@ -58,4 +58,6 @@ def _parse(encoded: str) -> tuple[int, int, int, bytes, bytes]:
         raise ValueError("malformed scrypt hash") from err
     if n < 2**14 or n & (n - 1) or not (1 <= r <= 64 and 1 <= p <= 16) or len(digest) != _HASH_BYTES:
         raise ValueError("scrypt parameters too weak or out of range (N >= 16384, a power of 2)")
+    if 128 * n * r > 128 * 2**20:
+        raise ValueError("scrypt parameters too costly (128 * N * r over 128 MiB per login)")
     return n, r, p, salt, digest

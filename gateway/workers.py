@@ -40,10 +40,13 @@ def worker_config(cfg: GatewayConfig, index: int) -> GatewayConfig:
         max_connections=math.ceil(cfg.limits.max_connections / n),
         transfer_buffer_mib=math.ceil(cfg.limits.transfer_buffer_mib / n),
     )
+    # Each worker has its own guard: the total cap on sessions not logged in is shared out
+    # (bans and failure scores are per worker; the kernel spreads a client's connections).
+    guard = dataclasses.replace(cfg.guard, max_unauthenticated=math.ceil(cfg.guard.max_unauthenticated / n))
     # Each worker serves its own /metrics, on the configured port plus its index.
     port = cfg.metrics.port + index if cfg.metrics.port else 0
     metrics = dataclasses.replace(cfg.metrics, port=port)
-    return dataclasses.replace(cfg, listen=listen, limits=limits, metrics=metrics, workers=1)
+    return dataclasses.replace(cfg, listen=listen, limits=limits, metrics=metrics, guard=guard, workers=1)
 
 
 def listen_sockets(cfg: GatewayConfig) -> tuple[socket.socket, socket.socket | None]:

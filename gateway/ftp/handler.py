@@ -530,7 +530,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         if self.guard.ban_remaining(self.remote_ip):
             self.respond(f"421 {Banned.text}", logfun=ftplog.info)
             self.close_when_done()
-        elif not self.guard.enter_unauthenticated():
+        elif not self.guard.enter_unauthenticated(self.remote_ip):
             self.respond("421 Too many sessions waiting to log in; try again later.", logfun=ftplog.warning)
             self.close_when_done()
         else:
@@ -543,7 +543,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     def _leave_unauthenticated(self) -> None:
         if self._unauthenticated and self.guard is not None:
             self._unauthenticated = False
-            self.guard.leave_unauthenticated()
+            self.guard.leave_unauthenticated(self.remote_ip)
 
     def on_disconnect(self) -> None:
         if self.metrics is not None and self._counted:

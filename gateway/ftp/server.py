@@ -43,6 +43,7 @@ def handler_class(
             "ssl_context": ssl_context(cfg.tls.certfile, cfg.tls.keyfile),
             "tls_required": cfg.tls.mode == "required",
             "require_session_reuse": cfg.tls.require_session_reuse,
+            "tls_files": (cfg.tls.certfile, cfg.tls.keyfile),
         }
     commands = dict(base.proto_cmds)
     if not cfg.listen.active_mode:
@@ -67,12 +68,21 @@ def handler_class(
 
 
 class GatewayFTPServer(ThreadedFTPServer):  # type: ignore[misc]
-    """pyftpdlib's threaded server with an exact connection limit."""
+    """pyftpdlib's threaded server with an exact connection limit, shared between listeners."""
+
+    group: list[GatewayFTPServer]  # the listeners whose sessions count together
 
     def _accept_new_cons(self) -> bool:
         # pyftpdlib compares the sessions already running with `<=`, which lets
         # max_cons + 1 in; limits.max_connections is the total, the new one included.
-        return bool(self._map_len() < self.max_cons)
+        return bool(sum(server._map_len() for server in self.group) < self.max_cons)
+
+
+def share_limits(servers: list[GatewayFTPServer]) -> None:
+    """Make the control and implicit FTPS listeners count sessions (total, per IP) together."""
+    for server in servers:
+        server.group = servers
+        server.ip_map = servers[0].ip_map  # pyftpdlib's list of client addresses, one per session
 
 
 def build_server(
@@ -82,7 +92,7 @@ def build_server(
     metrics: Metrics | None = None,
     guard: Guard | None = None,
     implicit: bool = False,
-) -> ThreadedFTPServer:
+) -> GatewayFTPServer:
     """A ThreadedFTPServer (one thread per session) listening as configured, or on ``sock``.
 
     ``implicit``: the implicit FTPS listener (tls.implicit_port) instead of the control port.
@@ -95,6 +105,7 @@ def build_server(
     # Own IOLoop and stop flag: pyftpdlib's defaults (IOLoop.instance(), class-level _exit
     # and _lock) are process-wide, so stopping one server would stop every other one.
     server = GatewayFTPServer(address, handler, ioloop=IOLoop())
+    server.group = [server]
     server._exit, server._lock = threading.Event(), threading.Lock()
     server.draining = threading.Event()  # set on SIGTERM: sessions end once idle (421)
     server.join_timeout = 1  # at shutdown, per session thread still blocked in a backend call

@@ -8,6 +8,7 @@ unprotected data connections in ``required`` mode, plaintext pipelined behind
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from OpenSSL import SSL
@@ -41,13 +42,21 @@ def ssl_context(certfile: str, keyfile: str) -> SSL.Context:
     context.check_privatekey()
     # A session cache, so clients can resume the control connection's session on their
     # data connections (curl, lftp and FileZilla do; it saves a full handshake per file).
-    context.set_session_id(b"ftp-sftp-gateway")
+    context.set_session_id(os.urandom(16))
     context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
     return context
 
 
 class GatewayTLSDTPHandler(GatewayDTPHandler, TLS_DTPHandler):  # type: ignore[misc]
     """Data channel, TLS-protected after PROT P."""
+
+    def __init__(self, sock: Any, cmd_channel: Any) -> None:
+        super().__init__(sock, cmd_channel)
+        if cmd_channel.tls_required and not cmd_channel._prot and not self._closed:
+            # Protection was dropped after the data command was accepted (REIN, a new USER):
+            # in required mode no data travels in clear.
+            cmd_channel.respond("521 Policy requires protected data connections: send PBSZ 0 and PROT P.")
+            self.close()
 
     _ssl_want_read: bool
     _ssl_want_write: bool
@@ -95,6 +104,7 @@ class GatewayTLSHandler(GatewayHandler, TLS_FTPHandler):  # type: ignore[misc]
     tls_required = True
     #: ``tls.require_session_reuse``: protected data connections must resume the control session.
     require_session_reuse = False
+    tls_files: tuple[str, str] = ("", "")  # certfile, keyfile (for per-connection contexts)
     # pyftpdlib's own checks answer 550; the policy below answers with the RFC codes.
     tls_control_required = False
     tls_data_required = False
@@ -125,6 +135,14 @@ class GatewayTLSHandler(GatewayHandler, TLS_FTPHandler):  # type: ignore[misc]
         self.respond(f"{code} {text}")
         self.log_cmd(cmd, "", code, text)
 
+    def ftp_PROT(self, line: str) -> None:
+        """PROT P (and C only where clear data is allowed)."""
+        if self.tls_required and line.strip().upper() == "C":
+            # A passive listener opened under PROT P would otherwise take a clear connection.
+            self.respond("534 Policy requires protected data connections (PROT P).")
+            return
+        super().ftp_PROT(line)
+
     def ftp_AUTH(self, line: str) -> None:
         """AUTH TLS; plaintext the client sent behind it is dropped, never run under TLS."""
         super().ftp_AUTH(line)
@@ -142,6 +160,14 @@ class GatewayTLSHandler(GatewayHandler, TLS_FTPHandler):  # type: ignore[misc]
     def handle_ssl_established(self) -> None:
         if self.metrics is not None:
             self.metrics.tls_sessions.labels("control").inc()
+
+    def __init__(self, conn: Any, server: Any, ioloop: Any = None) -> None:
+        super().__init__(conn, server, ioloop)
+        if self.require_session_reuse and self.connected:
+            # Its own context (own session cache and ticket keys) per control connection:
+            # with one shared context, a stranger could resume a session of their own
+            # control connection on this client's data port.
+            self.ssl_context = ssl_context(*self.tls_files)
 
 
 class GatewayImplicitTLSHandler(GatewayTLSHandler):

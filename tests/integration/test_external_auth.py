@@ -102,9 +102,44 @@ def test_http_endpoint(gateway_factory, sshd, user):
         server.shutdown()
 
 
-def test_plain_http_to_another_host_is_refused_by_the_config(sshd):
+@pytest.mark.parametrize(
+    ("external", "problem"),
+    [
+        ({"url": "http://auth.example.com/login"}, "external_auth.url: must be an https:// URL"),
+        ({"url": "https://u:p@auth.example.com/"}, "external_auth.url: must not carry credentials"),
+        ({"command": ["no-such-program-here"]}, "external_auth.command: no-such-program-here is not"),
+        ({"command": ["/bin/true"], "url": "https://a.example/"}, "external_auth.command: set exactly one"),
+    ],
+)
+def test_external_auth_config_problems(sshd, external, problem):
     from gateway import config
 
     with pytest.raises(config.ConfigError) as err:
-        config.parse(external_config(sshd, url="http://auth.example.com/login"))
-    assert err.value.problems[0].startswith("external_auth.url: must be an https:// URL")
+        config.parse(external_config(sshd, **external))
+    assert err.value.problems[0].startswith(problem), err.value.problems
+
+
+def test_the_authority_may_only_pick_keys_in_key_dir(gateway_factory, sshd, user, tmp_path):
+    answer = {"allow": True, "backend_user": user.name, "backend_key_file": "/etc/ssh/ssh_host_ed25519_key"}
+    gw = gateway_factory(external_config(sshd, command=authority(tmp_path, answer), key_dir=str(tmp_path)))
+    ftp = gw.connect()
+    ftp.sendcmd(f"USER {user.name}")
+    with pytest.raises(ftplib.error_temp, match=r"^421"):
+        ftp.sendcmd(f"PASS {user.password}")
+
+
+def test_the_command_gets_neither_the_gateway_environment_nor_a_proxy(
+    gateway_factory, sshd, user, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("GW_SOME_SECRET", "not-for-the-command")
+    script = tmp_path / "env.py"
+    script.write_text(
+        "import json, os, sys\nsys.stdin.read()\n"
+        f"open({str(tmp_path / 'env.json')!r}, 'w').write(json.dumps(dict(os.environ)))\n"
+        "print(json.dumps({'allow': True}))\n"
+    )
+    gw = gateway_factory(external_config(sshd, command=[sys.executable, str(script)]))
+    ftp = gw.connect()
+    ftp.login(user.name, user.password)
+    ftp.quit()
+    assert "GW_SOME_SECRET" not in json.loads((tmp_path / "env.json").read_text())

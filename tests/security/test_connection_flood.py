@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from tests.conftest import base_config
+from tests.conftest import base_config, wait_for
 
 
 def greeting(gw, source: str) -> bytes:
@@ -27,5 +27,21 @@ def test_one_address_cannot_take_every_session(gateway_factory, sshd, user):
     assert greeting(gw, "127.0.0.5").startswith(b"421")  # the total
     registry = gw.gateway.metrics.registry
     assert not registry.get_sample_value("ftpgw_backend_connects_total", {"backend": "main", "result": "ok"})
+    for sock in held:
+        sock.close()
+
+
+def test_the_implicit_ftps_listener_shares_the_limits(gateway_factory, sshd, tls_files):
+    from tests.conftest import tls_config
+
+    doc = tls_config(sshd, tls_files)
+    doc["limits"].update(max_connections_per_ip=2)
+    gw = gateway_factory(doc)
+    host, implicit_port = gw.gateway.implicit_address
+    held = [socket.create_connection((gw.host, gw.port), source_address=("127.0.0.2", 0))]
+    assert held[0].makefile("rb").readline().startswith(b"220")
+    held.append(socket.create_connection((host, implicit_port), source_address=("127.0.0.2", 0)))
+    assert wait_for(lambda: gw.gateway.sessions_open() == 2)  # the implicit one waits in its handshake
+    assert greeting(gw, "127.0.0.2").startswith(b"421")  # 1 plain + 1 implicit = the per-IP limit
     for sock in held:
         sock.close()

@@ -41,6 +41,8 @@ def test_unprotected_data_connections_are_refused(ftps, tls_files, user):
             ftp.sendcmd(command)
     ftp.prot_p()
     assert ftp.sendcmd("PASV").startswith("227")
+    with pytest.raises(ftplib.error_perm, match=r"^534"):
+        ftp.sendcmd("PROT C")  # the open passive port would take a clear connection
     with pytest.raises(ftplib.error_perm, match=r"^50[02]"):
         ftp.sendcmd("CCC")  # never back to a plaintext control channel
 
@@ -109,3 +111,37 @@ def test_required_session_reuse_refuses_a_fresh_tls_session_on_data(gateway_fact
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert out.stdout == "resumed\n", out.stderr
+
+
+def test_a_stranger_cannot_resume_its_own_session_on_the_clients_data_port(
+    gateway_factory, sshd, tls_files, user
+):
+    """Session reuse is checked against the client's own control session, not any session."""
+    gw = gateway_factory(tls_config(sshd, tls_files, require_session_reuse=True))
+    context = tls_files.context()
+    # The stranger: its own control connection (no login needed) gives it a session.
+    raw = socket.create_connection((gw.host, gw.port), timeout=10)
+    raw.makefile("rb").readline()
+    raw.sendall(b"AUTH TLS\r\n")
+    raw.recv(1024)
+    stranger = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    stranger.sendall(b"NOOP\r\n")
+    stranger.recv(1024)  # after a round trip the session ticket has arrived
+    own_session = stranger.session
+    # The client opens a passive port under PROT P...
+    victim = ftplib.FTP_TLS(context=context, timeout=20)
+    victim.connect(gw.host, gw.port)
+    victim.login(user.name, user.password)
+    victim.prot_p()
+    port = int(victim.sendcmd("EPSV").split("|")[3])
+    victim.sock.sendall(b"NLST\r\n")
+    # ...and the stranger (same address: behind the client's NAT) races for it.
+    thief = context.wrap_socket(
+        socket.create_connection((gw.host, port), timeout=10),
+        server_hostname="127.0.0.1",
+        session=own_session,
+    )
+    assert victim.getline()[:3] in ("125", "150")
+    assert victim.getline().startswith("522")  # not the client's session: refused
+    thief.close()
+    stranger.close()

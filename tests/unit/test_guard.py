@@ -14,6 +14,12 @@ class Clock:
         return self.now
 
 
+def fail(guard, address):
+    """One login attempt from ``address`` that fails; the ban it caused."""
+    assert guard.begin_attempt(address, wait=0)
+    return guard.end_attempt(address, failed=True)
+
+
 def make(**cfg):
     clock = Clock()
     return Guard(GuardConfig(**{"max_failures": 3, "window": 60, "ban_time": 100, **cfg}), clock), clock
@@ -21,11 +27,11 @@ def make(**cfg):
 
 def test_ban_after_max_failures_within_the_window_only():
     guard, clock = make()
-    assert guard.failure("a") == guard.failure("a") == 0
+    assert fail(guard, "a") == fail(guard, "a") == 0
     clock.now += 61  # the first two have left the window
-    assert guard.failure("a") == 0 and guard.ban_remaining("a") == 0
-    assert guard.failure("a") == 0
-    assert guard.failure("a") == 100
+    assert fail(guard, "a") == 0 and guard.ban_remaining("a") == 0
+    assert fail(guard, "a") == 0
+    assert fail(guard, "a") == 100
     assert guard.ban_remaining("a") == 100
     assert guard.ban_remaining("b") == 0  # other addresses are unaffected
     clock.now += 100
@@ -37,7 +43,7 @@ def test_repeat_offenders_get_longer_bans_up_to_the_cap():
     lengths = []
     for _ in range(4):
         for _ in range(3):
-            length = guard.failure("a")
+            length = fail(guard, "a")
         lengths.append(length)
         clock.now += length
     assert lengths == [100, 200, 350, 350]
@@ -46,22 +52,44 @@ def test_repeat_offenders_get_longer_bans_up_to_the_cap():
 def test_old_bans_are_forgotten():
     guard, clock = make(forget_after=500)
     for _ in range(3):
-        guard.failure("a")
+        fail(guard, "a")
     clock.now += 1000
     for _ in range(3):
-        length = guard.failure("a")
+        length = fail(guard, "a")
     assert length == 100
 
 
 def test_disabled_guard_never_bans():
     guard, _ = make(enabled=False)
-    assert all(guard.failure("a") == 0 for _ in range(10))
+    assert all(fail(guard, "a") == 0 for _ in range(10))
     assert guard.ban_remaining("a") == 0
 
 
-def test_unauthenticated_cap():
-    guard, _ = make(max_unauthenticated=2)
-    assert guard.enter_unauthenticated() and guard.enter_unauthenticated()
-    assert not guard.enter_unauthenticated()
-    guard.leave_unauthenticated()
-    assert guard.enter_unauthenticated()
+def test_unauthenticated_caps_in_total_and_per_source():
+    guard, _ = make(max_unauthenticated=3, max_unauthenticated_per_ip=2)
+    assert guard.enter_unauthenticated("a") and guard.enter_unauthenticated("a")
+    assert not guard.enter_unauthenticated("a")  # per source
+    assert guard.enter_unauthenticated("b")
+    assert not guard.enter_unauthenticated("c")  # in total
+    guard.leave_unauthenticated("a")
+    assert guard.enter_unauthenticated("c")
+
+
+def test_attempts_in_flight_count_like_failures():
+    """Parallel sessions cannot try more passwords than max_failures before results are in."""
+    guard, _ = make()
+    assert all(guard.begin_attempt("a", wait=0) for _ in range(3))
+    assert not guard.begin_attempt("a", wait=0)  # would wait for a result
+    assert guard.begin_attempt("b", wait=0)  # others are unaffected
+    assert guard.end_attempt("a", failed=False) == 0  # one succeeded
+    assert guard.begin_attempt("a", wait=0)
+    assert [guard.end_attempt("a", failed=True) for _ in range(3)] == [0, 0, 100]
+
+
+def test_an_ipv6_64_is_one_source():
+    guard, _ = make()
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"):
+        fail(guard, host)
+    assert guard.ban_remaining("2001:db8:1:2::99") == 100
+    assert guard.ban_remaining("2001:db8:1:3::1") == 0
+    assert guard.ban_remaining("::ffff:192.0.2.1") == 0 and fail(guard, "::ffff:192.0.2.1") == 0

@@ -31,5 +31,6 @@ def test_worker_config_shares_the_totals(workers):
     assert sum(p.limits.max_connections for p in parts) >= cfg.limits.max_connections
     assert sum(p.limits.max_connections for p in parts) < cfg.limits.max_connections + workers
     assert sum(p.limits.transfer_buffer_mib for p in parts) < cfg.limits.transfer_buffer_mib + workers
+    assert sum(p.guard.max_unauthenticated for p in parts) < cfg.guard.max_unauthenticated + workers
     ports = [p.listen.passive_ports for p in parts]
     assert ports[0][0] == cfg.listen.passive_ports[0] and ports[-1][1] == cfg.listen.passive_ports[1]

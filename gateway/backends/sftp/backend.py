@@ -192,7 +192,11 @@ class SFTPBackend:
 
         LoginRefused or BackendUnavailable on failure.
         """
-        credential = Credential(password, load_key(key_file) if key_file else None)
+        try:
+            credential = Credential(password, load_key(key_file) if key_file else None)
+        except (OSError, asyncssh.KeyImportError, ValueError) as err:
+            log.error("backend %s: cannot use private key %s: %s", self.cfg.name, key_file, err)
+            raise errors.BackendUnavailable() from err
         verifier = self.pool.verifier(credential)  # scrypt here, in the session thread, not on the loop
 
         # connect_timeout bounds TCP + key exchange, and again the authentication.
