@@ -201,8 +201,16 @@ def full_disk(user):
 
 
 def test_disk_full_during_upload_is_452_never_226(ftp, full_disk):
-    with pytest.raises(ftplib.error_temp, match=r"^452"):
+    try:
         ftp.storbinary("STOR small/big.bin", io.BytesIO(os.urandom(4 * 2**20)))
+        reply = "226 (the upload was reported complete)"
+    except ftplib.error_temp as err:
+        reply = str(err)
+    except OSError:
+        # The gateway dropped the data connection while we were still sending (as an FTP
+        # server does on an aborted upload): the verdict is waiting on the control channel.
+        reply = ftp.getline()
+    assert reply.startswith("452"), reply
     assert ftp.sendcmd("NOOP").startswith("200")
     # Space freed: the same session uploads fine.
     (full_disk / "big.bin").unlink()
