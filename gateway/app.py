@@ -6,13 +6,15 @@ The only module (besides the CLI) that imports both ``gateway.ftp`` and ``gatewa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 
-from gateway import auth_external, errors, logs
+from gateway import auth_external, config, errors, logs
 from gateway.backends.sftp.backend import SFTPBackend, key_problem, known_hosts_problem
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
@@ -53,6 +55,10 @@ def backend_problems(cfg: GatewayConfig) -> list[str]:
 READY_INTERVAL = 15.0
 
 
+class _Retired(errors.LoginRefused):
+    """The route's phase is ``retired``: 530 with its notice, not a failed login."""
+
+
 class _RootUnusable(errors.LoginRefused):
     """The backend accepted the login but the route's root is missing or not a directory."""
 
@@ -76,8 +82,12 @@ class Gateway:
         cfg: GatewayConfig,
         sock: socket.socket | None = None,
         implicit_sock: socket.socket | None = None,
+        config_path: str | None = None,
+        adapt: Callable[[GatewayConfig], GatewayConfig] = lambda cfg: cfg,
     ) -> None:
         self.cfg = cfg
+        self.config_path, self._adapt = config_path, adapt  # for reloads (adapt: a worker's share)
+        self._old_backends: list[SFTPBackend] = []  # replaced by reloads; closed at shutdown
         self.metrics = Metrics(known_commands=GatewayHandler.proto_cmds)
         self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
         self.loop = BackgroundLoop().start()
@@ -110,9 +120,10 @@ class Gateway:
     async def _check_backends_forever(self) -> None:
         """Refresh the /readyz verdict: every backend probed every READY_INTERVAL seconds."""
         while True:
-            names = list(self.backends)
+            backends = self.backends  # a reload may replace the dict meanwhile
+            names = list(backends)
             try:
-                results = await asyncio.gather(*(self.backends[n].probe() for n in names))
+                results = await asyncio.gather(*(backends[n].probe() for n in names))
             except Exception as exc:  # never let the check die: /readyz would freeze
                 log.exception("backend check failed")
                 results = [f"check failed ({exc.__class__.__name__})"] * len(names)
@@ -164,7 +175,7 @@ class Gateway:
         try:
             return self._attempt(user, password, client_ip, tls, label)
         except errors.LoginRefused as err:
-            failed = not isinstance(err, _RootUnusable)  # a wrong password, user or route
+            failed = not isinstance(err, _RootUnusable | _Retired)  # a wrong password, user or route
             raise
         finally:
             if banned_for := self.guard.end_attempt(client_ip, failed):
@@ -176,6 +187,10 @@ class Gateway:
         if route is None:
             self._refused(client_ip, user, "no_route", "-", label)
             raise errors.LoginRefused()
+        if route.phase == "retired":
+            # Migrated: FTP is off for these users; the notice says where to go instead.
+            self._refused(client_ip, user, "retired", route.name, label)
+            raise _Retired(route.banner or "FTP is no longer available for this account; use SFTP.")
         decision = None
         if route.auth == "external":
             decision = self._ask_external(user, password, client_ip, tls, route.name, label)
@@ -231,7 +246,9 @@ class Gateway:
     def _login(
         self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None = None
     ) -> Login:
-        backend = self.backends[route.backend]
+        backend = self.backends.get(route.backend)
+        if backend is None:  # removed by a reload while this login was under way
+            raise errors.BackendUnavailable()
         if decision is not None and decision.backend_user:
             # The external authority named the backend account, and its key or password
             # (without either, the FTP password logs in to that account).
@@ -281,7 +298,7 @@ class Gateway:
         finally:
             for server in self.servers:
                 server.close_all()
-            for backend in self.backends.values():
+            for backend in [*self.backends.values(), *self._old_backends]:
                 backend.close()
             self.loop.stop()
             self.metrics.stop()
@@ -296,10 +313,48 @@ class Gateway:
 
     def _handle_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
-            log.warning("SIGHUP: configuration reload is not supported yet; ignored")
+            self.reload()
             return
         log.info("signal %d: stopping", signum)
         self.drain()
+
+    def reload(self) -> bool:
+        """Re-read the config file: new logins use it, running sessions keep their route.
+
+        An invalid file is refused (logged, counted) and the running config kept. Settings
+        of the listeners, limits, TLS, metrics, log and workers need a restart.
+        """
+        if self.config_path is None:
+            log.warning("reload: this gateway was not started from a config file")
+            return False
+        try:
+            new = self._adapt(config.load(self.config_path))
+            if problems := backend_problems(new):
+                raise config.ConfigError(problems)
+        except config.ConfigError as err:
+            self.metrics.config_reloads.labels("failed").inc()
+            log.error("reload refused, the running config stays: %s", "; ".join(err.problems))
+            return False
+        fixed = ("listen", "limits", "tls", "metrics", "log", "workers")
+        if stale := [name for name in fixed if getattr(new, name) != getattr(self.cfg, name)]:
+            log.warning("reload: changes to %s take effect after a restart", ", ".join(stale))
+        backends = {}
+        for name, backend_cfg in new.backends.items():
+            current = self.backends.get(name)
+            if current is not None and current.cfg == backend_cfg:
+                backends[name] = current
+            else:
+                backends[name] = SFTPBackend(self.loop, backend_cfg, self.budget, self.metrics)
+        # Replaced backends keep serving the sessions that use them (their pools close idle
+        # connections by themselves); closed at shutdown.
+        self._old_backends += [b for name, b in self.backends.items() if backends.get(name) is not b]
+        self.backends = backends
+        self.cfg = dataclasses.replace(new, **{name: getattr(self.cfg, name) for name in fixed})
+        self.guard.cfg = new.guard
+        self.metrics.start_at_zero(new.backends, (route.name for route in new.routes))
+        self.metrics.config_reloads.labels("ok").inc()
+        log.info("reloaded %s: %d route(s), %d backend(s)", self.config_path, len(new.routes), len(backends))
+        return True
 
     def drain(self) -> None:
         """Stop accepting; idle sessions get 421, transfers may finish until drain_timeout.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import getpass
 import logging
 import os
@@ -12,6 +13,7 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway import __version__, config, logs
@@ -50,10 +52,9 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         libc.mallopt(-8, arenas)  # M_ARENA_MAX
 
 
-def _serve(cfg: config.GatewayConfig, banner: str | None = None) -> int:
+def _serve(cfg: config.GatewayConfig, banner: str | None = None, config_path: str | None = None) -> int:
     limit_malloc_arenas()
-    # SIGHUP would terminate the process by default; `systemctl reload` must not do that.
-    # (Live reload arrives with the phased-migration issue.) Each gateway logs it.
+    # SIGHUP (reload) would terminate the process by default until the gateway takes it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if banner:
         print(banner, flush=True)
@@ -65,8 +66,8 @@ def _serve(cfg: config.GatewayConfig, banner: str | None = None) -> int:
         except OSError as err:
             print(f"cannot listen on {_ports(cfg)}: {err.strerror}", file=sys.stderr)
             return 1
-        return supervise(cfg, sock, implicit, _serve_one)
-    return _serve_one(cfg)
+        return supervise(cfg, sock, implicit, functools.partial(_serve_one, config_path=config_path))
+    return _serve_one(cfg, config_path=config_path)
 
 
 def _ports(cfg: config.GatewayConfig) -> str:
@@ -75,13 +76,17 @@ def _ports(cfg: config.GatewayConfig) -> str:
 
 
 def _serve_one(
-    cfg: config.GatewayConfig, sock: socket.socket | None = None, implicit: socket.socket | None = None
+    cfg: config.GatewayConfig,
+    sock: socket.socket | None = None,
+    implicit: socket.socket | None = None,
+    adapt: Callable[[config.GatewayConfig], config.GatewayConfig] = lambda cfg: cfg,
+    config_path: str | None = None,
 ) -> int:
-    """Run one gateway process until SIGTERM/SIGINT."""
+    """Run one gateway process until SIGTERM/SIGINT (SIGHUP reloads ``config_path``)."""
     from gateway.app import Gateway
 
     try:
-        gateway = Gateway(cfg, sock, implicit)
+        gateway = Gateway(cfg, sock, implicit, config_path, adapt)
     except OSError as err:
         print(f"cannot listen on {_ports(cfg)}: {err.strerror}", file=sys.stderr)
         return 1
@@ -106,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     logs.setup(cfg.log.level, cfg.log.format, cfg.log.transfer_log)
-    return _serve(cfg)
+    return _serve(cfg, config_path=args.config)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -28,6 +28,10 @@ _MISSING: Any = object()
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 AUTH_MODES = ("passthrough", "mapped", "external")
+#: Migration phases of a route. legacy and shadow need a legacy FTP backend (type: ftp),
+#: which this version does not have yet.
+PHASES = ("legacy", "shadow", "sftp", "retired")
+_PHASES_AVAILABLE = ("sftp", "retired")
 
 
 class ConfigError(Exception):
@@ -113,7 +117,9 @@ class RouteConfig:
     backend: str
     auth: str = "passthrough"
     root: str = "~"
-    banner: str | None = None
+    banner: str | None = None  # the 230 text: `notice` (or its older name `banner`)
+    phase: str = "sftp"  # legacy | shadow | sftp | retired (see PHASES)
+    legacy: str | None = None  # the legacy FTP backend (phases legacy and shadow)
 
 
 @dataclass(frozen=True)
@@ -471,6 +477,22 @@ def _pool(data: Any, path: str, problems: list[str]) -> PoolConfig:
     return cfg
 
 
+def _notice(s: _Section) -> str | None:
+    notice, banner = s.optional_str("notice", _printable), s.optional_str("banner", _printable)
+    if notice is not None and banner is not None:
+        s.problem("banner", "set notice or its older name banner, not both")
+    return notice if notice is not None else banner
+
+
+def _phase(s: _Section) -> str:
+    phase = s.typed("phase", str, "sftp", _one_of(PHASES))
+    if phase not in _PHASES_AVAILABLE:
+        s.problem("phase", f"{phase!r} needs a legacy FTP backend, which this version cannot use yet")
+    if s.data.get("legacy") is not None:
+        s.problem("legacy", "legacy FTP backends are not supported by this version yet")
+    return phase
+
+
 def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) -> tuple[RouteConfig, ...]:
     if not isinstance(data, list) or not data:
         problems.append("routes: must be a list of at least one route (first match wins)")
@@ -494,7 +516,9 @@ def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) 
                 backend=backend,
                 auth=s.typed("auth", str, "passthrough", _one_of(AUTH_MODES)),
                 root=s.typed("root", str, "~", _root_template),
-                banner=s.optional_str("banner", _printable),
+                banner=_notice(s),
+                phase=_phase(s),
+                legacy=s.optional_str("legacy"),
             )
         )
         s.finish()

@@ -26,9 +26,11 @@ from gateway.config import GatewayConfig, passive_share
 
 log = logging.getLogger("gateway.workers")
 
-#: Serves ``cfg`` on the control socket (and the implicit FTPS one) until SIGTERM; returns
-#: the exit status (the CLI's _serve_one).
-Serve = Callable[[GatewayConfig, socket.socket, socket.socket | None], int]
+#: Turns a freshly read config into what this process runs (a worker's share of it).
+Adapt = Callable[[GatewayConfig], GatewayConfig]
+#: Serves ``cfg`` on the control socket (and the implicit FTPS one) until SIGTERM, applying
+#: ``Adapt`` to configs it reloads; returns the exit status (the CLI's _serve_one).
+Serve = Callable[[GatewayConfig, socket.socket, socket.socket | None, Adapt], int]
 
 
 def worker_config(cfg: GatewayConfig, index: int) -> GatewayConfig:
@@ -77,11 +79,14 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, implicit: socket.socket |
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's gateway takes it
             _die_with_parent()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             status = 1
             try:
-                status = serve(worker_config(cfg, index), sock, implicit)
+                status = serve(
+                    worker_config(cfg, index), sock, implicit, lambda new: worker_config(new, index)
+                )
             except Exception:
                 log.exception("worker %d failed", index)
             finally:
@@ -100,9 +105,15 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, implicit: socket.socket |
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def reload(signum: int, frame: FrameType | None) -> None:
+        for pid in children:  # each worker re-reads the file (kill -HUP / systemctl reload)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     for index in range(cfg.workers):
         spawn(index)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
@@ -128,7 +139,7 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, implicit: socket.socket |
     return 0
 
 
-_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def _die_with_parent() -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ftplib
+import os
+import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gateway import config
 from gateway.app import Gateway
 from tests.helpers.relay import Relay
-from tests.helpers.sshd import BASE, OpenSSHServer, TestUser, ensure_user, reset_home
+from tests.helpers.sshd import BASE, OpenSSHServer, TestUser, ensure_user, free_port, reset_home, wait_port
 
 PASSWORD = "Gw-test-pass-1"
 PASSIVE = [41000, 41199]
@@ -204,3 +208,62 @@ def tls_config(
     """``base_config`` with FTPS (and an implicit listener on a free port)."""
     tls = {"mode": mode, "certfile": str(tls_files.cert), "keyfile": str(tls_files.key), "implicit_port": 0}
     return base_config(sshd, tls={**tls, **extra})
+
+
+CLI = [sys.executable, "-m", "gateway"]
+
+
+def write_config(tmp_path: Path, doc) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+class GatewayProcess:
+    """``ftp-sftp-gateway run`` as a child process (config in tmp_path); stderr collected line by line."""
+
+    def __init__(self, tmp_path, doc) -> None:
+        self.port = doc["listen"]["port"] = free_port()
+        doc["metrics"]["port"] = self.metrics_port = free_port()
+        path = write_config(tmp_path, doc)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [*CLI, "run", "--config", str(path)], stderr=subprocess.PIPE, text=True, env=env
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_port("127.0.0.1", self.port, timeout=30)
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+
+def connect_ftp(port: int) -> ftplib.FTP:
+    ftp = ftplib.FTP(timeout=30)
+    ftp.connect("127.0.0.1", port)
+    return ftp
+
+
+@pytest.fixture
+def process(tmp_path):
+    started: list[GatewayProcess] = []
+
+    def start(doc) -> GatewayProcess:
+        started.append(GatewayProcess(tmp_path, doc))
+        return started[-1]
+
+    yield start
+    for gw in started:
+        if gw.proc.poll() is None:
+            gw.proc.kill()
+            gw.proc.wait(10)

@@ -55,6 +55,13 @@ MAX_LONG_LINES = 3
 STAT_MAX_LINES = 1000
 
 
+class _Verbatim(str):
+    """Text that pyftpdlib's capitalize() leaves as it is."""
+
+    def capitalize(self) -> str:
+        return str(self)
+
+
 class _LineProducer:
     """pyftpdlib producer joining encoded lines into ~64 KiB chunks (b"" when done)."""
 
@@ -412,6 +419,11 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self.route = self.authorizer.login.route_name
         # The password already went to the backend; the session has no further use for it.
         super().handle_auth_success(home, "", msg_login)
+
+    def handle_auth_failed(self, msg: str, password: str) -> None:
+        # pyftpdlib capitalize()s the text, which lowercases the rest of it: a route's
+        # notice ("FTP ends ...: use sftp://Files.Example.com") must reach the client as written.
+        super().handle_auth_failed(_Verbatim(msg) if msg else msg, password)
 
     def flush_account(self) -> None:
         super().flush_account()

@@ -5,21 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
-import yaml
-
-from tests.conftest import base_config, seed
+from tests.conftest import CLI, base_config, seed, write_config
 from tests.helpers.sshd import free_port, wait_port
-
-CLI = [sys.executable, "-m", "gateway"]
-
-
-def write_config(tmp_path: Path, doc) -> Path:
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 def test_check_config_ok(sshd, tmp_path):

@@ -8,9 +8,8 @@ import subprocess
 import pytest
 
 from gateway.passwords import hash_password, verify_password
-from tests.conftest import base_config, seed
+from tests.conftest import CLI, base_config, seed
 from tests.helpers.sshd import BASE, OpenSSHServer
-from tests.integration.test_cli import CLI
 
 
 def failed_passwords(sshd, name: str) -> int:

@@ -684,7 +684,7 @@ def test_systemd_unit_settings() -> None:
     assert settings["User"] == ["ftpgw"]
     assert settings["KillSignal"] == ["SIGTERM"]
     assert seconds(settings["TimeoutStopSec"][0]) > DRAIN_TIMEOUT_DEFAULT
-    assert "ExecReload" not in settings, "the gateway does not handle SIGHUP yet: it would die"
+    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # SIGHUP reloads the config
     assert settings["RestartPreventExitStatus"] == ["2"]
     for key, value in {
         "NoNewPrivileges": "yes",

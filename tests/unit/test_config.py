@@ -309,3 +309,15 @@ def test_tls_section(known_hosts, tmp_path):
         "tls.implicit_port",
         "tls.mode",
     ]
+
+
+def test_route_phase_and_notice(known_hosts):
+    doc = _with_metrics(known_hosts)
+    doc["routes"][0].update(phase="retired", notice="Use sftp://Files.example.com")
+    route = config.parse(doc).routes[0]
+    assert (route.phase, route.banner) == ("retired", "Use sftp://Files.example.com")
+    doc["routes"][0].update(phase="shadow", banner="old name too")
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc)
+    assert sorted(p.split(":")[0] for p in err.value.problems) == ["routes[0].banner", "routes[0].phase"]
+    assert "needs a legacy FTP backend" in " ".join(err.value.problems)

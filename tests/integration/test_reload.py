@@ -1,0 +1,81 @@
+"""Live reload (SIGHUP): new logins follow the new routes, running sessions keep going, a
+broken file is refused and the running config stays."""
+
+from __future__ import annotations
+
+import ftplib
+import os
+import signal
+import urllib.request
+
+import pytest
+import yaml
+
+from tests.conftest import base_config, connect_ftp, wait_for
+
+
+def reloads(gw, result: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=10).read().decode()
+    line = f'ftpgw_config_reloads_total{{result="{result}"}} '
+    return float(next(row for row in text.splitlines() if row.startswith(line)).split()[-1])
+
+
+def test_retiring_a_user_needs_no_restart_and_drops_no_session(process, sshd, user, user2, tmp_path):
+    doc = base_config(sshd)
+    gw = process(doc)
+    uploader = connect_ftp(gw.port)
+    uploader.login(user.name, user.password)
+    uploader.voidcmd("TYPE I")
+    data = uploader.transfercmd("STOR long.bin")
+    chunk = os.urandom(256 * 1024)
+    data.sendall(chunk)
+    # The operator retires gwtest2 from FTP.
+    doc["routes"].insert(0, {
+        "name": "moved", "match": {"user": user2.name}, "backend": "main", "phase": "retired",
+        "notice": "FTP is off for you: use sftp://files.example.com",
+    })  # fmt: skip
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(doc))
+    gw.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: any("reloaded" in line for line in gw.lines))
+    retired = connect_ftp(gw.port)
+    with pytest.raises(ftplib.error_perm, match=r"^530 FTP is off for you: use sftp://files.example.com"):
+        retired.login(user2.name, user2.password)
+    for _ in range(4):  # the upload that started before the reload goes on
+        data.sendall(chunk)
+    data.close()
+    assert uploader.voidresp().startswith("226")
+    assert (user.home / "long.bin").stat().st_size == 5 * len(chunk)
+    again = connect_ftp(gw.port)  # other users are unaffected
+    again.login(user.name, user.password)
+    again.quit()
+    uploader.quit()
+    assert reloads(gw, "ok") == 1
+    assert gw.stop() == 0
+
+
+def test_a_broken_config_is_refused_and_the_running_one_stays(process, sshd, user, tmp_path):
+    gw = process(base_config(sshd))
+    (tmp_path / "gateway.yaml").write_text("routes: [this is: not: valid\n")
+    gw.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: any("reload refused, the running config stays" in line for line in gw.lines))
+    ftp = connect_ftp(gw.port)
+    ftp.login(user.name, user.password)
+    ftp.quit()
+    assert reloads(gw, "failed") == 1 and reloads(gw, "ok") == 0
+    assert gw.proc.poll() is None
+    assert gw.stop() == 0
+
+
+def test_sighup_to_the_supervisor_reloads_every_worker(process, sshd, user, user2, tmp_path):
+    doc = base_config(sshd, workers=2)
+    gw = process(doc)
+    doc["routes"].insert(0, {"match": {"user": user2.name}, "backend": "main", "phase": "retired"})
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(doc))
+    gw.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: sum("reloaded" in line for line in gw.lines) == 2)
+    for _ in range(4):  # whichever worker the kernel hands the connection to
+        ftp = connect_ftp(gw.port)
+        with pytest.raises(ftplib.error_perm, match=r"^530 FTP is no longer available"):
+            ftp.login(user2.name, user2.password)
+        ftp.close()
+    assert gw.stop() == 0
