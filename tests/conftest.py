@@ -267,3 +267,14 @@ def process(tmp_path):
         if gw.proc.poll() is None:
             gw.proc.kill()
             gw.proc.wait(10)
+
+
+def start_upload(port: int, user: TestUser, name: str) -> tuple[ftplib.FTP, Any, bytes]:
+    """A logged-in session with a STOR under way: (session, data socket, the 256 KiB block sent)."""
+    ftp = connect_ftp(port)
+    ftp.login(user.name, user.password)
+    ftp.voidcmd("TYPE I")
+    data = ftp.transfercmd(f"STOR {name}")
+    chunk = os.urandom(256 * 1024)
+    data.sendall(chunk)
+    return ftp, data, chunk

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ftplib
 import io
 import json
-import os
 import re
 import signal
 import socket
@@ -14,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import base_config, connect_ftp, seed, wait_for
+from tests.conftest import base_config, connect_ftp, seed, start_upload, wait_for
 
 
 def test_json_logs_audit_lines_and_xferlog(process, sshd, user, tmp_path):
@@ -65,12 +64,7 @@ def test_sigterm_lets_a_running_upload_finish_and_ends_idle_sessions(process, ss
     gw = process(base_config(sshd))
     idle = connect_ftp(gw.port)
     idle.login(user.name, user.password)
-    uploader = connect_ftp(gw.port)
-    uploader.login(user.name, user.password)
-    uploader.voidcmd("TYPE I")
-    data = uploader.transfercmd("STOR during-drain.bin")
-    chunk = os.urandom(256 * 1024)
-    data.sendall(chunk)
+    uploader, data, chunk = start_upload(gw.port, user, "during-drain.bin")
     gw.proc.send_signal(signal.SIGTERM)
     # The idle session is told and closed; the port refuses new sessions.
     assert idle.getline().startswith("421 Server shutting down")

@@ -4,14 +4,13 @@ broken file is refused and the running config stays."""
 from __future__ import annotations
 
 import ftplib
-import os
 import signal
 import urllib.request
 
 import pytest
 import yaml
 
-from tests.conftest import base_config, connect_ftp, wait_for
+from tests.conftest import base_config, connect_ftp, start_upload, wait_for
 
 
 def reloads(gw, result: str) -> float:
@@ -23,12 +22,7 @@ def reloads(gw, result: str) -> float:
 def test_retiring_a_user_needs_no_restart_and_drops_no_session(process, sshd, user, user2, tmp_path):
     doc = base_config(sshd)
     gw = process(doc)
-    uploader = connect_ftp(gw.port)
-    uploader.login(user.name, user.password)
-    uploader.voidcmd("TYPE I")
-    data = uploader.transfercmd("STOR long.bin")
-    chunk = os.urandom(256 * 1024)
-    data.sendall(chunk)
+    uploader, data, chunk = start_upload(gw.port, user, "long.bin")
     # The operator retires gwtest2 from FTP.
     doc["routes"].insert(0, {
         "name": "moved", "match": {"user": user2.name}, "backend": "main", "phase": "retired",
