@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 
 from gateway import auth_external, config, errors, logs
+from gateway.backends.ftp.backend import FTPBackend
 from gateway.backends.sftp.backend import SFTPBackend, key_problem, known_hosts_problem
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
-from gateway.config import GatewayConfig, RouteConfig
+from gateway.config import BackendConfig, GatewayConfig, RouteConfig
 from gateway.ftp.handler import GatewayHandler
 from gateway.ftp.server import build_server, share_limits
 from gateway.ftp.tls import session_reuse_supported
@@ -37,7 +38,7 @@ def backend_problems(cfg: GatewayConfig) -> list[str]:
     problems = [
         f"backends.{name}.known_hosts: {problem}"
         for name, backend in cfg.backends.items()
-        if (problem := known_hosts_problem(backend))
+        if backend.type == "sftp" and (problem := known_hosts_problem(backend))
     ]
     problems += [
         f"users.{name}.backend_key_file: {problem}"
@@ -74,6 +75,10 @@ _LOGIN_RESULTS: dict[type[errors.GatewayError], str] = {
 }
 
 
+#: Either kind of backend: both log users in, probe, count their pooled connections, close.
+Backend = SFTPBackend | FTPBackend
+
+
 class Gateway:
     """A configured gateway: background SFTP loop, backends and the FTP server."""
 
@@ -87,15 +92,13 @@ class Gateway:
     ) -> None:
         self.cfg = cfg
         self.config_path, self._adapt = config_path, adapt  # for reloads (adapt: a worker's share)
-        self._old_backends: list[SFTPBackend] = []  # replaced by reloads; closed at shutdown
+        self._old_backends: list[Backend] = []  # replaced by reloads; closed at shutdown
         self.metrics = Metrics(known_commands=GatewayHandler.proto_cmds)
         self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
         self.loop = BackgroundLoop().start()
         self.budget = Budget(cfg.limits.transfer_buffer_mib * 2**20)
         self.guard = Guard(cfg.guard)
-        self.backends = {
-            name: SFTPBackend(self.loop, b, self.budget, self.metrics) for name, b in cfg.backends.items()
-        }
+        self.backends = {name: self._make_backend(b) for name, b in cfg.backends.items()}
         self.server = build_server(cfg, self.authenticate, sock, self.metrics, self.guard)
         self.servers = [self.server]
         if cfg.tls.enabled and cfg.tls.implicit_port is not None:
@@ -116,6 +119,11 @@ class Gateway:
         self._stop = threading.Event()
         self._drain_deadline: float | None = None
         self._signals: list[int] = []  # appended by on_signal, handled by serve_forever
+
+    def _make_backend(self, cfg: BackendConfig) -> Backend:
+        if cfg.type == "ftp":
+            return FTPBackend(cfg, self.metrics)
+        return SFTPBackend(self.loop, cfg, self.budget, self.metrics)
 
     async def _check_backends_forever(self) -> None:
         """Refresh the /readyz verdict: every backend probed every READY_INTERVAL seconds."""
@@ -246,7 +254,10 @@ class Gateway:
     def _login(
         self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None = None
     ) -> Login:
-        backend = self.backends.get(route.backend)
+        # phase legacy: the organisation's FTP server still serves this route, in the
+        # user's FTP home there; otherwise the SFTP backend, under the route's root.
+        backend_name = route.legacy if route.phase == "legacy" and route.legacy else route.backend
+        backend = self.backends.get(backend_name)
         if backend is None:  # removed by a reload while this login was under way
             raise errors.BackendUnavailable()
         if decision is not None and decision.backend_user:
@@ -266,7 +277,9 @@ class Gateway:
         else:
             # passthrough: exactly one backend attempt with the FTP credentials.
             storage = backend.login(user, password)
-        root = render_root(route.root, user, storage.home())
+        root = (
+            storage.home() if backend_name != route.backend else render_root(route.root, user, storage.home())
+        )
         try:
             if storage.stat(root).kind is not Kind.DIR:
                 raise errors.NotADirectory()
@@ -277,13 +290,13 @@ class Gateway:
                 route.name,
                 printable(root),
                 printable(user),
-                route.backend,
+                backend_name,
                 err.text,
             )
             if err.fatal:
                 raise
             raise _RootUnusable() from err
-        return Login(storage, root, route.name, route.backend, route.banner)
+        return Login(storage, root, route.name, backend_name, route.banner)
 
     def serve_forever(self) -> None:
         """Serve until ``stop`` is called, or a ``drain`` has finished (thread-safe)."""
@@ -344,7 +357,7 @@ class Gateway:
             if current is not None and current.cfg == backend_cfg:
                 backends[name] = current
             else:
-                backends[name] = SFTPBackend(self.loop, backend_cfg, self.budget, self.metrics)
+                backends[name] = self._make_backend(backend_cfg)
         # Replaced backends keep serving the sessions that use them (their pools close idle
         # connections by themselves); closed at shutdown.
         self._old_backends += [b for name, b in self.backends.items() if backends.get(name) is not b]

@@ -28,10 +28,9 @@ _MISSING: Any = object()
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 AUTH_MODES = ("passthrough", "mapped", "external")
-#: Migration phases of a route. legacy and shadow need a legacy FTP backend (type: ftp),
-#: which this version does not have yet.
+#: Migration phases of a route (legacy and shadow need a legacy FTP backend, type: ftp).
 PHASES = ("legacy", "shadow", "sftp", "retired")
-_PHASES_AVAILABLE = ("sftp", "retired")
+_PHASES_AVAILABLE = ("legacy", "sftp", "retired")  # shadow: not built yet
 
 
 class ConfigError(Exception):
@@ -95,11 +94,14 @@ class PoolConfig:
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """One SFTP backend server."""
+    """One backend server: SFTP (the target) or a legacy FTP server (``type: ftp``)."""
 
     name: str
     host: str
     port: int = 22
+    type: str = "sftp"
+    tls: str | None = None  # ftp only: explicit | implicit (null: plain FTP)
+    ca_file: str | None = None  # ftp only: CA bundle for the legacy server's certificate
     known_hosts: str = ""
     host_key_fingerprints: tuple[str, ...] = ()  # pinned "SHA256:..." keys, instead of or besides known_hosts
     connect_timeout: float = 10.0
@@ -429,6 +431,21 @@ def _limits(data: Any, problems: list[str]) -> LimitsConfig:
     return cfg
 
 
+def _ftp_backend(name: str, s: _Section, base_dir: Path) -> BackendConfig:
+    """A legacy FTP server (``type: ftp``): host, port, optional FTPS."""
+    ca_file = s.optional_str("ca_file", _readable_file(base_dir))
+    return BackendConfig(
+        name=name,
+        host=s.typed("host", str, "", lambda v: None if v.strip() else "must not be empty", required=True),
+        port=s.typed("port", int, 21, _port),
+        type="ftp",
+        tls=s.optional_str("tls", _one_of(("explicit", "implicit"))),
+        ca_file=str(base_dir / ca_file) if ca_file else None,
+        connect_timeout=s.typed("connect_timeout", float, 10.0, _duration),
+        operation_timeout=s.typed("operation_timeout", float, 30.0, _duration),
+    )
+
+
 def _backends(data: Any, problems: list[str], base_dir: Path) -> dict[str, BackendConfig]:
     if not isinstance(data, dict) or not data:
         problems.append("backends: must be a mapping of at least one backend name to its settings")
@@ -439,6 +456,11 @@ def _backends(data: Any, problems: list[str], base_dir: Path) -> dict[str, Backe
             problems.append(f"backends.{name}: backend names use letters, digits, '_', '.', '-'")
             continue
         s = _Section(body, f"backends.{name}", problems)
+        kind = s.typed("type", str, "sftp", _one_of(("sftp", "ftp")))
+        if kind == "ftp":
+            out[name] = _ftp_backend(name, s, base_dir)
+            s.finish()
+            continue
         out[name] = BackendConfig(
             name=name,
             host=s.typed(
@@ -484,12 +506,18 @@ def _notice(s: _Section) -> str | None:
     return notice if notice is not None else banner
 
 
-def _phase(s: _Section) -> str:
+def _phase(s: _Section, backends: dict[str, BackendConfig]) -> str:
     phase = s.typed("phase", str, "sftp", _one_of(PHASES))
+    legacy = s.data.get("legacy")
+    if legacy is not None and (legacy not in backends or backends[legacy].type != "ftp"):
+        ftp_names = sorted(n for n, b in backends.items() if b.type == "ftp")
+        s.problem(
+            "legacy", f"{legacy!r} is not an FTP backend (type: ftp ones: {', '.join(ftp_names) or 'none'})"
+        )
     if phase not in _PHASES_AVAILABLE:
-        s.problem("phase", f"{phase!r} needs a legacy FTP backend, which this version cannot use yet")
-    if s.data.get("legacy") is not None:
-        s.problem("legacy", "legacy FTP backends are not supported by this version yet")
+        s.problem("phase", f"{phase!r} is not supported by this version yet")
+    elif phase == "legacy" and legacy is None:
+        s.problem("legacy", "phase legacy needs the legacy FTP backend named here")
     return phase
 
 
@@ -507,6 +535,8 @@ def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) 
         backend = s.typed("backend", str, "", required=True)
         if backend and backends and backend not in backends:
             s.problem("backend", f"unknown backend {backend!r} (defined: {', '.join(sorted(backends))})")
+        elif backend in backends and backends[backend].type != "sftp":
+            s.problem("backend", f"{backend!r} is an FTP backend: name it in `legacy`, the SFTP one here")
         out.append(
             RouteConfig(
                 name=s.typed(
@@ -517,7 +547,7 @@ def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) 
                 auth=s.typed("auth", str, "passthrough", _one_of(AUTH_MODES)),
                 root=s.typed("root", str, "~", _root_template),
                 banner=_notice(s),
-                phase=_phase(s),
+                phase=_phase(s, backends),
                 legacy=s.optional_str("legacy"),
             )
         )

@@ -278,3 +278,55 @@ def start_upload(port: int, user: TestUser, name: str) -> tuple[ftplib.FTP, Any,
     chunk = os.urandom(256 * 1024)
     data.sendall(chunk)
     return ftp, data, chunk
+
+
+@dataclass
+class LegacyFTP:
+    """A legacy FTP server (pyftpdlib, serving a local folder) for the migration tests."""
+
+    port: int
+    home: Path
+    user: str = "partner-a"
+    password: str = "legacy-pw-1"
+
+
+@pytest.fixture
+def legacy_ftp(tmp_path: Path) -> Iterator[LegacyFTP]:
+    """An organisation's old FTP server: user partner-a, home a local folder."""
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.ioloop import IOLoop
+    from pyftpdlib.servers import ThreadedFTPServer
+
+    home = tmp_path / "legacy-home"
+    home.mkdir()
+    authorizer = DummyAuthorizer()
+    legacy = LegacyFTP(0, home)
+    authorizer.add_user(legacy.user, legacy.password, str(home), perm="elradfmwMT")
+    handler = type("LegacyHandler", (FTPHandler,), {"authorizer": authorizer, "banner": "legacy ftpd"})
+    server = ThreadedFTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())
+    server._exit, server._lock = threading.Event(), threading.Lock()
+    legacy.port = server.socket.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            server.serve_forever(timeout=0.1, blocking=False, handle_exit=False)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield legacy
+    stop.set()
+    thread.join(5)
+    server.close_all()
+
+
+def legacy_config(
+    sshd: OpenSSHServer, legacy: LegacyFTP, phase: str = "legacy", **ftp: Any
+) -> dict[str, Any]:
+    """``base_config`` with the legacy FTP backend and a route for its user in ``phase``."""
+    doc = base_config(sshd)
+    doc["backends"]["old-ftp"] = {"type": "ftp", "host": "127.0.0.1", "port": legacy.port, **ftp}
+    route = {"name": "partners", "match": {"user": "partner-*"}, "backend": "main", "legacy": "old-ftp"}
+    doc["routes"].insert(0, {**route, "phase": phase})
+    return doc

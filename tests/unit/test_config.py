@@ -320,4 +320,25 @@ def test_route_phase_and_notice(known_hosts):
     with pytest.raises(config.ConfigError) as err:
         config.parse(doc)
     assert sorted(p.split(":")[0] for p in err.value.problems) == ["routes[0].banner", "routes[0].phase"]
-    assert "needs a legacy FTP backend" in " ".join(err.value.problems)
+    assert "is not supported by this version yet" in " ".join(err.value.problems)
+
+
+def test_legacy_backends_and_routes(known_hosts):
+    doc = _with_metrics(known_hosts)
+    doc["backends"]["old"] = {"type": "ftp", "host": "10.0.0.5", "tls": "explicit"}
+    doc["routes"][0].update(phase="legacy", legacy="old")
+    cfg = config.parse(doc)
+    assert (cfg.backends["old"].type, cfg.backends["old"].port, cfg.backends["old"].tls) == (
+        "ftp",
+        21,
+        "explicit",
+    )
+    assert (cfg.routes[0].phase, cfg.routes[0].legacy) == ("legacy", "old")
+    doc["routes"][0].update(backend="old", legacy="b")
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc)
+    assert sorted(p.split(":")[0] for p in err.value.problems) == ["routes[0].backend", "routes[0].legacy"]
+    doc["routes"][0].update(backend="b", legacy=None)
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc)
+    assert err.value.problems == ["routes[0].legacy: phase legacy needs the legacy FTP backend named here"]

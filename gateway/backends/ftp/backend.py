@@ -1,0 +1,119 @@
+"""A legacy FTP server as a backend: login (plain, explicit or implicit FTPS) and probe."""
+
+from __future__ import annotations
+
+import asyncio
+import ftplib
+import logging
+import socket
+import ssl
+import time
+from typing import Any
+
+from gateway import errors
+from gateway.backends.ftp.storage import FTPStorage
+from gateway.config import BackendConfig
+from gateway.listing import printable
+from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway.ftp_backend")
+
+
+class _ImplicitFTPTLS(ftplib.FTP_TLS):
+    """FTPS from the first byte (port 990 style): the control socket is wrapped at connect."""
+
+    def connect(
+        self, host: str = "", port: int = 0, timeout: float = -999, source_address: Any = None
+    ) -> str:
+        self.host, self.port = host, port
+        if timeout != -999:
+            self.timeout = timeout
+        raw = socket.create_connection((host, port), self.timeout, source_address=source_address)
+        self.sock = self.context.wrap_socket(raw, server_hostname=host)
+        self.af = self.sock.family
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+
+class FTPBackend:
+    """One configured legacy FTP server; ``login`` opens one connection per FTP session."""
+
+    def __init__(self, cfg: BackendConfig, metrics: Metrics) -> None:
+        self.cfg, self.metrics = cfg, metrics
+
+    def _client(self) -> ftplib.FTP:
+        timeout = self.cfg.operation_timeout
+        if self.cfg.tls is None:
+            return ftplib.FTP(timeout=timeout, encoding="utf-8")
+        context = ssl.create_default_context(cafile=self.cfg.ca_file)
+        cls = _ImplicitFTPTLS if self.cfg.tls == "implicit" else ftplib.FTP_TLS
+        return cls(context=context, timeout=timeout, encoding="utf-8")
+
+    def login(self, username: str, password: str | None = None, key_file: str | None = None) -> FTPStorage:
+        """Log in as ``username`` (FTP has no keys); LoginRefused or BackendUnavailable."""
+        if key_file is not None or password is None:
+            log.error("backend %s: a legacy FTP server takes passwords only", self.cfg.name)
+            raise errors.BackendUnavailable()
+        started = time.perf_counter()
+        ftp = self._client()
+        try:
+            ftp.connect(self.cfg.host, self.cfg.port, timeout=self.cfg.connect_timeout)
+            ftp.timeout = self.cfg.operation_timeout  # for its data connections
+            if ftp.sock is not None:
+                ftp.sock.settimeout(self.cfg.operation_timeout)
+            if isinstance(ftp, ftplib.FTP_TLS) and not isinstance(ftp, _ImplicitFTPTLS):
+                ftp.auth()
+            ftp.login(username, password)
+            if isinstance(ftp, ftplib.FTP_TLS):
+                ftp.prot_p()
+            storage = FTPStorage(ftp)
+        except ftplib.error_perm as exc:
+            ftp.close()
+            self._count("auth_failed", started)
+            if str(exc).startswith("530"):
+                raise errors.LoginRefused() from exc
+            raise errors.BackendUnavailable() from exc
+        except (OSError, EOFError, ftplib.Error, errors.GatewayError) as exc:
+            ftp.close()
+            self._count("error", started)
+            log.error(
+                "legacy backend %s (%s:%d) unavailable: %s", self.cfg.name, self.cfg.host, self.cfg.port, exc
+            )
+            raise errors.BackendUnavailable() from exc
+        self._count("ok", started)
+        return storage
+
+    def _count(self, result: str, started: float) -> None:
+        self.metrics.backend_connects.labels(self.cfg.name, result).inc()
+        error: errors.GatewayError | None = None
+        if result != "ok":
+            error = errors.LoginRefused() if result == "auth_failed" else errors.BackendUnavailable()
+        self.metrics.backend_op(self.cfg.name, "login", time.perf_counter() - started, error)
+
+    async def probe(self) -> str | None:
+        """None if the server greets with 220 (no login: no failed attempt on it), else why not."""
+
+        def greet() -> str | None:
+            try:
+                with socket.create_connection(
+                    (self.cfg.host, self.cfg.port), self.cfg.connect_timeout
+                ) as sock:
+                    if self.cfg.tls == "implicit":
+                        return None  # the handshake would need the certificate check: connect suffices
+                    sock.settimeout(self.cfg.connect_timeout)
+                    greeting = sock.makefile("rb").readline()
+            except OSError as exc:
+                return f"unreachable ({exc.__class__.__name__})"
+            if greeting.startswith(b"220"):
+                return None
+            return f"unexpected greeting {printable(greeting.decode('utf-8', 'replace').strip())!r}"
+
+        return await asyncio.to_thread(greet)
+
+    def connection_states(self) -> list[str]:
+        """No pooled connections (one per FTP session)."""
+        return []
+
+    def close(self) -> None:
+        """Nothing held between sessions."""
