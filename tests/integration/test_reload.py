@@ -63,6 +63,9 @@ def test_a_broken_config_is_refused_and_the_running_one_stays(process, sshd, use
 def test_sighup_to_the_supervisor_reloads_every_worker(process, sshd, user, user2, tmp_path):
     doc = base_config(sshd, workers=2)
     gw = process(doc)
+    # The port is open before the workers are ready; a SIGHUP before a worker took the
+    # signal over would be ignored by it.
+    assert wait_for(lambda: sum(" listening on " in line for line in gw.lines) == 2)
     doc["routes"].insert(0, {"match": {"user": user2.name}, "backend": "main", "phase": "retired"})
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(doc))
     gw.proc.send_signal(signal.SIGHUP)
