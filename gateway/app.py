@@ -28,9 +28,11 @@ from gateway.listing import printable
 from gateway.metrics import Metrics
 from gateway.passwords import verify_password
 from gateway.routing import match_route, render_root
-from gateway.storage import Kind, Login
+from gateway.shadow import ShadowStorage
+from gateway.storage import Kind, Login, Storage
 
 log = logging.getLogger("gateway")
+shadow_log = logging.getLogger("gateway.shadow")
 
 
 def backend_problems(cfg: GatewayConfig) -> list[str]:
@@ -223,6 +225,49 @@ class Gateway:
         self.metrics.logins.labels(result, route, tls).inc()
         logs.login_audit(client_ip, user, result, route, detail)
 
+    def _credentials(
+        self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None
+    ) -> tuple[str, str | None, str | None]:
+        """(backend account, password, key file) this login presents to the backend."""
+        if decision is not None and decision.backend_user:
+            # The external authority named the backend account, and its key or password
+            # (without either, the FTP password logs in to that account).
+            key = decision.backend_key_file
+            secret = decision.backend_password if decision.backend_password is not None else password
+            return decision.backend_user, None if key else secret, key
+        if route.auth == "mapped":
+            # A gateway-local user: the gateway checks the password, the backend sees only
+            # the mapped account's own credential (a key or a password from a file).
+            local = self.cfg.users.get(user)
+            # The hash check runs for unknown users too (against a dummy): same time.
+            if not verify_password(password, local.password_hash if local else None) or local is None:
+                raise errors.LoginRefused()
+            return local.backend_user, local.backend_password, local.backend_key_file
+        # passthrough: exactly one backend attempt with the FTP credentials.
+        return user, password, None
+
+    def _shadowed(
+        self, route: RouteConfig, user: str, legacy: Storage, creds: tuple[str, str | None, str | None]
+    ) -> Storage:
+        """The legacy session with its writes replayed on SFTP (legacy alone if SFTP fails)."""
+
+        def report(op: str, path: str, problem: str) -> None:
+            self.metrics.shadow_mismatches.labels(route.name, op).inc()
+            shadow_log.warning("shadow %s %r for user %r: %s", op, printable(path), printable(user), problem)
+
+        sftp_backend = self.backends.get(route.backend)
+        try:
+            if sftp_backend is None:
+                raise errors.BackendUnavailable()
+            sftp = sftp_backend.login(*creds)
+            sftp_root = render_root(route.root, user, sftp.home())
+        except errors.GatewayError as err:
+            report(
+                "login", route.root, f"SFTP login failed: {err.code} {err.text}; this session is not shadowed"
+            )
+            return legacy
+        return ShadowStorage(legacy, legacy.home(), sftp, sftp_root, report)
+
     def _ask_external(
         self, user: str, password: str, client_ip: str, tls: bool, route: str, label: str
     ) -> auth_external.Decision:
@@ -254,32 +299,18 @@ class Gateway:
     def _login(
         self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None = None
     ) -> Login:
+        account, secret, key = self._credentials(route, user, password, decision)
         # phase legacy: the organisation's FTP server still serves this route, in the
-        # user's FTP home there; otherwise the SFTP backend, under the route's root.
-        backend_name = route.legacy if route.phase == "legacy" and route.legacy else route.backend
+        # user's FTP home there; shadow: the same, with every write replayed on SFTP.
+        on_legacy = route.phase in ("legacy", "shadow") and route.legacy is not None
+        backend_name = route.legacy if on_legacy and route.legacy else route.backend
         backend = self.backends.get(backend_name)
         if backend is None:  # removed by a reload while this login was under way
             raise errors.BackendUnavailable()
-        if decision is not None and decision.backend_user:
-            # The external authority named the backend account, and its key or password
-            # (without either, the FTP password logs in to that account).
-            key = decision.backend_key_file
-            secret = decision.backend_password if decision.backend_password is not None else password
-            storage = backend.login(decision.backend_user, None if key else secret, key)
-        elif route.auth == "mapped":
-            # A gateway-local user: the gateway checks the password, the backend sees only
-            # the mapped account's own credential (a key or a password from a file).
-            local = self.cfg.users.get(user)
-            # The hash check runs for unknown users too (against a dummy): same time.
-            if not verify_password(password, local.password_hash if local else None) or local is None:
-                raise errors.LoginRefused()
-            storage = backend.login(local.backend_user, local.backend_password, local.backend_key_file)
-        else:
-            # passthrough: exactly one backend attempt with the FTP credentials.
-            storage = backend.login(user, password)
-        root = (
-            storage.home() if backend_name != route.backend else render_root(route.root, user, storage.home())
-        )
+        storage: Storage = backend.login(account, secret, key)
+        if route.phase == "shadow":
+            storage = self._shadowed(route, user, storage, (account, secret, key))
+        root = storage.home() if on_legacy else render_root(route.root, user, storage.home())
         try:
             if storage.stat(root).kind is not Kind.DIR:
                 raise errors.NotADirectory()

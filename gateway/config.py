@@ -30,7 +30,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 AUTH_MODES = ("passthrough", "mapped", "external")
 #: Migration phases of a route (legacy and shadow need a legacy FTP backend, type: ftp).
 PHASES = ("legacy", "shadow", "sftp", "retired")
-_PHASES_AVAILABLE = ("legacy", "sftp", "retired")  # shadow: not built yet
 
 
 class ConfigError(Exception):
@@ -514,10 +513,8 @@ def _phase(s: _Section, backends: dict[str, BackendConfig]) -> str:
         s.problem(
             "legacy", f"{legacy!r} is not an FTP backend (type: ftp ones: {', '.join(ftp_names) or 'none'})"
         )
-    if phase not in _PHASES_AVAILABLE:
-        s.problem("phase", f"{phase!r} is not supported by this version yet")
-    elif phase == "legacy" and legacy is None:
-        s.problem("legacy", "phase legacy needs the legacy FTP backend named here")
+    if phase in ("legacy", "shadow") and legacy is None:
+        s.problem("legacy", f"phase {phase} needs the legacy FTP backend named here")
     return phase
 
 

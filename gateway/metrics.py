@@ -126,6 +126,12 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        self.shadow_mismatches = Counter(
+            "ftpgw_shadow_mismatches",
+            "Shadow phase: SFTP copies that failed or differ from the legacy server's, by operation",
+            ["route", "op"],
+            registry=r,
+        )
         self.guard_bans = Counter("ftpgw_guard_bans", "Client addresses banned by the guard", registry=r)
         self.config_reloads = Counter(
             "ftpgw_config_reloads", "Configuration reloads by result", ["result"], registry=r

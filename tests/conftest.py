@@ -286,6 +286,7 @@ class LegacyFTP:
 
     port: int
     home: Path
+    twin_home: Path  # the home of gwtest2's account there (the same name and password as on SFTP)
     user: str = "partner-a"
     password: str = "legacy-pw-1"
 
@@ -298,11 +299,13 @@ def legacy_ftp(tmp_path: Path) -> Iterator[LegacyFTP]:
     from pyftpdlib.ioloop import IOLoop
     from pyftpdlib.servers import ThreadedFTPServer
 
-    home = tmp_path / "legacy-home"
+    home, twin_home = tmp_path / "legacy-home", tmp_path / "legacy-gwtest2"
     home.mkdir()
+    twin_home.mkdir()
     authorizer = DummyAuthorizer()
-    legacy = LegacyFTP(0, home)
+    legacy = LegacyFTP(0, home, twin_home)
     authorizer.add_user(legacy.user, legacy.password, str(home), perm="elradfmwMT")
+    authorizer.add_user("gwtest2", PASSWORD, str(twin_home), perm="elradfmwMT")
     handler = type("LegacyHandler", (FTPHandler,), {"authorizer": authorizer, "banner": "legacy ftpd"})
     server = ThreadedFTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())
     server._exit, server._lock = threading.Event(), threading.Lock()

@@ -319,8 +319,8 @@ def test_route_phase_and_notice(known_hosts):
     doc["routes"][0].update(phase="shadow", banner="old name too")
     with pytest.raises(config.ConfigError) as err:
         config.parse(doc)
-    assert sorted(p.split(":")[0] for p in err.value.problems) == ["routes[0].banner", "routes[0].phase"]
-    assert "is not supported by this version yet" in " ".join(err.value.problems)
+    assert sorted(p.split(":")[0] for p in err.value.problems) == ["routes[0].banner", "routes[0].legacy"]
+    assert "phase shadow needs the legacy FTP backend" in " ".join(err.value.problems)
 
 
 def test_legacy_backends_and_routes(known_hosts):

@@ -1,0 +1,221 @@
+"""Phase ``shadow``: the legacy FTP server serves the user, every write is replayed on SFTP.
+
+Reads come from the legacy backend and the client's replies follow it; each write (upload,
+append, delete, rename, mkdir, rmdir, chmod, mtime) is then repeated on the SFTP backend.
+A failure on the SFTP side never fails the client's command: it is reported. After each
+upload both copies are compared (size, and SHA-256 of the SFTP copy against the bytes the
+client sent) and a mismatch is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from gateway import errors
+from gateway.storage import Attrs, Entry, Storage, WriteStream
+
+#: Called with (operation, backend path, what went wrong) when the SFTP copy diverges.
+Report = Callable[[str, str, str], None]
+
+
+class ShadowStorage:
+    """Legacy storage with its writes replayed on an SFTP storage (implements Storage)."""
+
+    def __init__(
+        self, legacy: Storage, legacy_root: str, sftp: Storage, sftp_root: str, report: Report
+    ) -> None:
+        self.legacy, self.sftp, self._report = legacy, sftp, report
+        self._legacy_root, self._sftp_root = legacy_root, sftp_root
+
+    def _mirror(self, path: str) -> str:
+        relative = posixpath.relpath(path, self._legacy_root)
+        return posixpath.normpath(posixpath.join(self._sftp_root, "" if relative == "." else relative))
+
+    def _replay(self, op: str, path: str, action: Callable[[], Any]) -> None:
+        try:
+            action()
+        except errors.GatewayError as err:
+            self._report(op, path, f"SFTP {err.code} {err.text}")
+
+    # --- reads: the legacy server
+
+    @property
+    def alive(self) -> bool:
+        """The client's session lives as long as the legacy connection."""
+        return self.legacy.alive
+
+    def home(self) -> str:
+        """The legacy login directory."""
+        return self.legacy.home()
+
+    def stat(self, path: str) -> Attrs:
+        """From the legacy server."""
+        return self.legacy.stat(path)
+
+    def lstat(self, path: str) -> Attrs:
+        """From the legacy server."""
+        return self.legacy.lstat(path)
+
+    def list_dir(self, path: str) -> Iterator[Entry]:
+        """From the legacy server."""
+        return self.legacy.list_dir(path)
+
+    def open_read(self, path: str) -> Any:
+        """From the legacy server."""
+        return self.legacy.open_read(path)
+
+    # --- writes: legacy first (its result is the client's), then SFTP
+
+    def open_write(self, path: str, mode: str) -> ShadowWriteStream:
+        """Upload to both; the legacy one decides, the SFTP one is compared."""
+        primary = self.legacy.open_write(path, mode)
+        mirror = self._mirror(path)
+        try:
+            secondary: WriteStream | None = self.sftp.open_write(mirror, mode)
+        except errors.GatewayError as err:
+            self._report("upload", mirror, f"SFTP open: {err.code} {err.text}")
+            secondary = None
+        return ShadowWriteStream(self, primary, secondary, mirror, mode)
+
+    def create_unique(self, directory: str, prefix: str) -> WriteStream:
+        """STOU: on the legacy server, replayed under the name it got."""
+        primary = self.legacy.create_unique(directory, prefix)
+        mirror = self._mirror(primary.name)
+        try:
+            secondary: WriteStream | None = self.sftp.open_write(mirror, "w")
+        except errors.GatewayError as err:
+            self._report("upload", mirror, f"SFTP open: {err.code} {err.text}")
+            secondary = None
+        return ShadowWriteStream(self, primary, secondary, mirror, "w")
+
+    def mkdir(self, path: str) -> None:
+        """MKD on both."""
+        self.legacy.mkdir(path)
+        self._replay("mkdir", self._mirror(path), lambda: self.sftp.mkdir(self._mirror(path)))
+
+    def rmdir(self, path: str) -> None:
+        """RMD on both."""
+        self.legacy.rmdir(path)
+        self._replay("rmdir", self._mirror(path), lambda: self.sftp.rmdir(self._mirror(path)))
+
+    def remove(self, path: str) -> None:
+        """DELE on both."""
+        self.legacy.remove(path)
+        self._replay("delete", self._mirror(path), lambda: self.sftp.remove(self._mirror(path)))
+
+    def rename(self, src: str, dst: str) -> None:
+        """RNFR/RNTO on both."""
+        self.legacy.rename(src, dst)
+        mirror = self._mirror(dst)
+        self._replay("rename", mirror, lambda: self.sftp.rename(self._mirror(src), mirror))
+
+    def chmod(self, path: str, mode: int) -> None:
+        """SITE CHMOD on both."""
+        self.legacy.chmod(path, mode)
+        self._replay("chmod", self._mirror(path), lambda: self.sftp.chmod(self._mirror(path), mode))
+
+    def set_mtime(self, path: str, mtime: int) -> None:
+        """MFMT on both."""
+        self.legacy.set_mtime(path, mtime)
+        self._replay("mtime", self._mirror(path), lambda: self.sftp.set_mtime(self._mirror(path), mtime))
+
+    def close(self) -> None:
+        """End both sessions."""
+        self.legacy.close()
+        self.sftp.close()
+
+
+class ShadowWriteStream:
+    """An upload written to the legacy server and, as a copy, to SFTP."""
+
+    def __init__(
+        self,
+        owner: ShadowStorage,
+        primary: WriteStream,
+        secondary: WriteStream | None,
+        mirror: str,
+        mode: str,
+    ) -> None:
+        self.owner, self.primary, self.secondary, self.mirror = owner, primary, secondary, mirror
+        self.name, self.closed, self._mode = primary.name, False, mode
+        self._digest, self._sent, self._offset = hashlib.sha256(), 0, 0
+
+    def seek(self, offset: int) -> None:
+        """REST on both."""
+        self._offset = offset
+        self.primary.seek(offset)
+        if self.secondary is not None:
+            self.secondary.seek(offset)
+
+    def write(self, data: bytes) -> int:
+        """Legacy first (its errors are the client's), then the copy."""
+        written = self.primary.write(data)
+        self._digest.update(data)
+        self._sent += len(data)
+        if self.secondary is not None:
+            try:
+                self.secondary.write(data)
+            except errors.GatewayError as err:
+                self.owner._report("upload", self.mirror, f"SFTP write: {err.code} {err.text}")
+                self.secondary.abort()
+                self.secondary = None
+        return written
+
+    def close(self) -> None:
+        """Finish both; the client's 226 depends on the legacy server only."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.primary.close()
+        except errors.GatewayError:
+            if self.secondary is not None:
+                self.secondary.abort()
+            raise
+        if self.secondary is None:
+            return
+        try:
+            self.secondary.close()
+        except errors.GatewayError as err:
+            self.owner._report("upload", self.mirror, f"SFTP close: {err.code} {err.text}")
+            return
+        self._compare()
+
+    def _compare(self) -> None:
+        """Size of both stored copies; for a whole-file upload, SHA-256 of the SFTP copy too."""
+        try:
+            legacy_size = self.owner.legacy.stat(self.name).size
+            sftp_size = self.owner.sftp.stat(self.mirror).size
+        except errors.GatewayError as err:
+            self.owner._report("compare", self.mirror, f"stat failed: {err.code} {err.text}")
+            return
+        if legacy_size != sftp_size:
+            self.owner._report("compare", self.mirror, f"size legacy {legacy_size} != sftp {sftp_size}")
+            return
+        if self._mode != "w" or self._offset:
+            return  # appended or resumed: the bytes sent are not the whole file
+        copy = hashlib.sha256()
+        stream = self.owner.sftp.open_read(self.mirror)
+        try:
+            while chunk := stream.read(256 * 1024):
+                copy.update(chunk)
+        except errors.GatewayError as err:
+            self.owner._report("compare", self.mirror, f"read-back failed: {err.code} {err.text}")
+            return
+        finally:
+            stream.close()
+        if copy.hexdigest() != self._digest.hexdigest():
+            self.owner._report(
+                "compare", self.mirror, "SHA-256 of the SFTP copy differs from what was uploaded"
+            )
+
+    def abort(self) -> None:
+        """Give up on both."""
+        if not self.closed:
+            self.closed = True
+            self.primary.abort()
+            if self.secondary is not None:
+                self.secondary.abort()
