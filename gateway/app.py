@@ -77,6 +77,29 @@ _LOGIN_RESULTS: dict[type[errors.GatewayError], str] = {
 }
 
 
+def open_pair(
+    cfg: GatewayConfig, route: RouteConfig, user: str, password: str
+) -> tuple[Login, Login, Callable[[], None]]:
+    """(legacy login, SFTP login, close) for ``user`` on ``route``, for `ftp-sftp-gateway sync`."""
+    gateway = Gateway.__new__(Gateway)  # the backends and credentials only: no listeners
+    gateway.cfg, gateway.metrics = cfg, Metrics()
+    gateway.loop, gateway.budget = BackgroundLoop().start(), Budget(cfg.limits.transfer_buffer_mib * 2**20)
+    gateway.backends = {name: gateway._make_backend(b) for name, b in cfg.backends.items()}
+    legacy_route = dataclasses.replace(route, phase="legacy")
+    sftp_route = dataclasses.replace(route, phase="sftp")
+
+    def close() -> None:
+        for backend in gateway.backends.values():
+            backend.close()
+        gateway.loop.stop()
+
+    try:
+        return gateway._login(legacy_route, user, password), gateway._login(sftp_route, user, password), close
+    except BaseException:
+        close()
+        raise
+
+
 #: Either kind of backend: both log users in, probe, count their pooled connections, close.
 Backend = SFTPBackend | FTPBackend
 

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway import __version__, config, logs
+from gateway import __version__, config, errors, logs
 
 log = logging.getLogger("gateway")
 
@@ -180,6 +180,58 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Copy a user's tree from the route's legacy FTP server to its SFTP backend."""
+    from gateway.app import open_pair
+    from gateway.routing import match_route
+    from gateway.sync import sync
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    logs.setup("warning")
+    by_name = {route.name: route for route in cfg.routes}
+    route = by_name.get(args.route) if args.route else match_route(cfg.routes, args.user)
+    if route is None or route.legacy is None:
+        print(f"sync: no route with a legacy FTP backend for user {args.user!r}", file=sys.stderr)
+        return 2
+    password = os.environ.get(args.password_env, "") if args.password_env else _read_password()
+    try:
+        legacy, sftp, close = open_pair(cfg, route, args.user, password)
+    except errors.GatewayError as err:
+        print(f"sync: cannot log in as {args.user!r}: {err.reply()}", file=sys.stderr)
+        return 1
+    tty = sys.stderr.isatty()
+
+    def progress(number: int, total: int, relative: str, action: str) -> None:
+        line = f"[{number}/{total}] {action}: {relative}"
+        print(f"\r\x1b[K{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    try:
+        summary = sync(legacy.storage, legacy.root, sftp.storage, sftp.root, args.dry_run, progress)
+    finally:
+        legacy.storage.close()
+        sftp.storage.close()
+        close()
+    if tty:
+        print(file=sys.stderr)
+    verb = "would copy" if args.dry_run else "copied"
+    mismatches, failures = len(summary.mismatches), len(summary.errors)
+    print(
+        f"{summary.files} files: {summary.copied} {verb} ({summary.bytes_copied} bytes), "
+        f"{summary.skipped} already matching, {mismatches} mismatches, {failures} errors"
+    )
+    for problem in summary.errors + [f"{m}: SHA-256 differs after the copy" for m in summary.mismatches]:
+        print(f"  {problem}")
+    return 0 if not (summary.errors or summary.mismatches) else 1
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("Password of the user (on both servers): ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = argparse.ArgumentParser(prog="ftp-sftp-gateway", description=__doc__)
@@ -198,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
     hasher = sub.add_parser("hash-password", help="print a password hash for `users` (reads the password)")
     hasher.set_defaults(func=cmd_hash_password)
+    syncer = sub.add_parser("sync", help="copy a user's files from the legacy FTP server to SFTP")
+    syncer.add_argument("--config", "-c", required=True, help="YAML config file")
+    syncer.add_argument("--user", required=True, help="the FTP user whose tree to copy")
+    syncer.add_argument("--route", help="the route (default: the one the user matches)")
+    syncer.add_argument("--dry-run", action="store_true", help="only show what would be copied")
+    syncer.add_argument("--password-env", help="environment variable with the password (else asked for)")
+    syncer.set_defaults(func=cmd_sync)
     demo = sub.add_parser("demo", help="run with an embedded demo SFTP server")
     demo.add_argument("--port", type=int, default=2121, help="FTP port (default 2121)")
     demo.add_argument("--data", default="demo-data", help="folder to serve (default ./demo-data)")
