@@ -73,23 +73,38 @@ class ShadowStorage:
         """Upload to both; the legacy one decides, the SFTP one is compared."""
         primary = self.legacy.open_write(path, mode)
         mirror = self._mirror(path)
-        try:
-            secondary: WriteStream | None = self.sftp.open_write(mirror, mode)
-        except errors.GatewayError as err:
-            self._report("upload", mirror, f"SFTP open: {err.code} {err.text}")
-            secondary = None
-        return ShadowWriteStream(self, primary, secondary, mirror, mode)
+        return ShadowWriteStream(self, primary, self._open_copy(mirror, mode), mirror, mode)
 
     def create_unique(self, directory: str, prefix: str) -> WriteStream:
         """STOU: on the legacy server, replayed under the name it got."""
         primary = self.legacy.create_unique(directory, prefix)
         mirror = self._mirror(primary.name)
+        return ShadowWriteStream(self, primary, self._open_copy(mirror, "w"), mirror, "w")
+
+    def _open_copy(self, mirror: str, mode: str) -> WriteStream | None:
+        """The SFTP side of an upload; missing parent directories are created (they may
+        predate the shadow phase: `sync` copies their other files)."""
         try:
-            secondary: WriteStream | None = self.sftp.open_write(mirror, "w")
+            try:
+                return self.sftp.open_write(mirror, mode)
+            except errors.NotFound:
+                self._make_parents(posixpath.dirname(mirror))
+                return self.sftp.open_write(mirror, mode)
         except errors.GatewayError as err:
             self._report("upload", mirror, f"SFTP open: {err.code} {err.text}")
-            secondary = None
-        return ShadowWriteStream(self, primary, secondary, mirror, "w")
+            return None
+
+    def _make_parents(self, directory: str) -> None:
+        missing = []
+        while directory not in (self._sftp_root, "/") and directory.startswith(self._sftp_root):
+            try:
+                self.sftp.stat(directory)
+                break
+            except errors.NotFound:
+                missing.append(directory)
+                directory = posixpath.dirname(directory)
+        for path in reversed(missing):
+            self.sftp.mkdir(path)
 
     def mkdir(self, path: str) -> None:
         """MKD on both."""

@@ -65,3 +65,11 @@ def test_a_copy_that_differs_is_reported(shadowed, legacy_ftp, user2):
     ftp.storbinary("APPE log.txt", io.BytesIO(b"new line\n"))
     assert (legacy_ftp.twin_home / "log.txt").read_bytes() == b"new line\n"
     assert mismatches(gw, "compare") == 1
+
+
+def test_directories_that_predate_the_shadow_phase_are_created_on_sftp(shadowed, legacy_ftp, user2):
+    gw, ftp = shadowed
+    (legacy_ftp.twin_home / "old" / "deep").mkdir(parents=True)  # from before shadowing
+    ftp.storbinary("STOR old/deep/new.txt", io.BytesIO(b"new\n"))
+    assert (user2.home / "old" / "deep" / "new.txt").read_bytes() == b"new\n"
+    assert mismatches(gw, "upload") == 0

@@ -66,7 +66,8 @@ def parse_mlsx(facts: dict[str, str]) -> Attrs:
     if modify := facts.get("modify"):
         with contextlib.suppress(ValueError):
             mtime = calendar.timegm(time.strptime(modify[:14], "%Y%m%d%H%M%S"))
-    mode = int(facts["unix.mode"], 8) & 0o7777 if facts.get("unix.mode", "").isdigit() else 0o644
+    default = 0o755 if kind is Kind.DIR else 0o644  # servers that do not send unix.mode
+    mode = int(facts["unix.mode"], 8) & 0o7777 if facts.get("unix.mode", "").isdigit() else default
     size = int(facts["size"]) if facts.get("size", "").isdigit() else 0
     return Attrs(kind, size, mtime, mode, owner=facts.get("unix.owner"), group=facts.get("unix.group"))
 
