@@ -342,3 +342,10 @@ def test_legacy_backends_and_routes(known_hosts):
     with pytest.raises(config.ConfigError) as err:
         config.parse(doc)
     assert err.value.problems == ["routes[0].legacy: phase legacy needs the legacy FTP backend named here"]
+
+
+def test_the_migration_walkthrough_config_is_valid(known_hosts):
+    doc = yaml.safe_load((EXAMPLE.parent / "migration.example.yaml").read_text())
+    doc["backends"]["main"]["known_hosts"] = known_hosts
+    cfg = config.parse(doc)
+    assert (cfg.routes[0].phase, cfg.routes[0].legacy, cfg.backends["old-ftp"].type) == ("legacy", "old-ftp", "ftp")
