@@ -348,4 +348,5 @@ def test_the_migration_walkthrough_config_is_valid(known_hosts):
     doc = yaml.safe_load((EXAMPLE.parent / "migration.example.yaml").read_text())
     doc["backends"]["main"]["known_hosts"] = known_hosts
     cfg = config.parse(doc)
-    assert (cfg.routes[0].phase, cfg.routes[0].legacy, cfg.backends["old-ftp"].type) == ("legacy", "old-ftp", "ftp")
+    route = cfg.routes[0]
+    assert (route.phase, route.legacy, cfg.backends["old-ftp"].type) == ("legacy", "old-ftp", "ftp")
