@@ -216,7 +216,8 @@ class Gateway:
                 logs.audit.warning("ban: client_ip=%s seconds=%d reason=failed_logins", client_ip, banned_for)
 
     def _attempt(self, user: str, password: str, client_ip: str, tls: bool, label: str) -> Login:
-        route = match_route(self.cfg.routes, user)
+        local = self.cfg.users.get(user)
+        route = match_route(self.cfg.routes, user, client_ip, local.groups if local else frozenset())
         if route is None:
             self._refused(client_ip, user, "no_route", "-", label)
             raise errors.LoginRefused()
@@ -350,7 +351,7 @@ class Gateway:
             if err.fatal:
                 raise
             raise _RootUnusable() from err
-        return Login(storage, root, route.name, backend_name, route.banner)
+        return Login(storage, root, route.name, backend_name, route.banner, route.read_only, route.commands)
 
     def serve_forever(self) -> None:
         """Serve until ``stop`` is called, or a ``drain`` has finished (thread-safe)."""

@@ -121,6 +121,10 @@ class RouteConfig:
     banner: str | None = None  # the 230 text: `notice` (or its older name `banner`)
     phase: str = "sftp"  # legacy | shadow | sftp | retired (see PHASES)
     legacy: str | None = None  # the legacy FTP backend (phases legacy and shadow)
+    group: str | None = None  # match only gateway-local users in this group
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # match client addresses
+    read_only: bool = False
+    commands: frozenset[str] | None = None  # allowed FTP verbs (None: all)
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ class LocalUser:
     backend_user: str
     backend_password: str | None = field(default=None, repr=False)
     backend_key_file: str | None = None
+    groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -498,6 +503,31 @@ def _pool(data: Any, path: str, problems: list[str]) -> PoolConfig:
     return cfg
 
 
+def _networks(s: _Section) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    value = s.raw("network", [])
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        s.problem("network", f"must be a CIDR (10.0.0.0/8) or a list of them, got {value!r}")
+        return ()
+    out = []
+    for text in values:
+        try:
+            out.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            s.problem("network", f"{text!r} is not a network like 192.0.2.0/24 or 2001:db8::/32")
+    return tuple(out)
+
+
+def _commands(s: _Section) -> frozenset[str] | None:
+    value = s.raw("commands", None)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.isalpha() for v in value):
+        s.problem("commands", f"must be a list of FTP verbs like [RETR, LIST, NLST], got {value!r}")
+        return None
+    return frozenset(v.upper() for v in value)
+
+
 def _notice(s: _Section) -> str | None:
     notice, banner = s.optional_str("notice", _printable), s.optional_str("banner", _printable)
     if notice is not None and banner is not None:
@@ -528,7 +558,13 @@ def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) 
         raw_match = s.raw("match")
         match = _Section(None if raw_match is _MISSING else raw_match, f"routes[{index}].match", problems)
         user = match.typed("user", str, "*", lambda v: None if v else "must not be empty")
+        group = match.optional_str("group")
+        networks = _networks(match)
         match.finish()
+        permissions = _Section(s.raw("permissions", None), f"routes[{index}].permissions", problems)
+        read_only = permissions.typed("read_only", bool, False)
+        commands = _commands(permissions)
+        permissions.finish()
         backend = s.typed("backend", str, "", required=True)
         if backend and backends and backend not in backends:
             s.problem("backend", f"unknown backend {backend!r} (defined: {', '.join(sorted(backends))})")
@@ -546,6 +582,10 @@ def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) 
                 banner=_notice(s),
                 phase=_phase(s, backends),
                 legacy=s.optional_str("legacy"),
+                group=group,
+                networks=networks,
+                read_only=read_only,
+                commands=commands,
             )
         )
         s.finish()
@@ -683,15 +723,18 @@ def _users(data: Any, problems: list[str], base_dir: Path) -> dict[str, LocalUse
         password_hash = s.typed("password_hash", str, "", passwords.hash_problem, required=True)
         backend_user = s.typed("backend_user", str, name, lambda v: None if _NAME_RE.match(v) else "bad name")
         key_file = s.optional_str("backend_key_file", _readable_file(base_dir))
+        groups = s.raw("groups", [])
+        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+            s.problem("groups", f"must be a list of group names, got {groups!r}")
+            groups = []
         has_password = "backend_password_file" in s.data or "backend_password_env" in s.data
         if key_file is not None and has_password:
             s.problem("backend_key_file", "set either a key or a password for the backend, not both")
         password = _secret(s, "backend_password", base_dir) if has_password or key_file is None else None
         s.finish()
         if password_hash and (password or key_file):
-            out[name] = LocalUser(
-                name, password_hash, backend_user, password, str(base_dir / key_file) if key_file else None
-            )
+            key = str(base_dir / key_file) if key_file else None
+            out[name] = LocalUser(name, password_hash, backend_user, password, key, frozenset(groups))
     return out
 
 

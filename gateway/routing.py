@@ -1,14 +1,15 @@
 """Routing: which configured route serves a login, and the backend root it gets.
 
 Pure core. First matching route wins; user patterns are shell-style globs matched
-case-sensitively. The user name is substituted into the root template, so it is checked
-first: a name that could climb out of its template ("..", "/", control characters) never
-matches any route.
+case-sensitively, optionally with a group (of a gateway-local user) and client networks.
+The user name is substituted into the root template, so it is checked first: a name that
+could climb out of its template ("..", "/", control characters) never matches any route.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import posixpath
 
 from gateway.config import RouteConfig
@@ -25,13 +26,27 @@ def is_safe_user(user: str) -> bool:
     )
 
 
-def match_route(routes: tuple[RouteConfig, ...], user: str) -> RouteConfig | None:
-    """The first route whose pattern matches ``user``, or None."""
+def match_route(
+    routes: tuple[RouteConfig, ...],
+    user: str,
+    client_ip: str | None = None,
+    groups: frozenset[str] = frozenset(),
+) -> RouteConfig | None:
+    """The first route whose user pattern, group and client networks all match, or None.
+
+    Without ``client_ip`` (an operator's command, no client) network conditions are ignored.
+    """
     if not is_safe_user(user):
         return None
+    address = ipaddress.ip_address(client_ip) if client_ip else None
     for route in routes:
-        if fnmatch.fnmatchcase(user, route.user):
-            return route
+        if not fnmatch.fnmatchcase(user, route.user):
+            continue
+        if route.group is not None and route.group not in groups:
+            continue
+        if route.networks and address is not None and not any(address in net for net in route.networks):
+            continue
+        return route
     return None
 
 

@@ -162,6 +162,8 @@ class Login:
     route_name: str
     backend_name: str = ""
     banner: str | None = None
+    read_only: bool = False  # the route's permissions: no command that changes anything
+    commands: frozenset[str] | None = None  # the FTP verbs the route allows (None: all)
 
 
 #: How the FTP side logs a user in: (user, password, client_ip, tls) -> Login.

@@ -16,6 +16,7 @@ from gateway.storage import Authenticate, Login, Storage
 
 #: pyftpdlib permission letters: read (e l r) and write (a d f m w M T).
 FULL_PERMS = "elradfmwMT"
+READ_PERMS = "elr"
 
 
 class SessionAuthorizer:
@@ -68,11 +69,12 @@ class SessionAuthorizer:
         return True
 
     def has_perm(self, username: str, perm: str, path: str | None = None) -> bool:
-        """Every logged-in user may do what the backend account may do."""
-        return perm in FULL_PERMS
+        """What the backend account may do, within the route's permissions."""
+        return perm in self.get_perms(username)
 
     def get_perms(self, username: str) -> str:
-        return FULL_PERMS
+        """pyftpdlib permission letters: read-only routes get the read ones only."""
+        return READ_PERMS if self.login is not None and self.login.read_only else FULL_PERMS
 
     def impersonate_user(self, username: str, password: str) -> None:
         """Nothing to do: the backend account is the identity."""

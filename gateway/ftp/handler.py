@@ -48,6 +48,35 @@ _CANCELS_QUEUED_TRANSFER = frozenset(
 
 #: pyftpdlib's limit on a command line (longer ones get "500 Command too long.").
 _LINE_LIMIT = 2048
+#: Verbs a route's `permissions.commands` list cannot take away (session plumbing).
+_ALWAYS_ALLOWED = frozenset(
+    {
+        "USER",
+        "PASS",
+        "QUIT",
+        "NOOP",
+        "FEAT",
+        "SYST",
+        "TYPE",
+        "PASV",
+        "EPSV",
+        "PORT",
+        "EPRT",
+        "PWD",
+        "XPWD",
+        "OPTS",
+        "REIN",
+        "ABOR",
+        "STAT",
+        "HELP",
+        "AUTH",
+        "PBSZ",
+        "PROT",
+        "MODE",
+        "STRU",
+    }
+)
+
 #: Overlong command lines tolerated per session before 421 (a line of 6 KiB already is three).
 MAX_LONG_LINES = 3
 
@@ -348,6 +377,15 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             paths.check_argument(line)
             if self.authenticated and not self.storage.alive:
                 self.backend_gone()
+                return
+            login = self.authorizer.login
+            if (
+                login is not None
+                and login.commands is not None
+                and cmd not in login.commands | _ALWAYS_ALLOWED
+            ):
+                self.respond(f"550 {cmd} is not allowed for this account.")
+                self.log_cmd(cmd, arg, 550, "not allowed on this route")
                 return
             if cmd in _CANCELS_QUEUED_TRANSFER:
                 self._drop_queued_transfer()

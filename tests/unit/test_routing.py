@@ -31,3 +31,19 @@ def test_render_root():
     assert render_root("~/ftp/", "acme", "/home/acme") == "/home/acme/ftp"
     assert render_root("/", "acme", "/x") == "/"
     assert render_root("//data//{user}", "acme", "/x") == "/data/acme"
+
+
+def test_group_and_network_conditions():
+    import ipaddress
+
+    from gateway.config import RouteConfig
+
+    routes = (
+        RouteConfig("office", "*", "b", networks=(ipaddress.ip_network("10.0.0.0/8"),)),
+        RouteConfig("partners", "*", "b", group="partners"),
+        RouteConfig("rest", "*", "b"),
+    )
+    assert match_route(routes, "ann", "10.1.2.3").name == "office"
+    assert match_route(routes, "ann", "192.0.2.1", frozenset({"partners"})).name == "partners"
+    assert match_route(routes, "ann", "192.0.2.1").name == "rest"
+    assert match_route(routes, "ann").name == "office"  # no client (sync): networks ignored
