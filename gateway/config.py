@@ -894,6 +894,10 @@ def redacted(value: Any) -> Any:
         return {str(k): redacted(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redacted(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted(redacted(v) for v in value)
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value)
     return value
 
 

@@ -64,7 +64,7 @@ def test_every_problem_is_reported_at_once_with_its_key(known_hosts, tmp_path):
     doc["routes"][0]["backend"] = "nope"
     doc["routes"][0]["root"] = "relative/{user}"
     doc["routes"][0]["auth"] = "magic"
-    doc["routes"][0]["match"]["group"] = "x"
+    doc["routes"][0]["match"]["hostname"] = "x"
     doc["log"]["level"] = "loud"
     doc["extra"] = 1
     problems = problems_of(doc)
@@ -77,7 +77,7 @@ def test_every_problem_is_reported_at_once_with_its_key(known_hosts, tmp_path):
         "listen.masquerade_address",
         "listen.colour",
         "limits.idle_timeout",
-        "routes[0].match.group",
+        "routes[0].match.hostname",
         "routes[0].backend",
         "routes[0].auth",
         "routes[0].root",
