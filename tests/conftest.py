@@ -291,11 +291,15 @@ class LegacyFTP:
     password: str = "legacy-pw-1"
 
 
-@pytest.fixture
-def legacy_ftp(tmp_path: Path) -> Iterator[LegacyFTP]:
-    """An organisation's old FTP server: user partner-a, home a local folder."""
+@pytest.fixture(params=["plain"])
+def legacy_ftp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LegacyFTP]:
+    """An organisation's old FTP server: user partner-a, home a local folder.
+
+    Parametrize indirectly with "ftps" for one that requires explicit FTPS (the test
+    certificate of ``tls_files``).
+    """
     from pyftpdlib.authorizers import DummyAuthorizer
-    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
     from pyftpdlib.ioloop import IOLoop
     from pyftpdlib.servers import ThreadedFTPServer
 
@@ -306,7 +310,16 @@ def legacy_ftp(tmp_path: Path) -> Iterator[LegacyFTP]:
     legacy = LegacyFTP(0, home, twin_home)
     authorizer.add_user(legacy.user, legacy.password, str(home), perm="elradfmwMT")
     authorizer.add_user("gwtest2", PASSWORD, str(twin_home), perm="elradfmwMT")
-    handler = type("LegacyHandler", (FTPHandler,), {"authorizer": authorizer, "banner": "legacy ftpd"})
+    attrs: dict[str, Any] = {"authorizer": authorizer, "banner": "legacy ftpd"}
+    base: type = FTPHandler
+    if request.param == "ftps":
+        files = request.getfixturevalue("tls_files")
+        base = TLS_FTPHandler
+        attrs.update(
+            certfile=str(files.cert), keyfile=str(files.key), tls_control_required=True, ssl_context=None
+        )
+        attrs.update(tls_data_required=True)
+    handler = type("LegacyHandler", (base,), attrs)
     server = ThreadedFTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())
     server._exit, server._lock = threading.Event(), threading.Lock()
     legacy.port = server.socket.getsockname()[1]

@@ -79,3 +79,24 @@ def test_the_sftp_users_are_not_affected(gateway_factory, sshd, legacy_ftp, user
     assert (user.home / "s.txt").read_bytes() == b"sftp"
     assert not (legacy_ftp.home / "s.txt").exists()
     ftp.quit()
+
+
+@pytest.mark.parametrize("legacy_ftp", ["ftps"], indirect=True)
+def test_a_legacy_server_that_requires_explicit_ftps(gateway_factory, sshd, legacy_ftp, tls_files):
+    doc = legacy_config(sshd, legacy_ftp, tls="explicit", ca_file=str(tls_files.cert))
+    gw = gateway_factory(doc)
+    ftp = gw.connect()
+    ftp.login(legacy_ftp.user, legacy_ftp.password)
+    ftp.storbinary("STOR over-tls.txt", io.BytesIO(b"protected both ways\n"))
+    assert (legacy_ftp.home / "over-tls.txt").read_bytes() == b"protected both ways\n"
+    assert ftp.nlst() == ["over-tls.txt"]
+    ftp.quit()
+
+
+@pytest.mark.parametrize("legacy_ftp", ["ftps"], indirect=True)
+def test_an_untrusted_legacy_certificate_is_refused(gateway_factory, sshd, legacy_ftp):
+    gw = gateway_factory(legacy_config(sshd, legacy_ftp, tls="explicit"))  # no ca_file: not trusted
+    ftp = gw.connect()
+    ftp.sendcmd(f"USER {legacy_ftp.user}")
+    with pytest.raises(ftplib.error_temp, match=r"^421"):
+        ftp.sendcmd(f"PASS {legacy_ftp.password}")

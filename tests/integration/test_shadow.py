@@ -73,3 +73,19 @@ def test_directories_that_predate_the_shadow_phase_are_created_on_sftp(shadowed,
     ftp.storbinary("STOR old/deep/new.txt", io.BytesIO(b"new\n"))
     assert (user2.home / "old" / "deep" / "new.txt").read_bytes() == b"new\n"
     assert mismatches(gw, "upload") == 0
+
+
+def test_curl_uploads_in_shadow_phase_land_on_both(shadowed, legacy_ftp, user2, tmp_path):
+    import subprocess
+
+    gw, _ = shadowed
+    upload = tmp_path / "from-curl.bin"
+    upload.write_bytes(os.urandom(200_000))
+    subprocess.run(
+        ["curl", "-sS", "-u", f"{user2.name}:{user2.password}", "-T", str(upload), f"{gw.url}/"],
+        check=True,
+        timeout=30,
+    )
+    assert (legacy_ftp.twin_home / "from-curl.bin").read_bytes() == upload.read_bytes()
+    assert (user2.home / "from-curl.bin").read_bytes() == upload.read_bytes()
+    assert mismatches(gw, "compare") == mismatches(gw, "upload") == 0
