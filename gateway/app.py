@@ -230,6 +230,9 @@ class Gateway:
             decision = self._ask_external(user, password, client_ip, tls, route.name, label)
             if decision.route and decision.route != route.name:
                 route = self._route_named(decision.route, user, client_ip, label)
+                if route.phase == "retired":
+                    self._refused(client_ip, user, "retired", route.name, label)
+                    raise _Retired(route.banner or "FTP is no longer available for this account; use SFTP.")
         try:
             login = self._login(route, user, password, decision)
         except errors.GatewayError as err:
@@ -402,6 +405,10 @@ class Gateway:
         except config.ConfigError as err:
             self.metrics.config_reloads.labels("failed").inc()
             log.error("reload refused, the running config stays: %s", "; ".join(err.problems))
+            return False
+        except Exception:  # a bug in the checks must not take the running gateway down
+            self.metrics.config_reloads.labels("failed").inc()
+            log.exception("reload failed, the running config stays")
             return False
         fixed = ("listen", "limits", "tls", "metrics", "log", "workers")
         if stale := [name for name in fixed if getattr(new, name) != getattr(self.cfg, name)]:

@@ -191,7 +191,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return 2
     logs.setup("warning")
     by_name = {route.name: route for route in cfg.routes}
-    route = by_name.get(args.route) if args.route else match_route(cfg.routes, args.user)
+    local = cfg.users.get(args.user)
+    groups = local.groups if local else frozenset()
+    route = by_name.get(args.route) if args.route else match_route(cfg.routes, args.user, groups=groups)
     if route is None or route.legacy is None:
         print(f"sync: no route with a legacy FTP backend for user {args.user!r}", file=sys.stderr)
         return 2

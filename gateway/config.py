@@ -438,12 +438,15 @@ def _limits(data: Any, problems: list[str]) -> LimitsConfig:
 def _ftp_backend(name: str, s: _Section, base_dir: Path) -> BackendConfig:
     """A legacy FTP server (``type: ftp``): host, port, optional FTPS."""
     ca_file = s.optional_str("ca_file", _readable_file(base_dir))
+    tls = s.optional_str("tls", _one_of(("explicit", "implicit")))
+    if ca_file is not None and tls is None:
+        s.problem("ca_file", "only used with FTPS: set tls: explicit or implicit")
     return BackendConfig(
         name=name,
         host=s.typed("host", str, "", lambda v: None if v.strip() else "must not be empty", required=True),
-        port=s.typed("port", int, 21, _port),
+        port=s.typed("port", int, 990 if tls == "implicit" else 21, _port),
         type="ftp",
-        tls=s.optional_str("tls", _one_of(("explicit", "implicit"))),
+        tls=tls,
         ca_file=str(base_dir / ca_file) if ca_file else None,
         connect_timeout=s.typed("connect_timeout", float, 10.0, _duration),
         operation_timeout=s.typed("operation_timeout", float, 30.0, _duration),
@@ -538,7 +541,9 @@ def _notice(s: _Section) -> str | None:
 def _phase(s: _Section, backends: dict[str, BackendConfig]) -> str:
     phase = s.typed("phase", str, "sftp", _one_of(PHASES))
     legacy = s.data.get("legacy")
-    if legacy is not None and (legacy not in backends or backends[legacy].type != "ftp"):
+    if legacy is not None and (
+        not isinstance(legacy, str) or legacy not in backends or backends[legacy].type != "ftp"
+    ):
         ftp_names = sorted(n for n, b in backends.items() if b.type == "ftp")
         s.problem(
             "legacy", f"{legacy!r} is not an FTP backend (type: ftp ones: {', '.join(ftp_names) or 'none'})"
@@ -907,6 +912,8 @@ def load(path: str | os.PathLike[str]) -> GatewayConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError([f"{path}: cannot read config file: {err.strerror}"]) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {err.start}): save it as UTF-8"]) from err
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

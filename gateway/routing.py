@@ -39,6 +39,8 @@ def match_route(
     if not is_safe_user(user):
         return None
     address = ipaddress.ip_address(client_ip) if client_ip else None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # an IPv4 client on a dual-stack listener
     for route in routes:
         if not fnmatch.fnmatchcase(user, route.user):
             continue

@@ -213,15 +213,16 @@ class ShadowWriteStream:
         if self._mode != "w" or self._offset:
             return  # appended or resumed: the bytes sent are not the whole file
         copy = hashlib.sha256()
-        stream = self.owner.sftp.open_read(self.mirror)
         try:
-            while chunk := stream.read(256 * 1024):
-                copy.update(chunk)
-        except errors.GatewayError as err:
+            stream = self.owner.sftp.open_read(self.mirror)
+            try:
+                while chunk := stream.read(256 * 1024):
+                    copy.update(chunk)
+            finally:
+                stream.close()
+        except errors.GatewayError as err:  # the client's upload succeeded: report only
             self.owner._report("compare", self.mirror, f"read-back failed: {err.code} {err.text}")
             return
-        finally:
-            stream.close()
         if copy.hexdigest() != self._digest.hexdigest():
             self.owner._report(
                 "compare", self.mirror, "SHA-256 of the SFTP copy differs from what was uploaded"

@@ -157,7 +157,8 @@ def _copy(
     finally:
         reader.close()
     writer.close()
-    if sha256_of(target, partial) != digest.hexdigest():
+    expected = source.stat(src).size
+    if offset + copied != expected or sha256_of(target, partial) != digest.hexdigest():
         target.remove(partial)  # the next run copies it afresh
         progress("MISMATCH after copy")
         return copied, False

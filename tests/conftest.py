@@ -289,6 +289,7 @@ class LegacyFTP:
     twin_home: Path  # the home of gwtest2's account there (the same name and password as on SFTP)
     user: str = "partner-a"
     password: str = "legacy-pw-1"
+    stop: Callable[[], None] = lambda: None  # kills the server and every session (a crash)
 
 
 @pytest.fixture(params=["plain"])
@@ -331,10 +332,15 @@ def legacy_ftp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Legac
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
+
+    def crash() -> None:
+        stop.set()
+        thread.join(5)
+        server.close_all()
+
+    legacy.stop = crash
     yield legacy
-    stop.set()
-    thread.join(5)
-    server.close_all()
+    crash()
 
 
 def legacy_config(

@@ -458,6 +458,13 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         # The password already went to the backend; the session has no further use for it.
         super().handle_auth_success(home, "", msg_login)
 
+    def ftp_STOU(self, line: str) -> Any:
+        # pyftpdlib creates the file before it checks the "w" permission: check first.
+        if not self.authorizer.has_perm(self.username, "w"):
+            self.respond("550 Not enough privileges.")
+            return None
+        return super().ftp_STOU(line)
+
     def handle_auth_failed(self, msg: str, password: str) -> None:
         # pyftpdlib capitalize()s the text, which lowercases the rest of it: a route's
         # notice ("FTP ends ...: use sftp://Files.Example.com") must reach the client as written.

@@ -100,3 +100,19 @@ def test_an_untrusted_legacy_certificate_is_refused(gateway_factory, sshd, legac
     ftp.sendcmd(f"USER {legacy_ftp.user}")
     with pytest.raises(ftplib.error_temp, match=r"^421"):
         ftp.sendcmd(f"PASS {legacy_ftp.password}")
+
+
+def test_a_download_the_legacy_server_cuts_off_is_not_reported_complete(gateway_factory, sshd, legacy_ftp):
+    (legacy_ftp.home / "big.bin").write_bytes(os.urandom(64 * 2**20))
+    gw = gateway_factory(legacy_config(sshd, legacy_ftp))
+    ftp = gw.connect()
+    ftp.login(legacy_ftp.user, legacy_ftp.password)
+    ftp.voidcmd("TYPE I")
+    data = ftp.transfercmd("RETR big.bin")
+    data.recv(65536)
+    legacy_ftp.stop()  # the old server dies half-way
+    while data.recv(65536):
+        pass
+    data.close()
+    reply = ftp.getline()
+    assert reply[:3] in ("426", "451"), reply  # never 226 for a truncated file

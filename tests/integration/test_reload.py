@@ -47,9 +47,18 @@ def test_retiring_a_user_needs_no_restart_and_drops_no_session(process, sshd, us
     assert gw.stop() == 0
 
 
-def test_a_broken_config_is_refused_and_the_running_one_stays(process, sshd, user, tmp_path):
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "routes: [this is: not: valid\n",  # not YAML
+        b"listen: {port: 21}\n# caf\xe9\n",  # not UTF-8
+        "backends: {main: {host: h, known_hosts: kh}}\nroutes: [{backend: main, legacy: [x], match: {}}]\n",
+    ],
+)
+def test_a_broken_config_is_refused_and_the_running_one_stays(process, sshd, user, tmp_path, broken):
     gw = process(base_config(sshd))
-    (tmp_path / "gateway.yaml").write_text("routes: [this is: not: valid\n")
+    path = tmp_path / "gateway.yaml"
+    path.write_bytes(broken) if isinstance(broken, bytes) else path.write_text(broken)
     gw.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: any("reload refused, the running config stays" in line for line in gw.lines))
     ftp = connect_ftp(gw.port)

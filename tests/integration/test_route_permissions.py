@@ -48,3 +48,12 @@ def test_routes_by_client_network(gateway_factory, sshd, user):
     ftp.connect(gw.host, gw.port)
     with pytest.raises(ftplib.error_perm, match=r"^530 Not from there\."):
         ftp.login(user.name, user.password)
+
+
+def test_a_read_only_route_refuses_stou_before_creating_anything(gateway_factory, sshd, user):
+    doc = base_config(sshd)
+    doc["routes"][0]["permissions"] = {"read_only": True}
+    ftp = gateway_factory(doc).login(user)
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        ftp.storbinary("STOU", io.BytesIO(b"x"))
+    assert list(user.home.iterdir()) == []

@@ -47,3 +47,15 @@ def test_group_and_network_conditions():
     assert match_route(routes, "ann", "192.0.2.1", frozenset({"partners"})).name == "partners"
     assert match_route(routes, "ann", "192.0.2.1").name == "rest"
     assert match_route(routes, "ann").name == "office"  # no client (sync): networks ignored
+
+
+def test_ipv4_clients_on_a_dual_stack_listener_match_ipv4_networks():
+    import ipaddress
+
+    from gateway.config import RouteConfig
+
+    routes = (
+        RouteConfig("office", "*", "b", networks=(ipaddress.ip_network("10.0.0.0/8"),)),
+        RouteConfig("x", "*", "b"),
+    )
+    assert match_route(routes, "ann", "::ffff:10.1.2.3").name == "office"

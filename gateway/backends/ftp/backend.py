@@ -19,7 +19,21 @@ from gateway.metrics import Metrics
 log = logging.getLogger("gateway.ftp_backend")
 
 
-class _ImplicitFTPTLS(ftplib.FTP_TLS):
+class _FTPTLS(ftplib.FTP_TLS):
+    """FTPS whose data connections resume the control connection's TLS session (vsftpd's
+    require_ssl_reuse and ProFTPD refuse data connections that do not)."""
+
+    _prot_p: bool  # ftplib: PROT P was sent
+
+    def ntransfercmd(self, cmd: str, rest: Any = None) -> tuple[socket.socket, int | None]:
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+        return conn, size
+
+
+class _ImplicitFTPTLS(_FTPTLS):
     """FTPS from the first byte (port 990 style): the control socket is wrapped at connect."""
 
     def connect(
@@ -47,7 +61,7 @@ class FTPBackend:
         if self.cfg.tls is None:
             return ftplib.FTP(timeout=timeout, encoding="utf-8")
         context = ssl.create_default_context(cafile=self.cfg.ca_file)
-        cls = _ImplicitFTPTLS if self.cfg.tls == "implicit" else ftplib.FTP_TLS
+        cls = _ImplicitFTPTLS if self.cfg.tls == "implicit" else _FTPTLS
         return cls(context=context, timeout=timeout, encoding="utf-8")
 
     def login(self, username: str, password: str | None = None, key_file: str | None = None) -> FTPStorage:

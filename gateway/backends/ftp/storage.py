@@ -12,6 +12,7 @@ import contextlib
 import ftplib
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -67,7 +68,8 @@ def parse_mlsx(facts: dict[str, str]) -> Attrs:
         with contextlib.suppress(ValueError):
             mtime = calendar.timegm(time.strptime(modify[:14], "%Y%m%d%H%M%S"))
     default = 0o755 if kind is Kind.DIR else 0o644  # servers that do not send unix.mode
-    mode = int(facts["unix.mode"], 8) & 0o7777 if facts.get("unix.mode", "").isdigit() else default
+    raw_mode = facts.get("unix.mode", "")
+    mode = int(raw_mode, 8) & 0o7777 if raw_mode and set(raw_mode) <= set("01234567") else default
     size = int(facts["size"]) if facts.get("size", "").isdigit() else 0
     return Attrs(kind, size, mtime, mode, owner=facts.get("unix.owner"), group=facts.get("unix.group"))
 
@@ -95,50 +97,15 @@ def _list_time(month: str, day: str, clock: str, now: float) -> int | None:
         return None
     if ":" in clock:  # within the last six months: the year is implied
         year = time.gmtime(now).tm_year
-        hour, minute = (int(x) for x in clock.split(":", 1))
+        hour, minute = (int(x) for x in clock.split(":")[:2])
         stamp = calendar.timegm((year, mon, int(day), hour, minute, 0))
         return stamp if stamp <= now + 86400 else calendar.timegm((year - 1, mon, int(day), hour, minute, 0))
     return calendar.timegm((int(clock), mon, int(day), 0, 0, 0)) if clock.isdigit() else None
 
 
-class FTPReadStream:
-    """A download: RETR (after REST) on the legacy server, read as it arrives."""
-
-    def __init__(self, session: FTPStorage, path: str) -> None:
-        self.session, self.name, self.closed = session, path, False
-        self._offset = 0
-        self._conn: Any = None
-
-    def seek(self, offset: int) -> None:
-        """REST before the transfer starts."""
-        self._offset = offset
-
-    def read(self, size: int = -1) -> bytes:
-        """The next chunk; empty at the end."""
-        if self.closed:
-            return b""
-        try:
-            if self._conn is None:
-                self._conn = self.session.ftp.transfercmd(f"RETR {self.name}", rest=self._offset or None)
-            data: bytes = self._conn.recv(_BLOCK)
-        except Exception as exc:
-            self.session.fail(exc)
-            raise translate(exc) from exc
-        return data
-
-    def close(self) -> None:
-        """End the transfer; the legacy server's final reply is read to keep its session in step."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._conn is not None:
-            self._conn.close()
-            with contextlib.suppress(Exception):
-                self.session.ftp.voidresp()  # 226, or 426 after an early close: either is fine
-
-
-class FTPWriteStream:
-    """An upload: STOR/APPE (after REST) on the legacy server; the final reply decides."""
+class _Transfer:
+    """One data transfer on the legacy session: while it runs, the session takes no command
+    (the legacy server answers them only after the transfer's final reply)."""
 
     def __init__(self, session: FTPStorage, path: str, command: str) -> None:
         self.session, self.name, self.closed = session, path, False
@@ -151,16 +118,64 @@ class FTPWriteStream:
 
     def _open(self) -> Any:
         if self._conn is None:
-            command = f"{self._command} {self.name}"
-            self._conn = self.session.ftp.transfercmd(command, rest=self._offset or None)
+            self._conn = self.session.start_transfer(f"{self._command} {self.name}", self._offset)
         return self._conn
+
+    def _finish(self, *, check: bool) -> None:
+        """Close the data connection and read the final reply (raised only if ``check``)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if isinstance(conn, ssl.SSLSocket):
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    conn = conn.unwrap()  # close_notify: the end of the data is authentic
+            conn.close()
+            self.session.end_transfer(check=check)
+        except errors.GatewayError:
+            if check:
+                raise
+
+
+class FTPReadStream(_Transfer):
+    """A download: RETR (after REST) on the legacy server, read as it arrives."""
+
+    def __init__(self, session: FTPStorage, path: str) -> None:
+        super().__init__(session, path, "RETR")
+        self._ended = False
+
+    def read(self, size: int = -1) -> bytes:
+        """The next chunk; empty at the end, which only the server's 226 confirms."""
+        if self.closed or self._ended:
+            return b""
+        try:
+            data: bytes = self._open().recv(_BLOCK)
+        except Exception as exc:
+            self.session.fail(exc, broken=True)
+            raise translate(exc) from exc
+        if not data:
+            # EOF on the data connection is not success by itself: a legacy server that
+            # failed half-way (disk error, crash) ends it too. Its final reply decides.
+            self._ended = True
+            self._finish(check=True)
+        return data
+
+    def close(self) -> None:
+        """End the transfer early or after the end (the reply is read either way)."""
+        if not self.closed:
+            self.closed = True
+            self._finish(check=False)
+
+
+class FTPWriteStream(_Transfer):
+    """An upload: STOR/APPE (after REST) on the legacy server; the final reply decides."""
 
     def write(self, data: bytes) -> int:
         """Send ``data`` on the data connection."""
         try:
             self._open().sendall(data)
         except Exception as exc:
-            self.session.fail(exc)
+            self.session.fail(exc, broken=True)
             raise translate(exc) from exc
         return len(data)
 
@@ -169,15 +184,11 @@ class FTPWriteStream:
         if self.closed:
             return
         self.closed = True
-        try:
-            self._open().close()
-            self.session.ftp.voidresp()
-        except Exception as exc:
-            self.session.fail(exc)
-            raise translate(exc) from exc
+        self._open()
+        self._finish(check=True)
 
     def abort(self) -> None:
-        """Give up: close the data connection early and read the server's verdict."""
+        """Give up: close the data connection with a reset and read the server's verdict."""
         if self.closed:
             return
         self.closed = True
@@ -185,8 +196,9 @@ class FTPWriteStream:
             with contextlib.suppress(OSError):
                 self._conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)  # not a clean end
             self._conn.close()
-            with contextlib.suppress(Exception):
-                self.session.ftp.voidresp()
+            self._conn = None
+            with contextlib.suppress(errors.GatewayError):
+                self.session.end_transfer(check=False)
 
 
 class FTPStorage:
@@ -195,6 +207,7 @@ class FTPStorage:
     def __init__(self, ftp: ftplib.FTP) -> None:
         self.ftp = ftp
         self._alive = True
+        self._transferring = False
         self._home = self._call(ftp.pwd)
         try:
             features = ftp.sendcmd("FEAT").upper()
@@ -205,18 +218,45 @@ class FTPStorage:
 
     # --- plumbing
 
-    def fail(self, exc: BaseException) -> None:
-        """Note a failure: a dead control connection makes the session unusable."""
-        if isinstance(translate(exc), errors.ConnectionLost):
+    def fail(self, exc: BaseException, broken: bool = False) -> None:
+        """Note a failure. A lost connection, or any failure while a reply is still owed
+        (``broken``: a timeout, a transfer cut off), leaves the control connection out of
+        step with the server: the session is unusable from then on (421 to the client)."""
+        if broken or isinstance(translate(exc), errors.ConnectionLost | errors.BackendTimeout):
             self._alive = False
 
     def _call(self, fn: Any, *args: Any) -> Any:
         if not self._alive:
             raise errors.ConnectionLost()
+        if self._transferring:
+            # pyftpdlib runs SIZE, MDTM, STAT, DELE ... while a transfer is open; the legacy
+            # server would answer only after the transfer.
+            raise errors.BackendFailure("A transfer is in progress; try again after it.", code=450)
         try:
             return fn(*args)
         except Exception as exc:
             self.fail(exc)
+            raise translate(exc) from exc
+
+    def start_transfer(self, command: str, offset: int) -> Any:
+        """Open the data connection for ``command`` (after REST ``offset``)."""
+        conn = self._call(self.ftp.transfercmd, command, offset or None)
+        self._transferring = True
+        return conn
+
+    def end_transfer(self, *, check: bool) -> None:
+        """Read the transfer's final reply; raise it unless it is 2xx (when ``check``)."""
+        self._transferring = False
+        try:
+            self.ftp.voidresp()
+        except ftplib.error_reply as exc:  # 1xx/3xx where the end was due: out of step
+            self.fail(exc, broken=True)
+            raise translate(exc) from exc
+        except (ftplib.error_temp, ftplib.error_perm) as exc:  # the server's verdict (426, 451, 552 ...)
+            if check:
+                raise translate(exc) from exc
+        except Exception as exc:
+            self.fail(exc, broken=True)
             raise translate(exc) from exc
 
     @property
