@@ -1,4 +1,4 @@
-"""Composition: wires the FTP front end to the SFTP backends according to the config.
+"""Composition: wires the FTP front end to the SFTP and legacy FTP backends per the config.
 
 The only module (besides the CLI) that imports both ``gateway.ftp`` and ``gateway.backends``.
 """

@@ -1,6 +1,6 @@
 """The storage interface: the only thing the FTP side knows about where files live.
 
-Pure core. Backends (SFTP over asyncssh, later a legacy FTP passthrough) implement
+Pure core. Backends (SFTP over asyncssh, a legacy FTP server over ftplib, both in shadow) implement
 ``Storage``; every method is synchronous, called from an FTP session thread, takes absolute
 backend paths and raises only ``gateway.errors.StorageError`` subclasses.
 """
