@@ -77,34 +77,127 @@ _LOGIN_RESULTS: dict[type[errors.GatewayError], str] = {
 }
 
 
-def open_pair(
-    cfg: GatewayConfig, route: RouteConfig, user: str, password: str
-) -> tuple[Login, Login, Callable[[], None]]:
-    """(legacy login, SFTP login, close) for ``user`` on ``route``, for `ftp-sftp-gateway sync`."""
-    gateway = Gateway.__new__(Gateway)  # the backends and credentials only: no listeners
-    gateway.cfg, gateway.metrics = cfg, Metrics()
-    gateway.loop, gateway.budget = BackgroundLoop().start(), Budget(cfg.limits.transfer_buffer_mib * 2**20)
-    gateway.backends = {name: gateway._make_backend(b) for name, b in cfg.backends.items()}
-    legacy_route = dataclasses.replace(route, phase="legacy")
-    sftp_route = dataclasses.replace(route, phase="sftp")
-
-    def close() -> None:
-        for backend in gateway.backends.values():
-            backend.close()
-        gateway.loop.stop()
-
-    try:
-        return gateway._login(legacy_route, user, password), gateway._login(sftp_route, user, password), close
-    except BaseException:
-        close()
-        raise
-
-
 #: Either kind of backend: both log users in, probe, count their pooled connections, close.
 Backend = SFTPBackend | FTPBackend
 
 
-class Gateway:
+class Logins:
+    """The backends and how a routed user logs in to them (no listeners, no guard)."""
+
+    def __init__(self, cfg: GatewayConfig, metrics: Metrics) -> None:
+        self.cfg, self.metrics = cfg, metrics
+        self.loop = BackgroundLoop().start()
+        self.budget = Budget(cfg.limits.transfer_buffer_mib * 2**20)
+        self.backends = {name: self._make_backend(b) for name, b in cfg.backends.items()}
+        self._old_backends: list[Backend] = []  # replaced by reloads; closed at shutdown
+
+    def _make_backend(self, cfg: BackendConfig) -> Backend:
+        if cfg.type == "ftp":
+            return FTPBackend(cfg, self.metrics)
+        return SFTPBackend(self.loop, cfg, self.budget, self.metrics)
+
+    def close_backends(self) -> None:
+        """Close every backend (also those a reload replaced) and stop the background loop."""
+        for backend in [*self.backends.values(), *self._old_backends]:
+            backend.close()
+        self.loop.stop()
+
+    def login(
+        self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None = None
+    ) -> Login:
+        """Log ``user`` in on the route's backend for its phase and check its root."""
+        account, secret, key = self._credentials(route, user, password, decision)
+        # phase legacy: the organisation's FTP server still serves this route, in the
+        # user's FTP home there; shadow: the same, with every write replayed on SFTP.
+        on_legacy = route.phase in ("legacy", "shadow") and route.legacy is not None
+        backend_name = route.legacy if on_legacy and route.legacy else route.backend
+        backend = self.backends.get(backend_name)
+        if backend is None:  # removed by a reload while this login was under way
+            raise errors.BackendUnavailable()
+        storage: Storage = backend.login(account, secret, key)
+        if route.phase == "shadow":
+            storage = self._shadowed(route, user, storage, (account, secret, key))
+        root = storage.home() if on_legacy else render_root(route.root, user, storage.home())
+        try:
+            if storage.stat(root).kind is not Kind.DIR:
+                raise errors.NotADirectory()
+        except errors.StorageError as err:
+            storage.close()
+            log.error(
+                "route %s: root %r of user %r unusable on backend %s: %s",
+                route.name,
+                printable(root),
+                printable(user),
+                backend_name,
+                err.text,
+            )
+            if err.fatal:
+                raise
+            raise _RootUnusable() from err
+        return Login(storage, root, route.name, backend_name, route.banner, route.read_only, route.commands)
+
+    def _credentials(
+        self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None
+    ) -> tuple[str, str | None, str | None]:
+        """(backend account, password, key file) this login presents to the backend."""
+        if decision is not None and decision.backend_user:
+            # The external authority named the backend account, and its key or password
+            # (without either, the FTP password logs in to that account).
+            key = decision.backend_key_file
+            secret = decision.backend_password if decision.backend_password is not None else password
+            return decision.backend_user, None if key else secret, key
+        if route.auth == "mapped":
+            # A gateway-local user: the gateway checks the password, the backend sees only
+            # the mapped account's own credential (a key or a password from a file).
+            local = self.cfg.users.get(user)
+            # The hash check runs for unknown users too (against a dummy): same time.
+            if not verify_password(password, local.password_hash if local else None) or local is None:
+                raise errors.LoginRefused()
+            return local.backend_user, local.backend_password, local.backend_key_file
+        # passthrough: exactly one backend attempt with the FTP credentials.
+        return user, password, None
+
+    def _shadowed(
+        self, route: RouteConfig, user: str, legacy: Storage, creds: tuple[str, str | None, str | None]
+    ) -> Storage:
+        """The legacy session with its writes replayed on SFTP (legacy alone if SFTP fails)."""
+
+        def report(op: str, path: str, problem: str) -> None:
+            self.metrics.shadow_mismatches.labels(route.name, op).inc()
+            shadow_log.warning("shadow %s %r for user %r: %s", op, printable(path), printable(user), problem)
+
+        sftp_backend = self.backends.get(route.backend)
+        try:
+            if sftp_backend is None:
+                raise errors.BackendUnavailable()
+            sftp = sftp_backend.login(*creds)
+            sftp_root = render_root(route.root, user, sftp.home())
+        except errors.GatewayError as err:
+            report(
+                "login", route.root, f"SFTP login failed: {err.code} {err.text}; this session is not shadowed"
+            )
+            return legacy
+        return ShadowStorage(legacy, legacy.home(), sftp, sftp_root, report)
+
+
+def open_pair(
+    cfg: GatewayConfig, route: RouteConfig, user: str, password: str
+) -> tuple[Login, Login, Callable[[], None]]:
+    """(legacy login, SFTP login, close) for ``user`` on ``route``, for `ftp-sftp-gateway sync`."""
+    logins = Logins(cfg, Metrics())
+    try:
+        legacy = logins.login(dataclasses.replace(route, phase="legacy"), user, password)
+        return (
+            legacy,
+            logins.login(dataclasses.replace(route, phase="sftp"), user, password),
+            logins.close_backends,
+        )
+    except BaseException:
+        logins.close_backends()
+        raise
+
+
+class Gateway(Logins):
     """A configured gateway: background SFTP loop, backends and the FTP server."""
 
     def __init__(
@@ -115,15 +208,10 @@ class Gateway:
         config_path: str | None = None,
         adapt: Callable[[GatewayConfig], GatewayConfig] = lambda cfg: cfg,
     ) -> None:
-        self.cfg = cfg
+        super().__init__(cfg, Metrics(known_commands=GatewayHandler.proto_cmds))
         self.config_path, self._adapt = config_path, adapt  # for reloads (adapt: a worker's share)
-        self._old_backends: list[Backend] = []  # replaced by reloads; closed at shutdown
-        self.metrics = Metrics(known_commands=GatewayHandler.proto_cmds)
         self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
-        self.loop = BackgroundLoop().start()
-        self.budget = Budget(cfg.limits.transfer_buffer_mib * 2**20)
         self.guard = Guard(cfg.guard)
-        self.backends = {name: self._make_backend(b) for name, b in cfg.backends.items()}
         self.server = build_server(cfg, self.authenticate, sock, self.metrics, self.guard)
         self.servers = [self.server]
         if cfg.tls.enabled and cfg.tls.implicit_port is not None:
@@ -144,11 +232,6 @@ class Gateway:
         self._stop = threading.Event()
         self._drain_deadline: float | None = None
         self._signals: list[int] = []  # appended by on_signal, handled by serve_forever
-
-    def _make_backend(self, cfg: BackendConfig) -> Backend:
-        if cfg.type == "ftp":
-            return FTPBackend(cfg, self.metrics)
-        return SFTPBackend(self.loop, cfg, self.budget, self.metrics)
 
     async def _check_backends_forever(self) -> None:
         """Refresh the /readyz verdict: every backend probed every READY_INTERVAL seconds."""
@@ -221,20 +304,15 @@ class Gateway:
         if route is None:
             self._refused(client_ip, user, "no_route", "-", label)
             raise errors.LoginRefused()
-        if route.phase == "retired":
-            # Migrated: FTP is off for these users; the notice says where to go instead.
-            self._refused(client_ip, user, "retired", route.name, label)
-            raise _Retired(route.banner or "FTP is no longer available for this account; use SFTP.")
+        self._refuse_if_retired(route, user, client_ip, label)
         decision = None
         if route.auth == "external":
             decision = self._ask_external(user, password, client_ip, tls, route.name, label)
             if decision.route and decision.route != route.name:
                 route = self._route_named(decision.route, user, client_ip, label)
-                if route.phase == "retired":
-                    self._refused(client_ip, user, "retired", route.name, label)
-                    raise _Retired(route.banner or "FTP is no longer available for this account; use SFTP.")
+                self._refuse_if_retired(route, user, client_ip, label)
         try:
-            login = self._login(route, user, password, decision)
+            login = self.login(route, user, password, decision)
         except errors.GatewayError as err:
             result = _LOGIN_RESULTS.get(type(err), "refused")
             refused = isinstance(err, errors.LoginRefused)
@@ -246,54 +324,17 @@ class Gateway:
         logs.login_audit(client_ip, user, "ok", route.name, detail)
         return login
 
+    def _refuse_if_retired(self, route: RouteConfig, user: str, client_ip: str, label: str) -> None:
+        if route.phase == "retired":
+            # Migrated: FTP is off for these users; the notice says where to go instead.
+            self._refused(client_ip, user, "retired", route.name, label)
+            raise _Retired(route.banner or "FTP is no longer available for this account; use SFTP.")
+
     def _refused(
         self, client_ip: str, user: str, result: str, route: str, tls: str, detail: str = ""
     ) -> None:
         self.metrics.logins.labels(result, route, tls).inc()
         logs.login_audit(client_ip, user, result, route, detail)
-
-    def _credentials(
-        self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None
-    ) -> tuple[str, str | None, str | None]:
-        """(backend account, password, key file) this login presents to the backend."""
-        if decision is not None and decision.backend_user:
-            # The external authority named the backend account, and its key or password
-            # (without either, the FTP password logs in to that account).
-            key = decision.backend_key_file
-            secret = decision.backend_password if decision.backend_password is not None else password
-            return decision.backend_user, None if key else secret, key
-        if route.auth == "mapped":
-            # A gateway-local user: the gateway checks the password, the backend sees only
-            # the mapped account's own credential (a key or a password from a file).
-            local = self.cfg.users.get(user)
-            # The hash check runs for unknown users too (against a dummy): same time.
-            if not verify_password(password, local.password_hash if local else None) or local is None:
-                raise errors.LoginRefused()
-            return local.backend_user, local.backend_password, local.backend_key_file
-        # passthrough: exactly one backend attempt with the FTP credentials.
-        return user, password, None
-
-    def _shadowed(
-        self, route: RouteConfig, user: str, legacy: Storage, creds: tuple[str, str | None, str | None]
-    ) -> Storage:
-        """The legacy session with its writes replayed on SFTP (legacy alone if SFTP fails)."""
-
-        def report(op: str, path: str, problem: str) -> None:
-            self.metrics.shadow_mismatches.labels(route.name, op).inc()
-            shadow_log.warning("shadow %s %r for user %r: %s", op, printable(path), printable(user), problem)
-
-        sftp_backend = self.backends.get(route.backend)
-        try:
-            if sftp_backend is None:
-                raise errors.BackendUnavailable()
-            sftp = sftp_backend.login(*creds)
-            sftp_root = render_root(route.root, user, sftp.home())
-        except errors.GatewayError as err:
-            report(
-                "login", route.root, f"SFTP login failed: {err.code} {err.text}; this session is not shadowed"
-            )
-            return legacy
-        return ShadowStorage(legacy, legacy.home(), sftp, sftp_root, report)
 
     def _ask_external(
         self, user: str, password: str, client_ip: str, tls: bool, route: str, label: str
@@ -323,39 +364,6 @@ class Gateway:
         self._refused(client_ip, user, "auth_unavailable", "-", label, "error='unknown route'")
         raise errors.BackendUnavailable()
 
-    def _login(
-        self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None = None
-    ) -> Login:
-        account, secret, key = self._credentials(route, user, password, decision)
-        # phase legacy: the organisation's FTP server still serves this route, in the
-        # user's FTP home there; shadow: the same, with every write replayed on SFTP.
-        on_legacy = route.phase in ("legacy", "shadow") and route.legacy is not None
-        backend_name = route.legacy if on_legacy and route.legacy else route.backend
-        backend = self.backends.get(backend_name)
-        if backend is None:  # removed by a reload while this login was under way
-            raise errors.BackendUnavailable()
-        storage: Storage = backend.login(account, secret, key)
-        if route.phase == "shadow":
-            storage = self._shadowed(route, user, storage, (account, secret, key))
-        root = storage.home() if on_legacy else render_root(route.root, user, storage.home())
-        try:
-            if storage.stat(root).kind is not Kind.DIR:
-                raise errors.NotADirectory()
-        except errors.StorageError as err:
-            storage.close()
-            log.error(
-                "route %s: root %r of user %r unusable on backend %s: %s",
-                route.name,
-                printable(root),
-                printable(user),
-                backend_name,
-                err.text,
-            )
-            if err.fatal:
-                raise
-            raise _RootUnusable() from err
-        return Login(storage, root, route.name, backend_name, route.banner, route.read_only, route.commands)
-
     def serve_forever(self) -> None:
         """Serve until ``stop`` is called, or a ``drain`` has finished (thread-safe)."""
         try:
@@ -369,9 +377,7 @@ class Gateway:
         finally:
             for server in self.servers:
                 server.close_all()
-            for backend in [*self.backends.values(), *self._old_backends]:
-                backend.close()
-            self.loop.stop()
+            self.close_backends()
             self.metrics.stop()
 
     def on_signal(self, signum: int, frame: object = None) -> None:

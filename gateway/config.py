@@ -14,7 +14,7 @@ import re
 import shutil
 import ssl
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -453,16 +453,24 @@ def _ftp_backend(name: str, s: _Section, base_dir: Path) -> BackendConfig:
     )
 
 
+def _named_sections(data: Any, key: str, what: str, problems: list[str]) -> Iterator[tuple[str, _Section]]:
+    """(name, section) for each entry of a mapping of names to settings (``backends``, ``users``)."""
+    if not isinstance(data, dict):
+        problems.append(f"{key}: must be a mapping of {what} names to their settings")
+        return
+    for name, body in data.items():
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            problems.append(f"{key}.{name}: {what} names use letters, digits, '_', '.', '-'")
+            continue
+        yield name, _Section(body, f"{key}.{name}", problems)
+
+
 def _backends(data: Any, problems: list[str], base_dir: Path) -> dict[str, BackendConfig]:
-    if not isinstance(data, dict) or not data:
+    if not data:
         problems.append("backends: must be a mapping of at least one backend name to its settings")
         return {}
     out = {}
-    for name, body in data.items():
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            problems.append(f"backends.{name}: backend names use letters, digits, '_', '.', '-'")
-            continue
-        s = _Section(body, f"backends.{name}", problems)
+    for name, s in _named_sections(data, "backends", "backend", problems):
         kind = s.typed("type", str, "sftp", _one_of(("sftp", "ftp")))
         if kind == "ftp":
             out[name] = _ftp_backend(name, s, base_dir)
@@ -716,15 +724,8 @@ TLS_MODES = ("required", "optional", "off")
 def _users(data: Any, problems: list[str], base_dir: Path) -> dict[str, LocalUser]:
     if data is None:
         return {}
-    if not isinstance(data, dict):
-        problems.append("users: must be a mapping of FTP user names to their settings")
-        return {}
     out = {}
-    for name, body in data.items():
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            problems.append(f"users.{name}: user names use letters, digits, '_', '.', '-'")
-            continue
-        s = _Section(body, f"users.{name}", problems)
+    for name, s in _named_sections(data, "users", "user", problems):
         password_hash = s.typed("password_hash", str, "", passwords.hash_problem, required=True)
         backend_user = s.typed("backend_user", str, name, lambda v: None if _NAME_RE.match(v) else "bad name")
         key_file = s.optional_str("backend_key_file", _readable_file(base_dir))

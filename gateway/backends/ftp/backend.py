@@ -82,28 +82,28 @@ class FTPBackend:
             if isinstance(ftp, ftplib.FTP_TLS):
                 ftp.prot_p()
             storage = FTPStorage(ftp)
-        except ftplib.error_perm as exc:
-            ftp.close()
-            self._count("auth_failed", started)
-            if str(exc).startswith("530"):
-                raise errors.LoginRefused() from exc
-            raise errors.BackendUnavailable() from exc
         except (OSError, EOFError, ftplib.Error, errors.GatewayError) as exc:
             ftp.close()
-            self._count("error", started)
-            log.error(
-                "legacy backend %s (%s:%d) unavailable: %s", self.cfg.name, self.cfg.host, self.cfg.port, exc
-            )
-            raise errors.BackendUnavailable() from exc
-        self._count("ok", started)
+            refused = isinstance(exc, ftplib.error_perm) and str(exc).startswith("530")
+            err = errors.LoginRefused() if refused else errors.BackendUnavailable()
+            self._count(err, started)
+            if not refused:
+                log.error(
+                    "legacy backend %s (%s:%d) unavailable: %s",
+                    self.cfg.name,
+                    self.cfg.host,
+                    self.cfg.port,
+                    exc,
+                )
+            raise err from exc
+        self._count(None, started)
         return storage
 
-    def _count(self, result: str, started: float) -> None:
+    def _count(self, err: errors.GatewayError | None, started: float) -> None:
+        """One login attempt in the metrics: its connect result and its duration."""
+        result = "ok" if err is None else "auth_failed" if isinstance(err, errors.LoginRefused) else "error"
         self.metrics.backend_connects.labels(self.cfg.name, result).inc()
-        error: errors.GatewayError | None = None
-        if result != "ok":
-            error = errors.LoginRefused() if result == "auth_failed" else errors.BackendUnavailable()
-        self.metrics.backend_op(self.cfg.name, "login", time.perf_counter() - started, error)
+        self.metrics.backend_op(self.cfg.name, "login", time.perf_counter() - started, err)
 
     async def probe(self) -> str | None:
         """None if the server greets with 220 (no login: no failed attempt on it), else why not."""
