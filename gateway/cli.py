@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway import __version__, config, errors, logs
+from gateway.workers import early_reloads, remember_reload
 
 log = logging.getLogger("gateway")
 
@@ -54,8 +55,9 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 def _serve(cfg: config.GatewayConfig, banner: str | None = None, config_path: str | None = None) -> int:
     limit_malloc_arenas()
-    # SIGHUP (reload) would terminate the process by default until the gateway takes it.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # SIGHUP (reload) would terminate the process by default until the gateway takes it; one
+    # that arrives during start-up is remembered and acted on once the gateway runs.
+    signal.signal(signal.SIGHUP, remember_reload)
     if banner:
         print(banner, flush=True)
     if cfg.workers > 1:
@@ -93,6 +95,8 @@ def _serve_one(
 
     signal.signal(signal.SIGTERM, gateway.on_signal)
     signal.signal(signal.SIGHUP, gateway.on_signal)
+    while early_reloads:
+        gateway.on_signal(early_reloads.pop())
     # A worker (sock given) leaves SIGINT to its supervisor: Ctrl-C reaches the whole process
     # group, and the supervisor's forwarded SIGTERM would otherwise be a second, "stop now".
     signal.signal(signal.SIGINT, gateway.on_signal if sock is None else signal.SIG_IGN)

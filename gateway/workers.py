@@ -79,7 +79,7 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, implicit: socket.socket |
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's gateway takes it
+            signal.signal(signal.SIGHUP, remember_reload)  # until the worker's gateway takes it
             _die_with_parent()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             status = 1
@@ -140,6 +140,14 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, implicit: socket.socket |
 
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+#: SIGHUPs that arrived before this process's gateway was up (it reloads for them then).
+early_reloads: list[int] = []
+
+
+def remember_reload(signum: int, frame: FrameType | None) -> None:
+    """SIGHUP handler until the gateway takes over: a reload asked for during start-up is kept."""
+    early_reloads.append(signum)
 
 
 def _die_with_parent() -> None:
