@@ -30,6 +30,7 @@ from gateway.passwords import verify_password
 from gateway.routing import match_route, render_root
 from gateway.shadow import ShadowStorage
 from gateway.storage import Kind, Login, Storage
+from gateway.usage.store import UsageStore
 
 log = logging.getLogger("gateway")
 shadow_log = logging.getLogger("gateway.shadow")
@@ -56,10 +57,6 @@ def backend_problems(cfg: GatewayConfig) -> list[str]:
 
 #: Seconds between two background checks of every backend (for /readyz).
 READY_INTERVAL = 15.0
-
-
-class _Retired(errors.LoginRefused):
-    """The route's phase is ``retired``: 530 with its notice, not a failed login."""
 
 
 class _RootUnusable(errors.LoginRefused):
@@ -115,8 +112,9 @@ class Logins:
         if backend is None:  # removed by a reload while this login was under way
             raise errors.BackendUnavailable()
         storage: Storage = backend.login(account, secret, key)
+        problems: list[str] = []
         if route.phase == "shadow":
-            storage = self._shadowed(route, user, storage, (account, secret, key))
+            storage = self._shadowed(route, user, storage, (account, secret, key), problems)
         root = storage.home() if on_legacy else render_root(route.root, user, storage.home())
         try:
             if storage.stat(root).kind is not Kind.DIR:
@@ -134,7 +132,17 @@ class Logins:
             if err.fatal:
                 raise
             raise _RootUnusable() from err
-        return Login(storage, root, route.name, backend_name, route.banner, route.read_only, route.commands)
+        return Login(
+            storage,
+            root,
+            route.name,
+            backend_name,
+            route.banner,
+            route.read_only,
+            route.commands,
+            route.phase,
+            problems,
+        )
 
     def _credentials(
         self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None
@@ -158,12 +166,18 @@ class Logins:
         return user, password, None
 
     def _shadowed(
-        self, route: RouteConfig, user: str, legacy: Storage, creds: tuple[str, str | None, str | None]
+        self,
+        route: RouteConfig,
+        user: str,
+        legacy: Storage,
+        creds: tuple[str, str | None, str | None],
+        problems: list[str],
     ) -> Storage:
         """The legacy session with its writes replayed on SFTP (legacy alone if SFTP fails)."""
 
         def report(op: str, path: str, problem: str) -> None:
             self.metrics.shadow_mismatches.labels(route.name, op).inc()
+            problems.append(op)  # read (and emptied) by the session's usage record
             shadow_log.warning("shadow %s %r for user %r: %s", op, printable(path), printable(user), problem)
 
         sftp_backend = self.backends.get(route.backend)
@@ -208,15 +222,19 @@ class Gateway(Logins):
         config_path: str | None = None,
         adapt: Callable[[GatewayConfig], GatewayConfig] = lambda cfg: cfg,
     ) -> None:
-        super().__init__(cfg, Metrics(known_commands=GatewayHandler.proto_cmds))
+        # The usage store first: a database it cannot open stops the start with its reason.
+        report = cfg.report
+        self.usage = UsageStore(report.database, report.retention_days) if report.database else None
+        record = self.usage.add if self.usage is not None else None
+        super().__init__(cfg, Metrics(GatewayHandler.proto_cmds, cfg.report.per_user_metrics))
         self.config_path, self._adapt = config_path, adapt  # for reloads (adapt: a worker's share)
         self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
         self.guard = Guard(cfg.guard)
-        self.server = build_server(cfg, self.authenticate, sock, self.metrics, self.guard)
+        self.server = build_server(cfg, self.authenticate, sock, self.metrics, self.guard, False, record)
         self.servers = [self.server]
         if cfg.tls.enabled and cfg.tls.implicit_port is not None:
             implicit = build_server(
-                cfg, self.authenticate, implicit_sock, self.metrics, self.guard, implicit=True
+                cfg, self.authenticate, implicit_sock, self.metrics, self.guard, True, record
             )
             self.servers.append(implicit)
             share_limits(self.servers)
@@ -229,6 +247,8 @@ class Gateway(Logins):
             )
             self.loop.submit(self._check_backends_forever())
             self.metrics.watch_backend_connections(self._connection_counts)
+            if cfg.report.database:
+                self.metrics.watch_usage(cfg.report.database)
         self._stop = threading.Event()
         self._drain_deadline: float | None = None
         self._signals: list[int] = []  # appended by on_signal, handled by serve_forever
@@ -291,7 +311,7 @@ class Gateway(Logins):
         try:
             return self._attempt(user, password, client_ip, tls, label)
         except errors.LoginRefused as err:
-            failed = not isinstance(err, _RootUnusable | _Retired)  # a wrong password, user or route
+            failed = not isinstance(err, _RootUnusable | errors.Retired)  # a wrong password, user or route
             raise
         finally:
             if banned_for := self.guard.end_attempt(client_ip, failed):
@@ -328,7 +348,9 @@ class Gateway(Logins):
         if route.phase == "retired":
             # Migrated: FTP is off for these users; the notice says where to go instead.
             self._refused(client_ip, user, "retired", route.name, label)
-            raise _Retired(route.banner or "FTP is no longer available for this account; use SFTP.")
+            refusal = errors.Retired(route.banner or "FTP is no longer available for this account; use SFTP.")
+            refusal.route = route.name
+            raise refusal
 
     def _refused(
         self, client_ip: str, user: str, result: str, route: str, tls: str, detail: str = ""
@@ -377,6 +399,8 @@ class Gateway(Logins):
         finally:
             for server in self.servers:
                 server.close_all()
+            if self.usage is not None:
+                self.usage.close()  # after close_all: the sessions' last records are queued
             self.close_backends()
             self.metrics.stop()
 
@@ -416,7 +440,7 @@ class Gateway(Logins):
             self.metrics.config_reloads.labels("failed").inc()
             log.exception("reload failed, the running config stays")
             return False
-        fixed = ("listen", "limits", "tls", "metrics", "log", "workers")
+        fixed = ("listen", "limits", "tls", "metrics", "log", "report", "workers")
         if stale := [name for name in fixed if getattr(new, name) != getattr(self.cfg, name)]:
             log.warning("reload: changes to %s take effect after a restart", ", ".join(stale))
         backends = {}

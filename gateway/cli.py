@@ -1,4 +1,4 @@
-"""Command line: run, check-config, hash-password, demo (the edge that starts everything)."""
+"""Command line: run, check-config, hash-password, sync, report, demo (the edge that starts everything)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import functools
 import getpass
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,12 +88,16 @@ def _serve_one(
 ) -> int:
     """Run one gateway process until SIGTERM/SIGINT (SIGHUP reloads ``config_path``)."""
     from gateway.app import Gateway
+    from gateway.usage.store import StoreError
 
     try:
         gateway = Gateway(cfg, sock, implicit, config_path, adapt)
     except OSError as err:
         print(f"cannot listen on {_ports(cfg)}: {err.strerror}", file=sys.stderr)
         return 1
+    except StoreError as err:
+        print(f"report.database: {err} (fix or move the file, or set another path)", file=sys.stderr)
+        return 2
 
     signal.signal(signal.SIGTERM, gateway.on_signal)
     signal.signal(signal.SIGHUP, gateway.on_signal)
@@ -232,6 +238,59 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0 if not (summary.errors or summary.mismatches) else 1
 
 
+_SINCE = re.compile(r"^(\d+)([mhdw])$")
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def since_arg(value: str) -> float:
+    """``--since``: ``30m``, ``12h``, ``7d``, ``2w`` ago, or a date ``YYYY-MM-DD`` (UTC)."""
+    if match := _SINCE.match(value):
+        return time.time() - int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    try:
+        return float(time.mktime(time.strptime(value, "%Y-%m-%d")) - time.timezone)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: use 30m, 12h, 7d, 2w or a date YYYY-MM-DD") from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the migration readiness report from the usage database."""
+    from gateway.usage import readiness, render, store
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as err:
+        print(f"{args.config}: {len(err.problems)} problem(s):", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    database = cfg.report.database
+    if database is None:
+        print(
+            f"{args.config}: report.database is not set, so nothing is recorded: add\n"
+            "  report:\n    database: /var/lib/ftp-sftp-gateway/usage.sqlite\n"
+            "and restart the gateway; the report covers sessions from then on.",
+            file=sys.stderr,
+        )
+        return 2
+    if not Path(database).exists():
+        print(f"{database}: no usage recorded yet (the gateway creates it when it starts)", file=sys.stderr)
+        return 1
+    try:
+        rows = store.read(database, args.since, args.user)
+    except store.StoreError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    now = time.time()
+    reports = readiness.assess(rows, now)
+    if args.format == "json":
+        sys.stdout.write(render.to_json(reports, args.since, now))
+    elif args.format == "csv":
+        sys.stdout.write(render.to_csv(reports))
+    else:
+        sys.stdout.write(render.to_table(reports, args.since, now))
+    return 0
+
+
 def _read_password() -> str:
     if sys.stdin.isatty():
         return getpass.getpass("Password of the user (on both servers): ")
@@ -263,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     syncer.add_argument("--dry-run", action="store_true", help="only show what would be copied")
     syncer.add_argument("--password-env", help="environment variable with the password (else asked for)")
     syncer.set_defaults(func=cmd_sync)
+    report = sub.add_parser("report", help="migration readiness: who still uses FTP, with what, verdicts")
+    report.add_argument("--config", "-c", required=True, help="YAML config file (its report.database)")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.add_argument("--user", help="only this FTP user")
+    report.add_argument("--since", type=since_arg, help="only sessions since: 30m, 12h, 7d, 2w, YYYY-MM-DD")
+    report.set_defaults(func=cmd_report)
     demo = sub.add_parser("demo", help="run with an embedded demo SFTP server")
     demo.add_argument("--port", type=int, default=2121, help="FTP port (default 2121)")
     demo.add_argument("--data", default="demo-data", help="folder to serve (default ./demo-data)")

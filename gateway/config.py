@@ -202,6 +202,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """The usage store behind `ftp-sftp-gateway report` (no recording without a database)."""
+
+    database: str | None = None
+    retention_days: int = 90
+    per_user_metrics: int = 0  # users that get their own ftpgw_user_* series (0: none)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole validated configuration."""
 
@@ -215,6 +224,7 @@ class GatewayConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     users: dict[str, LocalUser] = field(default_factory=dict)
     external_auth: ExternalAuthConfig | None = None
+    report: ReportConfig = field(default_factory=ReportConfig)
     workers: int = 1
 
 
@@ -850,6 +860,19 @@ def _metrics(data: Any, problems: list[str], base_dir: Path) -> MetricsConfig:
     return cfg
 
 
+def _report(data: Any, problems: list[str], base_dir: Path) -> ReportConfig:
+    s = _Section(data, "report", problems)
+    d = ReportConfig()
+    database = s.optional_str("database", _writable_file(base_dir))
+    cfg = ReportConfig(
+        database=str(base_dir / database) if database else None,
+        retention_days=s.typed("retention_days", int, d.retention_days, _at_least(1, 3650)),
+        per_user_metrics=s.typed("per_user_metrics", int, d.per_user_metrics, _at_least(0, 1000)),
+    )
+    s.finish()
+    return cfg
+
+
 def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayConfig:
     """Validate a parsed YAML document; raise ConfigError listing every problem.
 
@@ -871,6 +894,7 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
         guard=_guard(top.raw("guard", None), problems),
         users=_users(top.raw("users", None), problems, base),
         external_auth=_external_auth(top.raw("external_auth", None), problems, base),
+        report=_report(top.raw("report", None), problems, base),
         workers=top.typed("workers", int, 1, _at_least(1, 64)),
     )
     for index, route in enumerate(cfg.routes):

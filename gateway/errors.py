@@ -58,6 +58,12 @@ class LoginRefused(GatewayError):
     text = "Login incorrect."
 
 
+class Retired(LoginRefused):
+    """The user's route is in phase ``retired``: 530 with its notice, not a failed login."""
+
+    route = "-"  # the retired route's name (for the usage report)
+
+
 # --- storage outcomes -------------------------------------------------------------------
 
 

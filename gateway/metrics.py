@@ -5,17 +5,20 @@ The listener serves ``/metrics`` (Prometheus text), ``/healthz`` (the process an
 
 One ``Metrics`` per gateway process, on its own registry (tests run several gateways in one
 process). Labels stay low-cardinality: FTP verbs outside pyftpdlib's command table are
-folded into ``OTHER``, reply codes into classes (``2xx``), user names never appear.
+folded into ``OTHER``, reply codes into classes (``2xx``), user names appear only in the
+``ftpgw_user_*`` series, when ``report.per_user_metrics`` allows them, for that many users.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -36,12 +39,18 @@ from prometheus_client.registry import Collector
 from gateway import __version__
 from gateway.config import BasicAuth, TLSFiles
 from gateway.errors import GatewayError
+from gateway.usage import store as usage_store
 
 # The *_created series double the series count and no dashboard here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _TRANSFER_SECONDS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600)
 _OP_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+#: Users beyond ``report.per_user_metrics`` share this ``user`` label value.
+OTHER_USERS = "_other"
+#: The store-derived gauges are read from SQLite at most this often (seconds).
+USAGE_CACHE_SECONDS = 15.0
 
 #: (backend, state) -> number of pooled SSH connections in that state.
 ConnectionCounts = dict[tuple[str, str], int]
@@ -55,7 +64,7 @@ def error_kind(err: GatewayError) -> str:
 class Metrics:
     """The gateway's metrics (names documented in README, "Metrics")."""
 
-    def __init__(self, known_commands: Iterable[str] = ()) -> None:
+    def __init__(self, known_commands: Iterable[str] = (), per_user: int = 0) -> None:
         self.registry = r = CollectorRegistry()
         self.known_commands = frozenset(known_commands)
         self.sessions_active = Gauge("ftpgw_sessions_active", "FTP sessions connected now", registry=r)
@@ -137,6 +146,32 @@ class Metrics:
             "ftpgw_config_reloads", "Configuration reloads by result", ["result"], registry=r
         )
         self.draining = Gauge("ftpgw_draining", "1 while shutting down (no new sessions)", registry=r)
+        self.phase_logins = Counter(
+            "ftpgw_phase_logins",
+            "Logins by the route's migration phase and TLS (phase retired: refused logins)",
+            ["phase", "tls"],
+            registry=r,
+        )
+        self.phase_transfers = Counter(
+            "ftpgw_phase_transfers",
+            "File transfers by the route's migration phase and TLS",
+            ["phase", "tls"],
+            registry=r,
+        )
+        self._per_user, self._users, self._users_lock = per_user, set[str](), threading.Lock()
+        if per_user:
+            self.user_logins = Counter(
+                "ftpgw_user_logins",
+                f"Logins per user and TLS (the first {per_user} users; the rest as user={OTHER_USERS})",
+                ["user", "tls"],
+                registry=r,
+            )
+            self.user_transfers = Counter(
+                "ftpgw_user_transfers",
+                "File transfers per user and result (users as in ftpgw_user_logins)",
+                ["user", "result"],
+                registry=r,
+            )
         Info("ftpgw_build", "Gateway version", registry=r).info({"version": __version__})
         self._connection_counts: Callable[[], ConnectionCounts] = dict
         r.register(_BackendConnections(lambda: self._connection_counts()))
@@ -155,6 +190,28 @@ class Metrics:
                 self.logins.labels(result, route, "no")
         for result in ("ok", "failed"):
             self.config_reloads.labels(result)
+
+    def watch_usage(self, database: str) -> None:
+        """Report ``ftpgw_users`` and ``ftpgw_users_plain_ftp`` from the usage database."""
+        self.registry.register(_UsageView(database))
+
+    def _user_label(self, user: str) -> str:
+        with self._users_lock:
+            if user not in self._users and len(self._users) < self._per_user:
+                self._users.add(user)
+            return user if user in self._users else OTHER_USERS
+
+    def phase_login(self, phase: str, tls: bool, user: str) -> None:
+        """Count one login (or a refusal by a retired route) by phase, TLS and maybe user."""
+        self.phase_logins.labels(phase, "yes" if tls else "no").inc()
+        if self._per_user:
+            self.user_logins.labels(self._user_label(user), "yes" if tls else "no").inc()
+
+    def phase_transfer(self, phase: str, tls: bool, user: str, completed: bool) -> None:
+        """Count one file transfer by phase, TLS and maybe user."""
+        self.phase_transfers.labels(phase, "yes" if tls else "no").inc()
+        if self._per_user:
+            self.user_transfers.labels(self._user_label(user), "ok" if completed else "failed").inc()
 
     def watch_backend_connections(self, counts: Callable[[], ConnectionCounts]) -> None:
         """Report ``ftpgw_backend_connections`` from ``counts``, called at each scrape."""
@@ -263,6 +320,43 @@ class _BackendConnections(Collector):
             "ftpgw_backend_connections",
             "Pooled SSH connections to the backends: active (serving sessions) or idle",
             labels=["backend", "state"],
+        )
+
+
+class _UsageView(Collector):
+    """Users per phase and users on plain FTP, read from the usage database (cached)."""
+
+    def __init__(self, database: str) -> None:
+        self._database = database
+        self._lock = threading.Lock()
+        self._read_at = -USAGE_CACHE_SECONDS
+        self._phases: dict[str, int] = {}
+        self._plain = 0
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            if time.monotonic() - self._read_at >= USAGE_CACHE_SECONDS:
+                self._read_at = time.monotonic()
+                # Not written yet, or unreadable: the writer logs why; the gauges show 0.
+                with contextlib.suppress(usage_store.StoreError):
+                    self._phases, self._plain = usage_store.headcount(self._database, time.time())
+        yield from self._families(self._phases, self._plain)
+
+    @staticmethod
+    def _families(phases: dict[str, int] | None = None, plain: int = 0) -> Iterator[GaugeMetricFamily]:
+        users = GaugeMetricFamily(
+            "ftpgw_users",
+            "Users who logged in (or were refused as retired) in the last 7 days, by their latest phase",
+            labels=["phase"],
+        )
+        for phase in ("legacy", "shadow", "sftp", "retired"):
+            users.add_metric([phase], (phases or {}).get(phase, 0))
+        yield users
+        yield GaugeMetricFamily(
+            "ftpgw_users_plain_ftp", "Users who logged in without TLS in the last 24 hours", value=plain
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -164,6 +164,9 @@ class Login:
     banner: str | None = None
     read_only: bool = False  # the route's permissions: no command that changes anything
     commands: frozenset[str] | None = None  # the FTP verbs the route allows (None: all)
+    phase: str = "sftp"  # the route's migration phase (config.PHASES)
+    #: Shadow phase: one entry per SFTP copy that failed or differed (the usage report counts them).
+    shadow_problems: list[str] = field(default_factory=list)
 
 
 #: How the FTP side logs a user in: (user, password, client_ip, tls) -> Login.

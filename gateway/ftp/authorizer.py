@@ -25,12 +25,15 @@ class SessionAuthorizer:
     def __init__(self, authenticate: Authenticate) -> None:
         self._authenticate = authenticate
         self.login: Login | None = None
+        self.refusal: LoginRefused | None = None  # why the last login was refused
 
     def validate_authentication(self, username: str, password: str, handler: Any) -> None:
         """Log in on the backend; AuthenticationFailed (530 after a delay) if refused."""
+        self.refusal = None
         try:
             self.login = self._authenticate(username, password, handler.remote_ip, handler.secure)
         except LoginRefused as err:
+            self.refusal = err
             raise AuthenticationFailed(err.text) from None
 
     def storage(self) -> Storage:

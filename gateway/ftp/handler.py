@@ -13,7 +13,7 @@ import logging
 import posixpath
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pyftpdlib.exceptions import _RetryError
@@ -23,12 +23,13 @@ from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY
 from pyftpdlib.log import logger as ftplog
 
 from gateway import listing, logs, paths
-from gateway.errors import Banned, GatewayError, NoPassivePort, NotFound
+from gateway.errors import Banned, GatewayError, NoPassivePort, NotFound, Retired
 from gateway.ftp.authorizer import SessionAuthorizer
 from gateway.ftp.filesystem import GatewayFS
 from gateway.guard import Guard
 from gateway.metrics import Metrics
 from gateway.storage import Authenticate, Entry, Kind, Login, Storage
+from gateway.usage.session import FILE_TRANSFERS, Record, SessionUsage
 
 log = logging.getLogger("gateway.ftp")
 
@@ -74,6 +75,8 @@ _ALWAYS_ALLOWED = frozenset(
         "PROT",
         "MODE",
         "STRU",
+        "CLNT",
+        "CSID",
     }
 )
 
@@ -213,6 +216,19 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
     def use_sendfile(self) -> bool:
         return False
 
+    # TYPE A on binary data (NUL bytes) is flagged for the usage report: the conversion of
+    # line endings alters such files, and a client moving to SFTP must know it relied on it.
+
+    def _posix_ascii_data_wrapper(self, chunk: bytes) -> bytes:
+        if b"\0" in chunk:
+            self.cmd_channel.binary_in_ascii()
+        return super()._posix_ascii_data_wrapper(chunk)  # type: ignore[no-any-return]
+
+    def send(self, data: bytes) -> int:
+        if self.cmd == "RETR" and self.cmd_channel._current_type == "a" and b"\0" in data:
+            self.cmd_channel.binary_in_ascii()
+        return super().send(data)  # type: ignore[no-any-return]
+
     def recv(self, buffer_size: int) -> bytes:
         # pyftpdlib ends an upload the same way whether the client closed the data
         # connection cleanly or it was reset or timed out (handle_close marks the transfer
@@ -280,6 +296,10 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     metrics: Metrics | None = None  # idem
     guard: Guard | None = None  # idem
     login_grace = 30.0  # idem: seconds from connect to a successful login
+    #: idem: where finished session records go (the usage store); None: not recorded.
+    record_usage: Callable[[list[Record]], None] | None = None
+    #: A long session hands its counts to the store this often (seconds).
+    usage_every = 600.0
     fs: GatewayFS  # None before login (pyftpdlib checks authenticated first)
     _in_dtp_queue: Any  # pyftpdlib: (file, cmd) of an upload waiting for its data connection
     _out_dtp_queue: Any  # pyftpdlib: (data, isproducer, file, cmd) of a download waiting
@@ -293,6 +313,13 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     permit_foreign_addresses = False
     permit_privileged_ports = False
     banner = "ftp-sftp-gateway ready."
+    # CLNT (draft-ietf-ftpext-clnt) and Serv-U's CSID: the client names its software. The
+    # text is only noted for the usage report; it changes nothing in the session.
+    proto_cmds = {
+        **FTPHandler.proto_cmds,
+        "CLNT": {"perm": None, "auth": False, "arg": True, "help": "Syntax: CLNT <client name>."},
+        "CSID": {"perm": None, "auth": False, "arg": True, "help": "Syntax: CSID Name=<client>; ..."},
+    }
     # Every pyftpdlib log line of a session: client address, session id, user, route.
     log_prefix = "%(remote_ip)s:%(remote_port)s sess=%(session_id)s [%(username)s] route=%(route)s"
 
@@ -315,7 +342,11 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self._connected_at = time.monotonic()
         self._unauthenticated = False  # counted in the guard's not-logged-in sessions
         self._logged_in_once = False
+        self.usage = SessionUsage("-") if self.record_usage is not None else None
         super().__init__(conn, server, ioloop=ioloop)
+        if self.usage is not None:
+            self.usage.client_ip = getattr(self, "remote_ip", "-")
+        self._extra_feats: list[str] = [*self._extra_feats, "CLNT"]  # lftp names itself when this is listed
         self._available_facts = list(listing.FACTS)
         self._current_facts = ["type", "size", "modify", "perm", "unix.mode"]
 
@@ -398,6 +429,14 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             if err.fatal:
                 self.close_when_done()
 
+    def ftp_CLNT(self, line: str) -> None:
+        """CLNT: the client's name for itself (kept for the usage report)."""
+        self.respond("200 Noted.")
+
+    def ftp_CSID(self, line: str) -> None:
+        """CSID: as CLNT, in Serv-U's form; the gateway has no identity to offer back."""
+        self.respond("200 Noted.")
+
     def ftp_PORT(self, line: str) -> None:
         self.active_command = "PORT"
         super().ftp_PORT(line)
@@ -427,6 +466,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
                 self.respond("421 Login timeout, closing control connection.", logfun=ftplog.info)
                 self.close_when_done()
             return
+        if self.usage is not None and self.usage.due(self.usage_every):
+            self._record_usage()
         self._end_if_draining()
 
     def _transfer_pending(self) -> bool:
@@ -453,8 +494,15 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     # --- login
 
     def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
-        if self.authorizer.login is not None:
-            self.route = self.authorizer.login.route_name
+        login = self.authorizer.login
+        if login is not None:
+            self.route = login.route_name
+            if self.usage is not None:
+                self.usage.logged_in(
+                    self.username, login.route_name, login.phase, login.backend_name, self.secure
+                )
+            if self.metrics is not None:
+                self.metrics.phase_login(login.phase, self.secure, self.username)
         # The password already went to the backend; the session has no further use for it.
         super().handle_auth_success(home, "", msg_login)
 
@@ -466,11 +514,18 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         return super().ftp_STOU(line)
 
     def handle_auth_failed(self, msg: str, password: str) -> None:
+        refusal = self.authorizer.refusal
+        if isinstance(refusal, Retired):  # the user still tries FTP after the migration
+            if self.usage is not None:
+                self.usage.refused_retired(self.username, refusal.route, self.secure)
+            if self.metrics is not None:
+                self.metrics.phase_login("retired", self.secure, self.username)
         # pyftpdlib capitalize()s the text, which lowercases the rest of it: a route's
         # notice ("FTP ends ...: use sftp://Files.Example.com") must reach the client as written.
         super().handle_auth_failed(_Verbatim(msg) if msg else msg, password)
 
     def flush_account(self) -> None:
+        self._record_usage()  # REIN / USER: what the old login did is its own record
         super().flush_account()
         self.fs = None  # type: ignore[assignment]
         login = self.authorizer.detach()
@@ -504,6 +559,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         if not self._closed:
             self._drop_queued_transfer()
         super().close()
+        self._record_usage()
         self.authorizer.logout()
         while self._retired:
             self._retired.pop().storage.close()
@@ -611,15 +667,40 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     def log_cmd(self, cmd: str, arg: str, respcode: int, respstr: str) -> None:
         if self.metrics is not None:
             self.metrics.command(cmd, respcode)
+        if self.usage is not None:
+            self.usage.command(cmd, arg, respcode)
         super().log_cmd(cmd, arg, respcode, respstr)
+
+    # --- the usage report (gateway.usage)
+
+    def binary_in_ascii(self) -> None:
+        """The running TYPE A transfer carries NUL bytes (called by the data channel)."""
+        if self.usage is not None:
+            self.usage.binary_in_ascii()
+
+    def _record_usage(self) -> None:
+        """Hand what this session did so far to the usage store."""
+        if self.usage is None or self.record_usage is None:
+            return
+        login = self.authorizer.login
+        if login is not None and login.shadow_problems:
+            self.usage.shadow_problems(len(login.shadow_problems))
+            login.shadow_problems.clear()
+        records = self.usage.take()
+        if records:
+            self.record_usage(records)
 
     def log_transfer(
         self, cmd: str, filename: str, receive: bool, completed: bool, elapsed: float, bytes: int
     ) -> None:
+        login = self.authorizer.login
         if self.metrics is not None:
-            login = self.authorizer.login
             backend = login.backend_name if login is not None else ""
             self.metrics.transfer(receive, completed, bytes, elapsed, backend)
+            if login is not None and cmd in FILE_TRANSFERS:
+                self.metrics.phase_transfer(login.phase, self.secure, self.username, completed)
+        if self.usage is not None and cmd in FILE_TRANSFERS:
+            self.usage.transfer(receive, completed, bytes, self._current_type == "a")
         if logs.xferlog.handlers:
             line = logs.xferlog_line(
                 when=time.time(),

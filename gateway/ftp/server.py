@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from pyftpdlib.ioloop import IOLoop
@@ -19,6 +20,7 @@ from gateway.ftp.tls import GatewayImplicitTLSHandler, GatewayTLSDTPHandler, Gat
 from gateway.guard import Guard
 from gateway.metrics import Metrics
 from gateway.storage import Authenticate
+from gateway.usage.session import Record
 
 #: Commands dropped when active mode is disabled.
 _ACTIVE_COMMANDS = ("PORT", "EPRT")
@@ -30,6 +32,7 @@ def handler_class(
     metrics: Metrics | None = None,
     guard: Guard | None = None,
     implicit: bool = False,
+    record_usage: Callable[[list[Record]], None] | None = None,
 ) -> type[GatewayHandler]:
     """A GatewayHandler subclass carrying this configuration (FTPS ones when TLS is on)."""
     low, high = cfg.listen.passive_ports
@@ -55,6 +58,7 @@ def handler_class(
         "authenticate": staticmethod(authenticate),
         "metrics": metrics,
         "guard": guard,
+        "record_usage": staticmethod(record_usage) if record_usage is not None else None,
         "login_grace": cfg.guard.login_grace,
         "proto_cmds": commands,
         "dtp_handler": dtp,
@@ -92,6 +96,7 @@ def build_server(
     metrics: Metrics | None = None,
     guard: Guard | None = None,
     implicit: bool = False,
+    record_usage: Callable[[list[Record]], None] | None = None,
 ) -> GatewayFTPServer:
     """A ThreadedFTPServer (one thread per session) listening as configured, or on ``sock``.
 
@@ -101,7 +106,7 @@ def build_server(
         address: Any = sock
     else:
         address = (cfg.listen.address, cfg.tls.implicit_port if implicit else cfg.listen.port)
-    handler = handler_class(cfg, authenticate, metrics, guard, implicit)
+    handler = handler_class(cfg, authenticate, metrics, guard, implicit, record_usage)
     # Own IOLoop and stop flag: pyftpdlib's defaults (IOLoop.instance(), class-level _exit
     # and _lock) are process-wide, so stopping one server would stop every other one.
     server = GatewayFTPServer(address, handler, ioloop=IOLoop())

@@ -1,0 +1,196 @@
+"""Per-user readiness for SFTP from the stored usage rows: the evidence and a verdict.
+
+Verdicts (first that applies):
+
+* ``retired``: the user's latest login was refused because the route is retired.
+* ``blocked``: something the SFTP path cannot do or did badly: SITE subcommands other than
+  CHMOD/HELP, shadow copies that failed or differed, more than 5 % of transfers over SFTP failed.
+* ``ready``: at least one clean file transfer over SFTP (phase sftp, or uploads replayed in
+  phase shadow) and nothing blocking.
+* ``not proven``: nothing blocking, but no transfer over SFTP yet either.
+
+Warnings never change the verdict: plain FTP, active mode only, TYPE A (on binary data or
+at all), commands the gateway does not implement, a few failed SFTP transfers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import groupby
+
+from gateway.usage.session import Totals
+from gateway.usage.store import Row
+
+#: SITE subcommands the SFTP path honours (SITE CHMOD is an SFTP setstat).
+HONOURED_SITE = frozenset({"CHMOD", "HELP"})
+#: Above this share of failed transfers over SFTP, a user is blocked.
+MAX_FAILURE_RATE = 0.05
+VERDICTS = ("ready", "not proven", "blocked", "retired")
+
+
+@dataclass
+class RouteUse:
+    """How a user came in on one route and phase."""
+
+    route: str
+    phase: str
+    backend: str
+    logins: int
+    last_seen: float
+
+
+@dataclass
+class UserReport:
+    """Everything the report says about one user."""
+
+    user: str
+    first_seen: float
+    last_seen: float
+    phase: str  # of the latest login (or refusal)
+    routes: list[RouteUse]
+    client_ips: list[str]  # most logins first
+    clients: dict[str, int]  # client software -> logins
+    logins: int
+    refused_logins: int  # refused: the route is retired
+    tls_logins: int
+    totals: Totals
+    sftp_transfers: int
+    sftp_failed: int
+    untranslatable: list[str]
+    verdict: str
+    reasons: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tls_share(self) -> float:
+        """Share of logins (and refused attempts) made over TLS."""
+        attempts = self.logins + self.refused_logins
+        return self.tls_logins / attempts if attempts else 0.0
+
+    @property
+    def sftp_error_rate(self) -> float:
+        """Share of transfers over SFTP that failed."""
+        return self.sftp_failed / self.sftp_transfers if self.sftp_transfers else 0.0
+
+
+def _counted(counter: Counter[str]) -> str:
+    return ", ".join(f"{name} ({n}x)" for name, n in counter.most_common())
+
+
+def _days(seconds: float) -> str:
+    days = max(1, math.ceil(seconds / 86400))
+    return "1 day" if days == 1 else f"{days} days"
+
+
+def assess(rows: list[Row], now: float) -> list[UserReport]:
+    """One report per user in ``rows``, sorted by user name."""
+    ordered = sorted(rows, key=lambda r: (r.key.user, r.last_seen))
+    return [_user(user, list(group), now) for user, group in groupby(ordered, key=lambda r: r.key.user)]
+
+
+def _user(user: str, rows: list[Row], now: float) -> UserReport:
+    totals, sftp = Totals(), Totals()
+    routes: dict[tuple[str, str, str], RouteUse] = {}
+    ips: Counter[str] = Counter()
+    clients: Counter[str] = Counter()
+    refused = tls = 0
+    sftp_transfers = sftp_failed = 0
+    sftp_since = now
+    for row in rows:
+        key, t = row.key, row.totals
+        totals.add(t)
+        ips[key.client_ip] += t.logins
+        clients[key.client] += t.logins
+        tls += t.logins if key.tls else 0
+        use = routes.setdefault(
+            (key.route, key.phase, key.backend), RouteUse(key.route, key.phase, key.backend, 0, 0)
+        )
+        use.logins += t.logins
+        use.last_seen = max(use.last_seen, row.last_seen)
+        if key.outcome == "retired":
+            refused += t.logins
+        elif key.phase == "sftp":
+            sftp.add(t)
+            sftp_transfers += t.uploads + t.downloads
+            sftp_failed += t.uploads_failed + t.downloads_failed
+        elif key.phase == "shadow":  # uploads are replayed on SFTP; downloads come from legacy
+            sftp_transfers += t.uploads - t.uploads_failed
+            sftp_failed += min(t.shadow_problems, t.uploads - t.uploads_failed)
+        if key.outcome == "ok" and key.phase in ("sftp", "shadow"):
+            sftp_since = min(sftp_since, row.first_seen)
+    latest = rows[-1]
+    report = UserReport(
+        user=user,
+        first_seen=min(r.first_seen for r in rows),
+        last_seen=latest.last_seen,
+        phase=latest.key.phase,
+        routes=sorted(routes.values(), key=lambda u: -u.last_seen),
+        client_ips=[ip for ip, _ in ips.most_common()],
+        clients=dict(clients.most_common()),
+        logins=totals.logins - refused,
+        refused_logins=refused,
+        tls_logins=tls,
+        totals=totals,
+        sftp_transfers=sftp_transfers,
+        sftp_failed=sftp_failed,
+        untranslatable=[],
+        verdict="",
+        reasons=[],
+    )
+    _judge(report, latest, sftp_since, now)
+    return report
+
+
+def _judge(r: UserReport, latest: Row, sftp_since: float, now: float) -> None:
+    t = r.totals
+    site = Counter({sub: n for sub, n in t.site.items() if sub not in HONOURED_SITE})
+    unknown = Counter({verb: n for verb, n in t.unknown.items() if verb not in ("CLNT", "CSID")})
+    r.untranslatable = [f"SITE {sub}" for sub in site]
+    if t.type_a_binary:
+        r.untranslatable.append("TYPE A on binary data")
+    if t.active and not t.passive:
+        r.untranslatable.append("active mode only")
+    r.untranslatable += list(unknown)
+
+    blockers = []
+    if site:
+        named = Counter({f"SITE {sub}": n for sub, n in site.items()})
+        blockers.append(f"uses {_counted(named)}: SFTP has no equivalent")
+    if t.shadow_problems:
+        blockers.append(f"shadow phase: {t.shadow_problems} SFTP copies failed or differed from the legacy's")
+    failed = f"{r.sftp_failed} of {r.sftp_transfers} transfers over sftp failed ({r.sftp_error_rate:.0%})"
+    if r.sftp_error_rate > MAX_FAILURE_RATE:
+        blockers.append(failed)
+    elif r.sftp_failed:
+        r.warnings.append(failed)
+    plain = r.logins + r.refused_logins - r.tls_logins
+    if plain:
+        r.warnings.append(f"{plain} of {r.logins + r.refused_logins} logins in plain FTP (no TLS)")
+    if t.active and not t.passive:
+        r.warnings.append("active mode only (PORT/EPRT): the gateway must be able to connect to the client")
+    if t.type_a_binary:
+        r.warnings.append(f"TYPE A on binary data ({t.type_a_binary} transfers): bytes altered in transit")
+    elif t.type_a:
+        r.warnings.append(f"TYPE A transfers ({t.type_a}): line endings converted; an SFTP client would not")
+    if unknown:
+        r.warnings.append(f"commands the gateway does not implement: {_counted(unknown)}")
+
+    if latest.key.outcome == "retired":
+        r.verdict = "retired"
+        r.reasons = [
+            f"FTP is off for route {latest.key.route}, yet {r.refused_logins} refused logins, "
+            f"the last from {latest.key.client_ip} (client: {latest.key.client})"
+        ]
+    elif blockers:
+        r.verdict, r.reasons = "blocked", blockers
+    elif r.sftp_transfers:
+        clean = r.sftp_transfers - r.sftp_failed
+        r.verdict, r.reasons = "ready", [f"{clean} clean transfers over sftp in {_days(now - sftp_since)}"]
+    elif r.phase == "legacy":
+        r.verdict = "not proven"
+        r.reasons = ["no transfers over sftp yet (phase legacy): move the route to shadow or sftp to test"]
+    else:
+        r.verdict = "not proven"
+        r.reasons = [f"{r.logins} logins but no file transfer over sftp yet"]

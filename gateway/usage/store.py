@@ -1,0 +1,252 @@
+"""The usage store: daily totals of what each user's sessions did, in one SQLite file.
+
+One row per (day, user, route, phase, backend, client address, TLS, client software,
+outcome); a session's record is added to its row, so the file grows with the number of
+distinct ways users connect per day, not with the number of sessions, and rows older than
+``retention_days`` are deleted (at start and hourly).
+
+Concurrency: sessions hand records to ``UsageStore.add`` (a queue, never blocking a session);
+one writer thread per process commits them in batches. Several worker processes share the
+file: WAL journal, ``BEGIN IMMEDIATE`` and a busy timeout serialise their writes, and each
+row update is a read-add-write inside that transaction, so no count is lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import astuple, dataclass
+
+from gateway.usage.session import Key, Record, Totals
+
+log = logging.getLogger("gateway.usage")
+
+SCHEMA_VERSION = 1
+_KEY_COLUMNS = ("day", "user", "route", "phase", "backend", "client_ip", "tls", "client", "outcome")
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS usage (
+    day TEXT NOT NULL, user TEXT NOT NULL, route TEXT NOT NULL, phase TEXT NOT NULL,
+    backend TEXT NOT NULL, client_ip TEXT NOT NULL, tls INTEGER NOT NULL, client TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, totals TEXT NOT NULL,
+    PRIMARY KEY ({", ".join(_KEY_COLUMNS)})
+);
+CREATE INDEX IF NOT EXISTS usage_last_seen ON usage (last_seen);
+CREATE INDEX IF NOT EXISTS usage_user ON usage (user, last_seen);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+#: Refused logins of retired routes come before any password check, so their user names
+#: are the client's to choose: past this many distinct rows a day they share one row.
+MAX_RETIRED_ROWS_PER_DAY = 1000
+#: Records waiting for the writer; past this a record is dropped (and logged), not a session blocked.
+QUEUE_LIMIT = 100_000
+_BUSY_TIMEOUT_MS = 10_000
+_PRUNE_EVERY = 3600.0
+_STOP = object()
+
+
+class StoreError(Exception):
+    """The usage database cannot be opened or read (the message says why and what to do)."""
+
+
+def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
+    """A connection to the usage database (created with its schema unless ``readonly``)."""
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_MS / 1000)
+        else:
+            conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as err:
+        raise StoreError(f"usage database {path}: {err}") from err
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"usage database {path} is from a newer ftp-sftp-gateway (schema {version})")
+    return conn
+
+
+@dataclass(frozen=True)
+class Row:
+    """One stored row: a key's totals for one day."""
+
+    key: Key
+    first_seen: float
+    last_seen: float
+    totals: Totals
+
+
+def read(path: str, since: float | None = None, user: str | None = None) -> list[Row]:
+    """The rows last seen at or after ``since`` (all if None), of ``user`` only if given."""
+    conn = connect(path, readonly=True)
+    try:
+        columns = ", ".join(_KEY_COLUMNS)
+        sql = f"SELECT {columns}, first_seen, last_seen, totals FROM usage WHERE last_seen >= ?"
+        args: list[object] = [since if since is not None else float("-inf")]
+        if user is not None:
+            sql += " AND user = ?"
+            args.append(user)
+        rows = conn.execute(sql + " ORDER BY user, last_seen", args).fetchall()
+    except sqlite3.Error as err:
+        raise StoreError(f"usage database {path}: {err}") from err
+    finally:
+        conn.close()
+    out = []
+    for r in rows:
+        key = Key(**dict(zip(_KEY_COLUMNS, r[: len(_KEY_COLUMNS)], strict=True)))
+        key = dataclasses.replace(key, tls=bool(key.tls))
+        out.append(Row(key, r[9], r[10], Totals.from_json(json.loads(r[11]))))
+    return out
+
+
+def headcount(path: str, now: float) -> tuple[dict[str, int], int]:
+    """(users seen in 7 days by the phase of their latest row, users on plain FTP in 24 h)."""
+    conn = connect(path, readonly=True)
+    try:
+        # SQLite: with max(), the bare column `phase` comes from the row holding the maximum.
+        phases = conn.execute(
+            "SELECT phase, count(*) FROM (SELECT user, phase, max(last_seen) FROM usage "
+            "WHERE last_seen >= ? GROUP BY user) GROUP BY phase",
+            (now - 7 * 86400,),
+        ).fetchall()
+        plain = conn.execute(
+            "SELECT count(DISTINCT user) FROM usage WHERE last_seen >= ? AND tls = 0 AND outcome = 'ok'",
+            (now - 86400,),
+        ).fetchone()[0]
+    except sqlite3.Error as err:
+        raise StoreError(f"usage database {path}: {err}") from err
+    finally:
+        conn.close()
+    return dict(phases), int(plain)
+
+
+def write(conn: sqlite3.Connection, records: Iterable[Record]) -> None:
+    """Add ``records`` to their rows in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for record in records:
+            _add(conn, record)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _add(conn: sqlite3.Connection, record: Record) -> None:
+    key = record.key
+    where = " AND ".join(f"{c} = ?" for c in _KEY_COLUMNS)
+    if key.outcome == "retired" and key.user != "*":
+        known = conn.execute("SELECT 1 FROM usage WHERE " + where, astuple(key)).fetchone()
+        if known is None:
+            count = conn.execute(
+                "SELECT count(*) FROM usage WHERE day = ? AND outcome = 'retired'", (key.day,)
+            ).fetchone()[0]
+            if count >= MAX_RETIRED_ROWS_PER_DAY:
+                key = dataclasses.replace(key, user="*", client_ip="*")
+    found = conn.execute(f"SELECT first_seen, last_seen, totals FROM usage WHERE {where}", astuple(key))
+    found = found.fetchone()
+    totals = Totals.from_json(json.loads(found[2])) if found else Totals()
+    totals.add(record.totals)
+    first = min(found[0], record.first_seen) if found else record.first_seen
+    last = max(found[1], record.last_seen) if found else record.last_seen
+    conn.execute(
+        f"INSERT OR REPLACE INTO usage ({', '.join(_KEY_COLUMNS)}, first_seen, last_seen, totals) "
+        f"VALUES ({', '.join('?' * (len(_KEY_COLUMNS) + 3))})",
+        (*astuple(key), first, last, json.dumps(totals.to_json(), sort_keys=True)),
+    )
+
+
+def prune(conn: sqlite3.Connection, retention_days: int, now: float | None = None) -> int:
+    """Delete the rows last seen more than ``retention_days`` ago; returns how many."""
+    cutoff = (time.time() if now is None else now) - retention_days * 86400
+    return conn.execute("DELETE FROM usage WHERE last_seen < ?", (cutoff,)).rowcount
+
+
+class UsageStore:
+    """The gateway's writer: sessions ``add`` records, one thread commits them."""
+
+    def __init__(self, path: str, retention_days: int) -> None:
+        self.path, self.retention_days = path, retention_days
+        self._queue: queue.Queue[object] = queue.Queue(QUEUE_LIMIT)
+        self._conn = connect(path)  # fails here, at start, with a clear message
+        self._conn.close()
+        self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
+        self.dropped = 0
+        self._thread.start()
+
+    def add(self, records: Iterable[Record]) -> None:
+        """Queue ``records`` for the writer (never blocks; drops and logs when far behind)."""
+        for record in records:
+            try:
+                self._queue.put_nowait(record)
+            except queue.Full:
+                self.dropped += 1
+                if self.dropped in (1, 1000) or self.dropped % 100_000 == 0:
+                    log.error("usage store %s: %d records dropped (writer behind)", self.path, self.dropped)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the writer (at most ``timeout`` seconds)."""
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.error("usage store %s: writer stuck; %d records not written", self.path, self._queue.qsize())
+            return
+        self._thread.join(timeout)
+
+    def _batches(self) -> Iterator[list[Record]]:
+        while True:
+            try:
+                item = self._queue.get(timeout=_PRUNE_EVERY)
+            except queue.Empty:
+                yield []
+                continue
+            batch: list[Record] = []
+            while item is not _STOP:
+                assert isinstance(item, Record)
+                batch.append(item)
+                if len(batch) >= 500:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            yield batch
+            if item is _STOP:
+                return
+
+    def _run(self) -> None:
+        conn = connect(self.path)
+        pruned_at = 0.0
+        try:
+            for batch in self._batches():
+                if time.monotonic() - pruned_at >= _PRUNE_EVERY or pruned_at == 0.0:
+                    pruned_at = time.monotonic()
+                    self._commit(conn, lambda: prune(conn, self.retention_days))
+                if batch:
+                    self._commit(conn, functools.partial(write, conn, batch), len(batch))
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, action: Callable[[], object], count: int = 0) -> None:
+        # A full disk or a locked file must not kill the writer: log and go on with the next
+        # batch (the batch is lost, which the log says; sessions are never held up).
+        for attempt in range(3):
+            try:
+                action()
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" in str(err) and attempt < 2:
+                    continue
+                log.error("usage store %s: %s (%d records not written)", self.path, err, count)
+                return
+            except sqlite3.Error as err:
+                log.error("usage store %s: %s (%d records not written)", self.path, err, count)
+                return

@@ -1,0 +1,198 @@
+"""The readiness report: real FTP clients through the gateway, the usage store, `report`."""
+
+from __future__ import annotations
+
+import csv
+import ftplib
+import io
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.conftest import CLI, base_config, legacy_config, seed
+
+SCHEMA = json.loads((Path(__file__).parents[2] / "gateway" / "usage" / "report.schema.json").read_text())
+
+
+def with_report(doc, tmp_path, **report):
+    doc["report"] = {"database": str(tmp_path / "usage.sqlite"), **report}
+    return doc
+
+
+def report(tmp_path, doc, *args, fmt="json"):
+    """`ftp-sftp-gateway report` on the gateway's config: parsed JSON, CSV rows or the table."""
+    path = tmp_path / "report.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = subprocess.run(
+        [*CLI, "report", "--config", str(path), "--format", fmt, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    if fmt == "json":
+        document = json.loads(out)
+        jsonschema.validate(document, SCHEMA)
+        return {u["user"]: u for u in document["users"]}
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(out)))
+    return out
+
+
+def run_client(args, **kwargs):
+    subprocess.run(args, check=True, capture_output=True, timeout=120, **kwargs)
+
+
+def test_real_clients_are_fingerprinted_and_judged(gateway_factory, sshd, user, user2, tmp_path):
+    doc = with_report(base_config(sshd), tmp_path)
+    gw = gateway_factory(doc)
+    payload = os.urandom(100_000)
+    seed(user, "down.bin", payload)
+    seed(user2, "text.txt", "line\n" * 100)
+    # user: Python ftplib, curl and lftp, each a clean session.
+    ftp = gw.login(user)
+    ftp.storbinary("STOR up.bin", io.BytesIO(payload))
+    ftp.retrbinary("RETR down.bin", io.BytesIO().write)
+    ftp.retrlines("LIST", lambda line: None)
+    ftp.quit()
+    url = f"ftp://{user.name}:{user.password}@127.0.0.1:{gw.port}"
+    run_client(["curl", "-sS", "-o", str(tmp_path / "c.bin"), f"{url}/down.bin"])
+    lftp = f"set ftp:ssl-allow no; open -p {gw.port} -u {user.name},{user.password} 127.0.0.1; "
+    lftp += f"get down.bin -o {tmp_path / 'l.bin'}; put {tmp_path / 'c.bin'} -o l-up.bin"
+    run_client(["lftp", "-c", lftp])
+    # user2: a mainframe-style job: SITE RECFM (refused), TYPE A on binary data, active mode.
+    job = gw.login(user2)
+    with pytest.raises(ftplib.error_perm, match=r"^500"):
+        job.sendcmd("SITE RECFM=FB")
+    job.set_pasv(False)
+    job.voidcmd("TYPE A")
+    conn = job.transfercmd("STOR packed.dat")
+    conn.sendall(b"\x00\x01binary\r\n\x00")
+    conn.close()
+    job.voidresp()
+    job.retrlines("RETR text.txt", lambda line: None)
+    job.quit()
+    gw.stop()  # the store writes what is queued
+
+    users = report(tmp_path, doc)
+    u1, u2 = users[user.name], users[user2.name]
+    assert set(u1["clients"]) == {"Python ftplib", "curl", "lftp 4.9.2"}
+    assert u1["logins"] == 3 and u1["refused_logins"] == 0
+    assert u1["transfers"]["uploads"] == 2 and u1["transfers"]["downloads"] == 3
+    assert u1["transfers"]["bytes_down"] == 3 * len(payload)
+    assert u1["transfers"]["bytes_up"] == 2 * len(payload)
+    assert u1["tls_share"] == 0 and u1["client_ips"] == ["127.0.0.1"]
+    assert u1["routes"][0]["phase"] == "sftp" and u1["phase"] == "sftp"
+    # lftp says CLNT before and again after login
+    assert u1["commands"]["CLNT"] == 2 and u1["commands"]["RETR"] == 3
+    assert u1["data_connections"]["active"] == 0 and u1["data_connections"]["passive"] >= 5
+    assert u1["verdict"] == "ready", u1
+    assert u1["reasons"] == ["5 clean transfers over sftp in 1 day"]
+    assert "3 of 3 logins in plain FTP (no TLS)" in u1["warnings"]
+    assert u1["untranslatable"] == []
+
+    assert u2["verdict"] == "blocked"
+    assert u2["reasons"] == ["uses SITE RECFM (1x): SFTP has no equivalent"]
+    assert u2["site_commands"] == {"RECFM": 1}
+    assert u2["transfers"]["type_a"] == 2 and u2["transfers"]["type_a_binary"] == 1
+    assert u2["untranslatable"] == ["SITE RECFM", "TYPE A on binary data", "active mode only"]
+    assert u2["error_replies"] == {"500": 1}
+    assert u2["data_connections"] == {"passive": 0, "active": 2}
+
+    rows = report(tmp_path, doc, fmt="csv")
+    assert [r["user"] for r in rows] == sorted([user.name, user2.name])
+    assert {r["user"]: r["verdict"] for r in rows} == {user.name: "ready", user2.name: "blocked"}
+    table = report(tmp_path, doc, "--user", user2.name, fmt="table")
+    assert "blocked: uses SITE RECFM (1x)" in table and user.name not in table
+
+
+def upload_once(gw, user, name):
+    ftp = gw.login(user)
+    ftp.storbinary(f"STOR {name}", io.BytesIO(b"x" * 1000))
+    ftp.quit()
+
+
+def test_store_survives_restarts_and_concurrent_sessions_lose_nothing(gateway_factory, sshd, user, tmp_path):
+    doc = with_report(base_config(sshd), tmp_path)
+    doc["guard"] = {"max_unauthenticated_per_ip": 32, "max_failures": 32}  # 12 logins at once
+    first = gateway_factory(doc)
+    upload_once(first, user, "before-restart.bin")
+    first.stop()
+    # Two gateways (as two workers would) on one database, 12 sessions each at once.
+    gateways = [gateway_factory(doc), gateway_factory(doc)]
+    errors = []
+
+    def session(gw, index):
+        try:
+            upload_once(gw, user, f"c{index}.bin")
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=session, args=(gw, i)) for i in range(12) for gw in gateways]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    for gw in gateways:
+        gw.stop()
+    u = report(tmp_path, doc)[user.name]
+    assert u["logins"] == 25
+    assert u["transfers"]["uploads"] == 25 and u["transfers"]["bytes_up"] == 25_000
+    assert u["commands"]["STOR"] == 25 and u["reply_classes"]["2xx"] >= 25 * 3
+
+
+def test_every_phase_of_a_migration_is_told_truthfully(gateway_factory, sshd, legacy_ftp, user2, tmp_path):
+    """The walkthrough in small: legacy, shadow, sftp, then retired, one gateway after another."""
+    (legacy_ftp.twin_home / "in.txt").write_text("from the legacy server\n")
+    seed(user2, "in.txt", "from the sftp server\n")
+    docs = {}
+    for phase in ("legacy", "shadow", "sftp", "retired"):
+        docs[phase] = doc = with_report(legacy_config(sshd, legacy_ftp, phase), tmp_path)
+        route = doc["routes"][0]
+        route["match"]["user"], route["root"] = user2.name, "~"  # the same account on both servers
+        route["notice"] = "FTP is off: use sftp://files.example.com"
+
+    def session(phase, upload=False):
+        gw = gateway_factory(docs[phase])
+        ftp = gw.login(user2)
+        ftp.retrbinary("RETR in.txt", io.BytesIO().write)
+        if upload:
+            ftp.storbinary(f"STOR {phase}.bin", io.BytesIO(b"y" * 500))
+        ftp.quit()
+        gw.stop()
+        return report(tmp_path, docs[phase])[user2.name]
+
+    u = session("legacy")
+    assert (u["verdict"], u["phase"]) == ("not proven", "legacy")
+    assert u["reasons"] == [
+        "no transfers over sftp yet (phase legacy): move the route to shadow or sftp to test"
+    ]
+    assert [(r["route"], r["phase"], r["backend"], r["logins"]) for r in u["routes"]] == [
+        ("partners", "legacy", "old-ftp", 1)
+    ]
+    u = session("shadow", upload=True)  # the upload is replayed on SFTP: first evidence
+    assert (u["verdict"], u["reasons"]) == ("ready", ["1 clean transfers over sftp in 1 day"])
+    assert (u["sftp_path"]["transfers"], u["sftp_path"]["shadow_problems"]) == (1, 0)
+    assert (user2.home / "shadow.bin").exists()
+    u = session("sftp", upload=True)
+    assert (u["verdict"], u["reasons"]) == ("ready", ["3 clean transfers over sftp in 1 day"])
+    assert [r["phase"] for r in u["routes"]] == ["sftp", "shadow", "legacy"]  # latest first
+
+    gw = gateway_factory(docs["retired"])
+    refused = gw.connect()
+    with pytest.raises(ftplib.error_perm, match="FTP is off"):
+        refused.login(user2.name, user2.password)
+    refused.close()
+    gw.stop()
+    u = report(tmp_path, docs["retired"])[user2.name]
+    assert (u["verdict"], u["phase"], u["refused_logins"], u["logins"]) == ("retired", "retired", 1, 3)
+    assert u["reasons"] == [
+        "FTP is off for route partners, yet 1 refused logins, the last from 127.0.0.1 (client: unknown)"
+    ]
