@@ -79,9 +79,13 @@ def _counted(counter: Counter[str]) -> str:
     return ", ".join(f"{name} ({n}x)" for name, n in counter.most_common())
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 login``, ``2 logins``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _days(seconds: float) -> str:
-    days = max(1, math.ceil(seconds / 86400))
-    return "1 day" if days == 1 else f"{days} days"
+    return plural(max(1, math.ceil(seconds / 86400)), "day")
 
 
 def assess(rows: list[Row], now: float) -> list[UserReport]:
@@ -180,17 +184,18 @@ def _judge(r: UserReport, latest: Row, sftp_since: float, now: float) -> None:
     if latest.key.outcome == "retired":
         r.verdict = "retired"
         r.reasons = [
-            f"FTP is off for route {latest.key.route}, yet {r.refused_logins} refused logins, "
+            f"FTP is off for route {latest.key.route}, yet {plural(r.refused_logins, 'refused login')}, "
             f"the last from {latest.key.client_ip} (client: {latest.key.client})"
         ]
     elif blockers:
         r.verdict, r.reasons = "blocked", blockers
     elif r.sftp_transfers:
         clean = r.sftp_transfers - r.sftp_failed
-        r.verdict, r.reasons = "ready", [f"{clean} clean transfers over sftp in {_days(now - sftp_since)}"]
+        evidence = f"{plural(clean, 'clean transfer')} over sftp in {_days(now - sftp_since)}"
+        r.verdict, r.reasons = "ready", [evidence]
     elif r.phase == "legacy":
         r.verdict = "not proven"
         r.reasons = ["no transfers over sftp yet (phase legacy): move the route to shadow or sftp to test"]
     else:
         r.verdict = "not proven"
-        r.reasons = [f"{r.logins} logins but no file transfer over sftp yet"]
+        r.reasons = [f"{plural(r.logins, 'login')} but no file transfer over sftp yet"]

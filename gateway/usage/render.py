@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from gateway.usage.readiness import UserReport
+from gateway.usage.readiness import UserReport, plural
 
 SCHEMA_VERSION = 1
 CSV_COLUMNS = (
@@ -191,6 +191,8 @@ def to_table(reports: list[UserReport], since: float | None, now: float) -> str:
             out += [f"    warning: {warning}" for warning in report.warnings]
             if report.untranslatable:
                 out.append(f"    will not translate cleanly: {', '.join(report.untranslatable)}")
+            seen = ", ".join(f"{u.route}/{u.phase} {plural(u.logins, 'login')}" for u in report.routes)
+            out.append(f"    routes (latest first): {seen}")
     window = f"since {_short(since)} UTC" if since is not None else "all retained days"
-    out.append(f"\n{len(reports)} users, {window}; generated {_short(now)} UTC.")
+    out.append(f"\n{plural(len(reports), 'user')}, {window}; generated {_short(now)} UTC.")
     return "\n".join(out) + "\n"

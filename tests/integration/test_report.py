@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import CLI, base_config, legacy_config, seed
+from tests.conftest import CLI, base_config, legacy_config, seed, wait_for
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "gateway" / "usage" / "report.schema.json").read_text())
 
@@ -178,7 +178,7 @@ def test_every_phase_of_a_migration_is_told_truthfully(gateway_factory, sshd, le
         ("partners", "legacy", "old-ftp", 1)
     ]
     u = session("shadow", upload=True)  # the upload is replayed on SFTP: first evidence
-    assert (u["verdict"], u["reasons"]) == ("ready", ["1 clean transfers over sftp in 1 day"])
+    assert (u["verdict"], u["reasons"]) == ("ready", ["1 clean transfer over sftp in 1 day"])
     assert (u["sftp_path"]["transfers"], u["sftp_path"]["shadow_problems"]) == (1, 0)
     assert (user2.home / "shadow.bin").exists()
     u = session("sftp", upload=True)
@@ -194,5 +194,52 @@ def test_every_phase_of_a_migration_is_told_truthfully(gateway_factory, sshd, le
     u = report(tmp_path, docs["retired"])[user2.name]
     assert (u["verdict"], u["phase"], u["refused_logins"], u["logins"]) == ("retired", "retired", 1, 3)
     assert u["reasons"] == [
-        "FTP is off for route partners, yet 1 refused logins, the last from 127.0.0.1 (client: unknown)"
+        "FTP is off for route partners, yet 1 refused login, the last from 127.0.0.1 (client: unknown)"
     ]
+
+
+def test_prometheus_view_by_phase_tls_and_capped_users(gateway_factory, sshd, user, user2, tmp_path):
+    from gateway.usage import store
+    from tests.integration.test_metrics import scrape, value
+
+    doc = with_report(base_config(sshd), tmp_path, per_user_metrics=1)
+    gw = gateway_factory(doc)
+    upload_once(gw, user, "m.bin")
+    gw.login(user2).quit()
+    database = doc["report"]["database"]
+    assert wait_for(lambda: len(store.read(database)) == 2)  # the writer is asynchronous
+    m = scrape(gw)
+    assert value(m, "ftpgw_phase_logins_total", phase="sftp", tls="no") == 2
+    assert value(m, "ftpgw_phase_transfers_total", phase="sftp", tls="no") == 1
+    # One user has series of its own; every further user is "_other" (bounded cardinality).
+    assert value(m, "ftpgw_user_logins_total", user=user.name, tls="no") == 1
+    assert value(m, "ftpgw_user_logins_total", user="_other", tls="no") == 1
+    assert value(m, "ftpgw_user_transfers_total", user=user.name, result="ok") == 1
+    assert not any(dict(labels).get("user") == user2.name for _, labels in m)
+    assert value(m, "ftpgw_users", phase="sftp") == 2 and value(m, "ftpgw_users", phase="legacy") == 0
+    assert value(m, "ftpgw_users_plain_ftp") == 2
+
+
+def test_without_a_database_nothing_is_recorded_and_report_says_how(gateway_factory, sshd, user, tmp_path):
+    doc = base_config(sshd)
+    gw = gateway_factory(doc)
+    gw.login(user).quit()
+    assert gw.gateway.usage is None
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = subprocess.run([*CLI, "report", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "report.database is not set" in out.stderr and out.stdout == ""
+    command = [*CLI, "report", "--config", str(path), "--since", "yesterday"]
+    bad = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "use 30m, 12h, 7d, 2w or a date YYYY-MM-DD" in bad.stderr
+
+
+def test_a_database_that_is_not_sqlite_stops_the_start_with_the_reason(sshd, tmp_path):
+    database = tmp_path / "usage.sqlite"
+    database.write_text("this is not a database\n" * 100)
+    doc = with_report(base_config(sshd), tmp_path)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = subprocess.run([*CLI, "run", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert f"report.database: usage database {database}: file is not a database" in out.stderr

@@ -29,6 +29,7 @@ def test_example_config_is_valid_and_matches_defaults(known_hosts):
     assert cfg.limits == config.LimitsConfig()
     assert cfg.guard == config.GuardConfig()
     assert cfg.tls == config.TLSConfig()  # commented out in the example: plain FTP
+    assert cfg.report == config.ReportConfig()  # no database: nothing recorded
     assert cfg.backends["main"].known_hosts == known_hosts
     assert cfg.routes[0].root == "/home/{user}"
     assert cfg.routes[0].auth == "passthrough"
@@ -350,3 +351,25 @@ def test_the_migration_walkthrough_config_is_valid(known_hosts):
     cfg = config.parse(doc)
     route = cfg.routes[0]
     assert (route.phase, route.legacy, cfg.backends["old-ftp"].type) == ("legacy", "old-ftp", "ftp")
+
+
+def test_report_section(known_hosts, tmp_path):
+    doc = example_doc(known_hosts)
+    doc["report"] = {"database": "usage.sqlite", "retention_days": 14, "per_user_metrics": 50}
+    cfg = config.parse(doc, tmp_path)
+    assert cfg.report == config.ReportConfig(str(tmp_path / "usage.sqlite"), 14, 50)
+    doc["report"] = {"database": str(tmp_path / "missing" / "u.sqlite"), "retention_days": 0, "keep": 1}
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc, tmp_path)
+    assert err.value.problems == [
+        f"report.database: directory {tmp_path / 'missing'} does not exist or is not writable",
+        "report.retention_days: must be from 1 to 3650",
+        "report.keep: unknown key (known keys here: database, per_user_metrics, retention_days)",
+    ]
+
+
+def test_the_walkthrough_config_records_usage_next_to_itself(known_hosts, tmp_path):
+    doc = yaml.safe_load((EXAMPLE.parent / "migration.example.yaml").read_text())
+    doc["backends"]["main"]["known_hosts"] = known_hosts
+    cfg = config.parse(doc, tmp_path)
+    assert cfg.report == config.ReportConfig(str(tmp_path / "usage.sqlite"), 90, 0)
