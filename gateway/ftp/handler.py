@@ -525,7 +525,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         super().handle_auth_failed(_Verbatim(msg) if msg else msg, password)
 
     def flush_account(self) -> None:
-        self._record_usage()  # REIN / USER: what the old login did is its own record
+        self._record_usage(logout=True)  # REIN / USER: what the old login did is its own record
         super().flush_account()
         self.fs = None  # type: ignore[assignment]
         login = self.authorizer.detach()
@@ -669,6 +669,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self.metrics.command(cmd, respcode)
         if self.usage is not None:
             self.usage.command(cmd, arg, respcode)
+            if self._closed:  # QUIT is logged after its reply closed the session
+                self._record_usage()
         super().log_cmd(cmd, arg, respcode, respstr)
 
     # --- the usage report (gateway.usage)
@@ -678,15 +680,15 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         if self.usage is not None:
             self.usage.binary_in_ascii()
 
-    def _record_usage(self) -> None:
-        """Hand what this session did so far to the usage store."""
+    def _record_usage(self, logout: bool = False) -> None:
+        """Hand what this session did so far to the usage store (``logout``: the login ends)."""
         if self.usage is None or self.record_usage is None:
             return
         login = self.authorizer.login
         if login is not None and login.shadow_problems:
             self.usage.shadow_problems(len(login.shadow_problems))
             login.shadow_problems.clear()
-        records = self.usage.take()
+        records = self.usage.take(logout)
         if records:
             self.record_usage(records)
 

@@ -153,7 +153,7 @@ def from_clnt(clnt: str) -> str:
         clnt = f"{fields['Name']} {fields.get('Version', '')}"
     word = _WORD.search(clnt)
     if word is None:
-        return clnt.strip()[:40] or "unknown"
+        return "unknown"
     name = _PRODUCTS.get(word.group().lower(), word.group())
     version = _VERSION.search(clnt, word.start())
     return f"{name} {version.group()}" if version else name

@@ -112,6 +112,14 @@ def to_json(reports: list[UserReport], since: float | None, now: float) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+def _cell(value: object) -> object:
+    # CSV injection (OWASP): user names and CLNT texts are the client's to choose, and a
+    # spreadsheet runs a cell starting with = + - @ as a formula: such text gets a leading '.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def to_csv(reports: list[UserReport]) -> str:
     """One row per user under the ``CSV_COLUMNS`` header (lists joined with "; ")."""
     out = io.StringIO()
@@ -119,29 +127,28 @@ def to_csv(reports: list[UserReport]) -> str:
     writer.writeheader()
     for r in reports:
         d = as_data(r)
-        writer.writerow(
-            {
-                **{k: d[k] for k in ("user", "verdict", "phase", "first_seen", "last_seen", "logins")},
-                "refused_logins": r.refused_logins,
-                "reasons": "; ".join(r.reasons),
-                "warnings": "; ".join(r.warnings),
-                "routes": "; ".join(f"{u.route} ({u.phase})" for u in r.routes),
-                "tls_share": d["tls_share"],
-                "clients": "; ".join(r.clients),
-                "client_ips": "; ".join(r.client_ips),
-                **d["data_connections"],
-                "uploads": r.totals.uploads,
-                "downloads": r.totals.downloads,
-                "failed_transfers": r.totals.uploads_failed + r.totals.downloads_failed,
-                "bytes_up": r.totals.bytes_up,
-                "bytes_down": r.totals.bytes_down,
-                "type_a_transfers": r.totals.type_a,
-                "sftp_transfers": r.sftp_transfers,
-                "sftp_failed": r.sftp_failed,
-                "sftp_error_rate": d["sftp_path"]["error_rate"],
-                "untranslatable": "; ".join(r.untranslatable),
-            }
-        )
+        row: dict[str, object] = {
+            **{k: d[k] for k in ("user", "verdict", "phase", "first_seen", "last_seen", "logins")},
+            "refused_logins": r.refused_logins,
+            "reasons": "; ".join(r.reasons),
+            "warnings": "; ".join(r.warnings),
+            "routes": "; ".join(f"{u.route} ({u.phase})" for u in r.routes),
+            "tls_share": d["tls_share"],
+            "clients": "; ".join(r.clients),
+            "client_ips": "; ".join(r.client_ips),
+            **d["data_connections"],
+            "uploads": r.totals.uploads,
+            "downloads": r.totals.downloads,
+            "failed_transfers": r.totals.uploads_failed + r.totals.downloads_failed,
+            "bytes_up": r.totals.bytes_up,
+            "bytes_down": r.totals.bytes_down,
+            "type_a_transfers": r.totals.type_a,
+            "sftp_transfers": r.sftp_transfers,
+            "sftp_failed": r.sftp_failed,
+            "sftp_error_rate": d["sftp_path"]["error_rate"],
+            "untranslatable": "; ".join(r.untranslatable),
+        }
+        writer.writerow({name: _cell(value) for name, value in row.items()})
     return out.getvalue()
 
 

@@ -4,7 +4,7 @@ The FTP handler feeds a ``SessionUsage`` every command with its reply code and e
 transfer. ``take()`` hands over the totals counted so far and starts afresh; the store adds
 them up per day, so a session that lasts for days is recorded in pieces and nothing is
 counted twice. Everything kept is bounded: command names are sanitised and capped in
-number, arguments are not kept (except the client's own CLNT text, sanitised and cut).
+number, arguments are not kept (of a CLNT text only the product name and version read from it).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class SessionUsage:
         if len(self._lines) < PROBE_LINES:
             self._lines.append((name, "" if name == "PASS" else text(arg)))
         if name in ("CLNT", "CSID") and arg and not self._clnt:
-            self._clnt = text(arg)
+            self._clnt = arg[: 2 * MAX_TEXT]  # clients.from_clnt keeps only safe words of it
         t = self._totals
         _bump(t.commands, name)
         _bump(t.replies, f"{code // 100}xx")
@@ -225,22 +225,27 @@ class SessionUsage:
         """True when a long session should hand over what it counted (every ``every`` seconds)."""
         return self._who is not None and self._clock() - self.last_take >= every
 
-    def take(self) -> list[Record]:
-        """The pieces counted since the last take (none before a login or refusal)."""
+    def take(self, logout: bool = False) -> list[Record]:
+        """The pieces counted since the last take (none before a login or refusal).
+
+        ``logout``: the login ends here (REIN, or USER again); what follows belongs to the next.
+        """
         self._finish_piece()
+        if logout:
+            self._who = None
         ready, self._ready = self._ready, []
         return ready
 
     def _finish_piece(self) -> None:
         now = self._clock()
-        if self._who is not None:
+        # Counts before the first login (FEAT, USER, AUTH ...) belong to its piece; a piece
+        # with nothing counted (an idle session's periodic take) is not recorded.
+        if self._who is not None and self._totals != Totals():
             if self._client is None:
                 self._client = identify(self._lines, self._clnt)
             day = time.strftime("%Y-%m-%d", time.gmtime(now))
             key = Key(day=day, client_ip=self.client_ip, client=self._client, **dataclasses.asdict(self._who))
             self._ready.append(Record(key, self._since, now, self._totals))
-        # Counts before the first login (FEAT, USER, AUTH ...) belong to its piece.
-        if self._who is not None:
             self._totals = Totals()
             self._since = now
         self.last_take = now
