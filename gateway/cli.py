@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import calendar
 import contextlib
 import ctypes
 import functools
@@ -62,6 +63,14 @@ def _serve(cfg: config.GatewayConfig, banner: str | None = None, config_path: st
     signal.signal(signal.SIGHUP, remember_reload)
     if banner:
         print(banner, flush=True)
+    if cfg.report.database:  # before any worker: a bad file must stop the start, not loop restarts
+        from gateway.usage.store import StoreError, connect
+
+        try:
+            connect(cfg.report.database).close()
+        except StoreError as err:
+            print(f"report.database: {err} (fix or move the file, or set another path)", file=sys.stderr)
+            return 2
     if cfg.workers > 1:
         from gateway.workers import listen_sockets, supervise
 
@@ -247,7 +256,7 @@ def since_arg(value: str) -> float:
     if match := _SINCE.match(value):
         return time.time() - int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     try:
-        return float(time.mktime(time.strptime(value, "%Y-%m-%d")) - time.timezone)
+        return float(calendar.timegm(time.strptime(value, "%Y-%m-%d")))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r}: use 30m, 12h, 7d, 2w or a date YYYY-MM-DD") from None
 

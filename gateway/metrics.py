@@ -195,9 +195,9 @@ class Metrics:
         """Report ``ftpgw_users`` and ``ftpgw_users_plain_ftp`` from the usage database."""
         self.registry.register(_UsageView(database))
 
-    def _user_label(self, user: str) -> str:
+    def _user_label(self, user: str, allocate: bool = True) -> str:
         with self._users_lock:
-            if user not in self._users and len(self._users) < self._per_user:
+            if allocate and user not in self._users and len(self._users) < self._per_user:
                 self._users.add(user)
             return user if user in self._users else OTHER_USERS
 
@@ -205,7 +205,10 @@ class Metrics:
         """Count one login (or a refusal by a retired route) by phase, TLS and maybe user."""
         self.phase_logins.labels(phase, "yes" if tls else "no").inc()
         if self._per_user:
-            self.user_logins.labels(self._user_label(user), "yes" if tls else "no").inc()
+            # A retired refusal comes before any password check: the name is the client's
+            # to choose, so it never takes one of the capped per-user slots.
+            label = self._user_label(user, allocate=phase != "retired")
+            self.user_logins.labels(label, "yes" if tls else "no").inc()
 
     def phase_transfer(self, phase: str, tls: bool, user: str, completed: bool) -> None:
         """Count one file transfer by phase, TLS and maybe user."""

@@ -525,7 +525,9 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         super().handle_auth_failed(_Verbatim(msg) if msg else msg, password)
 
     def flush_account(self) -> None:
-        self._record_usage(logout=True)  # REIN / USER: what the old login did is its own record
+        # REIN / USER: what the old login did is its own record (a transfer still running
+        # is credited to it too, unless it outlives the next login).
+        self._record_usage(logout=self.data_channel is None)
         super().flush_account()
         self.fs = None  # type: ignore[assignment]
         login = self.authorizer.detach()

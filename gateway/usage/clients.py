@@ -23,6 +23,9 @@ Lines = Sequence[tuple[str, str]]
 _DATA_SETUP = frozenset({"PASV", "EPSV", "PORT", "EPRT"})
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_+]*")
 _VERSION = re.compile(r"\d+(?:\.\d+)+[a-z]?")
+_CSID_JUNK = re.compile(r"[^A-Za-z0-9 ._+-]")
+#: Longest client name kept from a CLNT/CSID text.
+MAX_NAME = 40
 #: CLNT/CSID product words -> the name the report uses.
 _PRODUCTS = {
     "ncftp": "ncftp",
@@ -64,8 +67,9 @@ class _Probe:
 
 
 def _lftp(p: _Probe) -> bool:
-    # FEAT before USER (then CLNT, OPTS UTF8 ON, still before USER).
-    return p.before_verbs[:1] == ["FEAT"] and "USER" in p.before_verbs
+    # FEAT before USER (then CLNT, OPTS UTF8 ON, still before USER); PWD once logged in.
+    # (Commons Net with UTF-8 detection also starts with FEAT, but never sends PWD itself.)
+    return p.before_verbs[:1] == ["FEAT"] and p.first_after("CLNT", "OPTS", "SITE", "PBSZ", "PROT") == "PWD"
 
 
 def _ncftp(p: _Probe) -> bool:
@@ -123,7 +127,8 @@ def _python_ftplib(p: _Probe) -> bool:
     # ftplib sends nothing of its own: after login the first command is what the program
     # asked for, and each transfer is TYPE, then PASV/EPSV, then the data command.
     verbs = p.after_verbs
-    if not verbs or any(p.sent(verb) for verb in ("FEAT", "SYST", "PWD")) or p.before_verbs[:1] != ["USER"]:
+    before = [verb for verb in p.before_verbs if verb != "AUTH"]  # FTP_TLS: AUTH TLS first
+    if not verbs or any(p.sent(verb) for verb in ("FEAT", "SYST", "PWD")) or before[:1] != ["USER"]:
         return False
     return any(verbs[i] == "TYPE" and verbs[i + 1] in ("PASV", "EPSV") for i in range(len(verbs) - 1))
 
@@ -150,13 +155,15 @@ def from_clnt(clnt: str) -> str:
     # CSID: "Name=Serv-U FTP Client; Version=15.1;"
     fields = dict(part.strip().split("=", 1) for part in clnt.split(";") if "=" in part)
     if "Name" in fields:
-        clnt = f"{fields['Name']} {fields.get('Version', '')}"
+        name = _CSID_JUNK.sub("", fields["Name"]).strip()[:MAX_NAME] or "unknown"
+        version = _VERSION.search(fields.get("Version", ""))
+        return f"{name} {version.group()}" if version else name
     word = _WORD.search(clnt)
     if word is None:
         return "unknown"
-    name = _PRODUCTS.get(word.group().lower(), word.group())
+    name = _PRODUCTS.get(word.group().lower(), word.group()[:MAX_NAME])
     version = _VERSION.search(clnt, word.start())
-    return f"{name} {version.group()}" if version else name
+    return f"{name} {version.group()[:20]}" if version else name
 
 
 def identify(lines: Lines, clnt: str = "") -> str:

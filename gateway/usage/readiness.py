@@ -10,7 +10,7 @@ Verdicts (first that applies):
 * ``not proven``: nothing blocking, but no transfer over SFTP yet either.
 
 Warnings never change the verdict: plain FTP, active mode only, TYPE A (on binary data or
-at all), commands the gateway does not implement, a few failed SFTP transfers.
+at all), commands the gateway does not implement (500/502), a few failed SFTP transfers.
 """
 
 from __future__ import annotations
@@ -175,9 +175,11 @@ def _judge(r: UserReport, latest: Row, sftp_since: float, now: float) -> None:
     if t.active and not t.passive:
         r.warnings.append("active mode only (PORT/EPRT): the gateway must be able to connect to the client")
     if t.type_a_binary:
-        r.warnings.append(f"TYPE A on binary data ({t.type_a_binary} transfers): bytes altered in transit")
+        binary = plural(t.type_a_binary, "transfer")
+        r.warnings.append(f"TYPE A on binary data ({binary}): bytes altered in transit")
     elif t.type_a:
-        r.warnings.append(f"TYPE A transfers ({t.type_a}): line endings converted; an SFTP client would not")
+        text = plural(t.type_a, "transfer")
+        r.warnings.append(f"TYPE A used ({text}): line endings converted; an SFTP client would not")
     if unknown:
         r.warnings.append(f"commands the gateway does not implement: {_counted(unknown)}")
 

@@ -33,8 +33,9 @@ PASSIVE_VERBS = frozenset({"PASV", "EPSV"})
 ACTIVE_VERBS = frozenset({"PORT", "EPRT"})
 #: Data commands whose bytes are a file (not a listing).
 FILE_TRANSFERS = frozenset({"RETR", "STOR", "STOU", "APPE"})
-#: Replies that mean "the server does not know or implement this command" (RFC 959 4.2).
-UNKNOWN_REPLIES = frozenset({500, 502, 504})
+#: Replies that mean "the server does not know or implement this command" (RFC 959 4.2;
+#: 504, "not implemented for that parameter", answers e.g. TYPE X: not a missing command).
+UNKNOWN_REPLIES = frozenset({500, 502})
 _COUNTERS = ("commands", "replies", "errors", "site", "site_refused", "unknown")
 
 
@@ -247,5 +248,6 @@ class SessionUsage:
             key = Key(day=day, client_ip=self.client_ip, client=self._client, **dataclasses.asdict(self._who))
             self._ready.append(Record(key, self._since, now, self._totals))
             self._totals = Totals()
-            self._since = now
+        if self._who is not None:
+            self._since = now  # the next piece starts here (an idle stretch is no one's)
         self.last_take = now

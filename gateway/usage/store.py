@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import astuple, dataclass
+from pathlib import Path
 
 from gateway.usage.session import Key, Record, Totals
 
@@ -43,10 +44,14 @@ CREATE INDEX IF NOT EXISTS usage_user ON usage (user, last_seen);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 #: Refused logins of retired routes come before any password check, so their user names
-#: are the client's to choose: past this many distinct rows a day they share one row.
+#: (and CLNT texts) are the client's to choose: past this many rows a day they share one row.
 MAX_RETIRED_ROWS_PER_DAY = 1000
-#: Records waiting for the writer; past this a record is dropped (and logged), not a session blocked.
-QUEUE_LIMIT = 100_000
+#: A user's rows a day (one per address, client software, route ...): past this, further
+#: addresses and clients of that user share one row (CLNT is the client's to choose).
+MAX_ROWS_PER_USER_DAY = 50
+#: Records waiting for the writer (at most ~12 KB each); past this a record is dropped and
+#: logged, never a session held up.
+QUEUE_LIMIT = 10_000
 _BUSY_TIMEOUT_MS = 10_000
 _PRUNE_EVERY = 3600.0
 _STOP = object()
@@ -59,18 +64,21 @@ class StoreError(Exception):
 def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     """A connection to the usage database (created with its schema unless ``readonly``)."""
     try:
-        if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_MS / 1000)
+        if readonly:  # a URI: the path's # ? % must be escaped (as_uri does)
+            uri = Path(path).absolute().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_MS / 1000)
         else:
             conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:  # checked before the schema script would stamp it down
+            conn.close()
+            raise StoreError(f"usage database {path} is from a newer ftp-sftp-gateway (schema {version})")
+        if not readonly:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as err:
         raise StoreError(f"usage database {path}: {err}") from err
-    if version > SCHEMA_VERSION:
-        raise StoreError(f"usage database {path} is from a newer ftp-sftp-gateway (schema {version})")
     return conn
 
 
@@ -103,8 +111,17 @@ def read(path: str, since: float | None = None, user: str | None = None) -> list
     for r in rows:
         key = Key(**dict(zip(_KEY_COLUMNS, r[: len(_KEY_COLUMNS)], strict=True)))
         key = dataclasses.replace(key, tls=bool(key.tls))
-        out.append(Row(key, r[9], r[10], Totals.from_json(json.loads(r[11]))))
+        out.append(Row(key, r[9], r[10], _totals(r[11])))
     return out
+
+
+def _totals(stored: str) -> Totals:
+    """A row's totals; a damaged value counts as nothing (logged) rather than stopping everything."""
+    try:
+        return Totals.from_json(json.loads(stored))
+    except (ValueError, TypeError, AttributeError) as err:
+        log.error("usage database: a row's totals are unreadable (%s); counted as empty", err)
+        return Totals()
 
 
 def headcount(path: str, now: float) -> tuple[dict[str, int], int]:
@@ -140,20 +157,29 @@ def write(conn: sqlite3.Connection, records: Iterable[Record]) -> None:
         raise
 
 
+def _count(conn: sqlite3.Connection, where: str, args: tuple[object, ...]) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM usage WHERE {where}", args).fetchone()[0])
+
+
+def _bounded(conn: sqlite3.Connection, key: Key, where: str) -> Key:
+    """``key``, or the shared row it falls into once its day has too many rows (see the caps)."""
+    if conn.execute(f"SELECT 1 FROM usage WHERE {where}", astuple(key)).fetchone() is not None:
+        return key
+    if key.outcome == "retired" and _count(conn, "day = ? AND outcome = 'retired'", (key.day,)) >= (
+        MAX_RETIRED_ROWS_PER_DAY
+    ):
+        return dataclasses.replace(key, user="*", client_ip="*", client="*")
+    if _count(conn, "day = ? AND user = ?", (key.day, key.user)) >= MAX_ROWS_PER_USER_DAY:
+        return dataclasses.replace(key, client_ip="*", client="*")
+    return key
+
+
 def _add(conn: sqlite3.Connection, record: Record) -> None:
-    key = record.key
     where = " AND ".join(f"{c} = ?" for c in _KEY_COLUMNS)
-    if key.outcome == "retired" and key.user != "*":
-        known = conn.execute("SELECT 1 FROM usage WHERE " + where, astuple(key)).fetchone()
-        if known is None:
-            count = conn.execute(
-                "SELECT count(*) FROM usage WHERE day = ? AND outcome = 'retired'", (key.day,)
-            ).fetchone()[0]
-            if count >= MAX_RETIRED_ROWS_PER_DAY:
-                key = dataclasses.replace(key, user="*", client_ip="*")
+    key = _bounded(conn, record.key, where)
     found = conn.execute(f"SELECT first_seen, last_seen, totals FROM usage WHERE {where}", astuple(key))
     found = found.fetchone()
-    totals = Totals.from_json(json.loads(found[2])) if found else Totals()
+    totals = _totals(found[2]) if found else Totals()
     totals.add(record.totals)
     first = min(found[0], record.first_seen) if found else record.first_seen
     last = max(found[1], record.last_seen) if found else record.last_seen
@@ -184,6 +210,9 @@ class UsageStore:
 
     def add(self, records: Iterable[Record]) -> None:
         """Queue ``records`` for the writer (never blocks; drops and logs when far behind)."""
+        if not self._thread.is_alive():
+            log.error("usage store %s: writer stopped; records of a late session not written", self.path)
+            return
         for record in records:
             try:
                 self._queue.put_nowait(record)
@@ -200,6 +229,10 @@ class UsageStore:
             log.error("usage store %s: writer stuck; %d records not written", self.path, self._queue.qsize())
             return
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error(
+                "usage store %s: writer still busy after %.0f s; the rest is not written", self.path, timeout
+            )
 
     def _batches(self) -> Iterator[list[Record]]:
         while True:
@@ -247,6 +280,6 @@ class UsageStore:
                     continue
                 log.error("usage store %s: %s (%d records not written)", self.path, err, count)
                 return
-            except sqlite3.Error as err:
-                log.error("usage store %s: %s (%d records not written)", self.path, err, count)
+            except Exception:  # a bug or a damaged file must not end the writer for good
+                log.exception("usage store %s: %d records not written", self.path, count)
                 return

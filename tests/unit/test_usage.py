@@ -147,21 +147,11 @@ FTPLIB_TLS = lines("AUTH TLS", "USER u", "PASS p", "PBSZ 0", "PROT P", "TYPE A",
         pytest.param(
             COMMONS_NET_AUTODETECT,
             "Java Commons Net",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="clients._lftp only checks 'FEAT first, USER later': Commons Net with "
-                "setAutodetectUTF8(true) sends FEAT before USER too and is labelled lftp",
-            ),
             id="commons-net-autodetect-utf8",
         ),
         pytest.param(
             FTPLIB_TLS,
             "Python ftplib",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="clients._python_ftplib demands USER as the very first command, so "
-                "ftplib.FTP_TLS (AUTH TLS first, PBSZ/PROT after login) is 'unknown'",
-            ),
             id="ftplib-tls",
         ),
     ],
@@ -204,11 +194,6 @@ def test_from_clnt_csid_keeps_the_version():
     assert from_clnt(CSID).endswith(" 15.1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="from_clnt re-parses the CSID Name with _WORD ([A-Za-z][A-Za-z0-9_+]*), which stops at "
-    "the hyphen: 'Name=Serv-U FTP Client' becomes 'Serv 15.1'",
-)
 def test_from_clnt_csid_gives_the_name_with_its_version():
     assert from_clnt(CSID) == "Serv-U FTP Client 15.1"
 
@@ -286,7 +271,7 @@ def test_command_counts_replies_errors_site_unknown_and_data_modes():
     assert t.errors == Counter({"500": 3, "501": 1, "502": 2, "504": 1, "522": 1, "550": 2})
     assert t.site == Counter({"CHMOD": 1, "RECFM": 2, "UMASK": 1})
     assert t.site_refused == Counter({"RECFM": 2, "UMASK": 1})
-    assert t.unknown == Counter({"XYZZY": 1, "ACCT": 1, "MODE": 1})
+    assert t.unknown == Counter({"XYZZY": 1, "ACCT": 1})  # 504 (MODE Z) is a parameter, not a command
     assert (t.passive, t.active) == (2, 2)
 
 
@@ -342,11 +327,6 @@ def test_the_first_clnt_text_counts_and_is_bounded():
     assert len(client) <= 2 * MAX_TEXT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SessionUsage.command keeps arg[: 2 * MAX_TEXT] of CLNT and from_clnt returns its first "
-    "word whole, so the client name in the key can be 2 * MAX_TEXT long, past the MAX_TEXT bound",
-)
 def test_the_client_name_is_cut_to_max_text():
     client = clnt_client("A" * (5 * MAX_TEXT))
     assert set(client) == {"A"}
@@ -658,16 +638,23 @@ def test_retired_rows_per_day_are_capped(tmp_path, monkeypatch):
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store._add folds only user and client_ip into '*': the client name (from CLNT, the "
-    "client's to choose) still splits the '*' rows, so the retired rows of a day are unbounded",
-)
 def test_retired_rows_cap_holds_whatever_the_client_says(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "MAX_RETIRED_ROWS_PER_DAY", 2)
     db = tmp_path / "usage.sqlite"
     write(db, *(retired(f"u{n}", client=f"tool{n}") for n in range(10)))
     assert len(store.read(str(db))) == 3
+
+
+def test_a_users_rows_a_day_are_capped_whatever_clnt_says(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "MAX_ROWS_PER_USER_DAY", 3)
+    db = tmp_path / "usage.sqlite"
+    write(db, *(record(T0, T0 + n, user="alice", client=f"tool{n}") for n in range(10)))
+    write(db, record(T0, T0, user="bob", client="curl"))
+    rows = store.read(str(db))
+    alice = [r for r in rows if r.key.user == "alice"]
+    assert len(alice) == 4 and sum(r.totals.logins for r in alice) == 10  # nothing lost
+    assert [r.key.client for r in alice].count("*") == 1
+    assert [r.key.client for r in rows if r.key.user == "bob"] == ["curl"]
 
 
 def test_headcount(tmp_path):
@@ -719,11 +706,6 @@ def test_a_newer_schema_is_refused_when_read(tmp_path):
         store.read(str(db))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.connect runs _SCHEMA (which ends in PRAGMA user_version = 1) before it reads "
-    "user_version: a newer database is silently stamped back to 1 and opened for writing",
-)
 def test_a_newer_schema_is_refused_when_opened_for_writing(tmp_path):
     db = tmp_path / "usage.sqlite"
     newer_database(db)
@@ -748,11 +730,6 @@ def test_reading_a_missing_database(tmp_path):
     assert list(tmp_path.iterdir()) == []  # read-only: nothing created
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.connect(readonly=True) builds the URI as f'file:{path}?mode=ro' unquoted: a '#' "
-    "or '?' in the path cuts it (and drops mode=ro), a '%' is decoded",
-)
 def test_read_a_database_whose_path_needs_quoting(tmp_path):
     db = tmp_path / "odd#dir" / "usage.sqlite"
     db.parent.mkdir()
@@ -875,13 +852,13 @@ def test_warnings():
     assert r.warnings == [
         "3 of 4 logins in plain FTP (no TLS)",
         "active mode only (PORT/EPRT): the gateway must be able to connect to the client",
-        "TYPE A on binary data (1 transfers): bytes altered in transit",
+        "TYPE A on binary data (1 transfer): bytes altered in transit",
         "commands the gateway does not implement: XYZZY (2x), MODE (1x)",
     ]
     assert r.untranslatable == ["TYPE A on binary data", "active mode only", "XYZZY", "MODE"]
     assert r.verdict == "not proven"  # warnings never change it
     r = one([row(NOW - DAY, NOW, type_a=2, passive=1, active=1, downloads=2)])
-    assert r.warnings == ["TYPE A transfers (2): line endings converted; an SFTP client would not"]
+    assert r.warnings == ["TYPE A used (2 transfers): line endings converted; an SFTP client would not"]
     assert r.untranslatable == []
 
 
@@ -994,3 +971,32 @@ def test_table():
     ]
     assert "    ready: 3 clean transfers over sftp in 2 days" in table.splitlines()
     assert table.endswith("\n4 users, all retained days; generated 2023-11-24 22:13 UTC.\n")
+
+
+def test_refused_names_never_take_a_per_user_metrics_slot():
+    from gateway.metrics import Metrics
+
+    metrics = Metrics(per_user=1)
+    metrics.phase_login("retired", False, "made-up")  # before any password check
+    metrics.phase_login("sftp", True, "alice")
+    metrics.phase_login("sftp", True, "bob")
+    sample = metrics.registry.get_sample_value
+    assert sample("ftpgw_user_logins_total", {"user": "alice", "tls": "yes"}) == 1
+    assert sample("ftpgw_user_logins_total", {"user": "_other", "tls": "yes"}) == 1
+    assert sample("ftpgw_user_logins_total", {"user": "_other", "tls": "no"}) == 1
+    assert sample("ftpgw_user_logins_total", {"user": "made-up", "tls": "no"}) is None
+    assert sample("ftpgw_phase_logins_total", {"phase": "retired", "tls": "no"}) == 1
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin", "America/New_York", "Australia/Sydney"])
+def test_since_dates_are_utc_days_in_any_time_zone(tz, monkeypatch):
+    from gateway.cli import since_arg
+
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        assert since_arg("2026-07-01") == 1782864000.0  # 2026-07-01T00:00:00Z
+        assert abs(since_arg("7d") - (time.time() - 7 * DAY)) < 5
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
