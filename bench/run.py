@@ -380,6 +380,7 @@ class Bench:
                     "routes": [{"match": {"user": "*"}, "backend": "main", "root": "~"}],
                     "log": {"level": "warning"},
                     "workers": self.args.workers,
+                    **({"report": {"database": str(WORK / "usage.sqlite")}} if self.args.report else {}),
                 }
             )
         )
@@ -568,6 +569,7 @@ def main() -> int:
         help="comma-separated measures (default: all of big,concurrent,small,listing,latency,reconnect,idle)",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, one run: checks the bench works")
+    parser.add_argument("--report", action="store_true", help="keep the usage record (report.database)")
     args = parser.parse_args()
     args.only = set(args.only.split(","))
     if args.quick:
