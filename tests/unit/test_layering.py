@@ -27,6 +27,8 @@ def imports_of(path: Path) -> set[str]:
 def modules():
     for name in CORE:
         yield "core", PACKAGE / f"{name}.py"
+    for path in sorted((PACKAGE / "usage").glob("*.py")):  # the usage report: no framework either
+        yield "core", path
     for layer in ("ftp", "backends"):
         for path in sorted((PACKAGE / layer).rglob("*.py")):
             yield layer, path
