@@ -61,14 +61,22 @@ class StoreError(Exception):
     """The usage database cannot be opened or read (the message says why and what to do)."""
 
 
-def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
-    """A connection to the usage database (created with its schema unless ``readonly``)."""
+def connect(path: str, readonly: bool = False, writer_thread: bool = False) -> sqlite3.Connection:
+    """A connection to the usage database (created with its schema unless ``readonly``).
+
+    ``writer_thread``: the connection is handed to another thread (which alone uses it).
+    """
     try:
         if readonly:  # a URI: the path's # ? % must be escaped (as_uri does)
             uri = Path(path).absolute().as_uri() + "?mode=ro"
             conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_MS / 1000)
         else:
-            conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn = sqlite3.connect(
+                path,
+                timeout=_BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=not writer_thread,
+            )
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:  # checked before the schema script would stamp it down
             conn.close()
@@ -157,14 +165,20 @@ def write(conn: sqlite3.Connection, records: Iterable[Record]) -> None:
         raise
 
 
+_WHERE_KEY = " AND ".join(f"{c} = ?" for c in _KEY_COLUMNS)
+_SELECT_ROW = f"SELECT first_seen, last_seen, totals FROM usage WHERE {_WHERE_KEY}"
+_UPSERT = (
+    f"INSERT OR REPLACE INTO usage ({', '.join(_KEY_COLUMNS)}, first_seen, last_seen, totals) "
+    f"VALUES ({', '.join('?' * (len(_KEY_COLUMNS) + 3))})"
+)
+
+
 def _count(conn: sqlite3.Connection, where: str, args: tuple[object, ...]) -> int:
     return int(conn.execute(f"SELECT count(*) FROM usage WHERE {where}", args).fetchone()[0])
 
 
-def _bounded(conn: sqlite3.Connection, key: Key, where: str) -> Key:
-    """``key``, or the shared row it falls into once its day has too many rows (see the caps)."""
-    if conn.execute(f"SELECT 1 FROM usage WHERE {where}", astuple(key)).fetchone() is not None:
-        return key
+def _shared_key(conn: sqlite3.Connection, key: Key) -> Key:
+    """For a key with no row yet: itself, or the shared row once its day is full (the caps)."""
     if key.outcome == "retired" and _count(conn, "day = ? AND outcome = 'retired'", (key.day,)) >= (
         MAX_RETIRED_ROWS_PER_DAY
     ):
@@ -175,19 +189,15 @@ def _bounded(conn: sqlite3.Connection, key: Key, where: str) -> Key:
 
 
 def _add(conn: sqlite3.Connection, record: Record) -> None:
-    where = " AND ".join(f"{c} = ?" for c in _KEY_COLUMNS)
-    key = _bounded(conn, record.key, where)
-    found = conn.execute(f"SELECT first_seen, last_seen, totals FROM usage WHERE {where}", astuple(key))
-    found = found.fetchone()
+    key = record.key
+    found = conn.execute(_SELECT_ROW, astuple(key)).fetchone()
+    if found is None and (shared := _shared_key(conn, key)) != key:
+        key, found = shared, conn.execute(_SELECT_ROW, astuple(shared)).fetchone()
     totals = _totals(found[2]) if found else Totals()
     totals.add(record.totals)
     first = min(found[0], record.first_seen) if found else record.first_seen
     last = max(found[1], record.last_seen) if found else record.last_seen
-    conn.execute(
-        f"INSERT OR REPLACE INTO usage ({', '.join(_KEY_COLUMNS)}, first_seen, last_seen, totals) "
-        f"VALUES ({', '.join('?' * (len(_KEY_COLUMNS) + 3))})",
-        (*astuple(key), first, last, json.dumps(totals.to_json(), sort_keys=True)),
-    )
+    conn.execute(_UPSERT, (*astuple(key), first, last, json.dumps(totals.to_json(), sort_keys=True)))
 
 
 def prune(conn: sqlite3.Connection, retention_days: int, now: float | None = None) -> int:
@@ -202,8 +212,9 @@ class UsageStore:
     def __init__(self, path: str, retention_days: int) -> None:
         self.path, self.retention_days = path, retention_days
         self._queue: queue.Queue[object] = queue.Queue(QUEUE_LIMIT)
-        self._conn = connect(path)  # fails here, at start, with a clear message
-        self._conn.close()
+        # Opened here, so that a bad file fails the start with a clear message; then used
+        # by the writer thread only.
+        self._conn = connect(path, writer_thread=True)
         self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
         self.dropped = 0
         self._thread.start()
@@ -256,7 +267,7 @@ class UsageStore:
                 return
 
     def _run(self) -> None:
-        conn = connect(self.path)
+        conn = self._conn
         pruned_at = 0.0
         try:
             for batch in self._batches():
