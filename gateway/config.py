@@ -40,6 +40,17 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class ProxyProtocolConfig:
+    """PROXY protocol v1/v2 headers from load balancers (gateway.proxy_protocol)."""
+
+    trusted: tuple[Network, ...] = ()  # peers that must send the header; empty: off
+    header_timeout: float = 5.0
+
+
 @dataclass(frozen=True)
 class ListenConfig:
     """The FTP control listener and its data-connection settings."""
@@ -49,6 +60,7 @@ class ListenConfig:
     passive_ports: tuple[int, int] = (30000, 30100)
     masquerade_address: str | None = None
     active_mode: bool = True
+    proxy_protocol: ProxyProtocolConfig = field(default_factory=ProxyProtocolConfig)
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,7 @@ class BackendConfig:
     connect_timeout: float = 10.0
     operation_timeout: float = 30.0
     keepalive_interval: int = 30
+    atomic_uploads: bool = True  # sftp only: STOR writes a temporary name, renamed once complete
     pool: PoolConfig = field(default_factory=PoolConfig)
 
 
@@ -122,7 +135,7 @@ class RouteConfig:
     phase: str = "sftp"  # legacy | shadow | sftp | retired (see PHASES)
     legacy: str | None = None  # the legacy FTP backend (phases legacy and shadow)
     group: str | None = None  # match only gateway-local users in this group
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # match client addresses
+    networks: tuple[Network, ...] = ()  # match client addresses
     read_only: bool = False
     commands: frozenset[str] | None = None  # allowed FTP verbs (None: all)
 
@@ -423,6 +436,17 @@ def _listen(data: Any, problems: list[str]) -> ListenConfig:
         passive_ports=_passive_ports(s),
         masquerade_address=s.optional_str("masquerade_address", _ipv4),
         active_mode=s.typed("active_mode", bool, d.active_mode),
+        proxy_protocol=_proxy_protocol(s.raw("proxy_protocol", None), problems),
+    )
+    s.finish()
+    return cfg
+
+
+def _proxy_protocol(data: Any, problems: list[str]) -> ProxyProtocolConfig:
+    s = _Section(data, "listen.proxy_protocol", problems)
+    cfg = ProxyProtocolConfig(
+        trusted=_networks(s, "trusted"),
+        header_timeout=s.typed("header_timeout", float, ProxyProtocolConfig.header_timeout, _duration),
     )
     s.finish()
     return cfg
@@ -497,6 +521,7 @@ def _backends(data: Any, problems: list[str], base_dir: Path) -> dict[str, Backe
             connect_timeout=s.typed("connect_timeout", float, 10.0, _duration),
             operation_timeout=s.typed("operation_timeout", float, 30.0, _duration),
             keepalive_interval=s.typed("keepalive_interval", int, 30, _at_least(0, MAX_SECONDS)),
+            atomic_uploads=s.typed("atomic_uploads", bool, True),
             pool=_pool(s.raw("pool", None), f"backends.{name}.pool", problems),
         )
         if out[name].known_hosts and (problem := _known_hosts_file(out[name].known_hosts)):
@@ -524,18 +549,18 @@ def _pool(data: Any, path: str, problems: list[str]) -> PoolConfig:
     return cfg
 
 
-def _networks(s: _Section) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    value = s.raw("network", [])
+def _networks(s: _Section, key: str = "network") -> tuple[Network, ...]:
+    value = s.raw(key, [])
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        s.problem("network", f"must be a CIDR (10.0.0.0/8) or a list of them, got {value!r}")
+        s.problem(key, f"must be a CIDR (10.0.0.0/8) or a list of them, got {value!r}")
         return ()
     out = []
     for text in values:
         try:
             out.append(ipaddress.ip_network(text, strict=False))
         except ValueError:
-            s.problem("network", f"{text!r} is not a network like 192.0.2.0/24 or 2001:db8::/32")
+            s.problem(key, f"{text!r} is not a network like 192.0.2.0/24 or 2001:db8::/32")
     return tuple(out)
 
 

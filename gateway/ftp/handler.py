@@ -22,10 +22,12 @@ from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY
 from pyftpdlib.log import logger as ftplog
 
-from gateway import listing, logs, paths
+from gateway import listing, logs, paths, proxy_protocol
+from gateway.config import Network
 from gateway.errors import Banned, GatewayError, NoPassivePort, NotFound, Retired
 from gateway.ftp.authorizer import SessionAuthorizer
 from gateway.ftp.filesystem import GatewayFS
+from gateway.ftp.proxy import NoHeader, read_header
 from gateway.guard import Guard
 from gateway.metrics import Metrics
 from gateway.storage import Authenticate, Entry, Kind, Login, Storage
@@ -158,6 +160,18 @@ class GatewayPassiveDTP(_CountedDataConnection, PassiveDTP):  # type: ignore[mis
         super().bind(addr)
 
     def handle_accepted(self, sock: Any, addr: tuple[str, int]) -> None:
+        control = self.cmd_channel
+        if proxy_protocol.trusted(addr[0], control.proxy_trusted):
+            # Through the balancer: the client's address is in the PROXY header (blocks this
+            # session's thread only, for header_timeout at most).
+            try:
+                header = read_header(sock, control.proxy_timeout)
+            except (OSError, proxy_protocol.ProxyHeaderError) as err:
+                control.log(f"data connection from {addr[0]} without a PROXY header: {err}", ftplog.warning)
+                sock.close()
+                return  # keep listening for the real one
+            if header.source is not None:
+                addr = header.source
         if self.cmd_channel.connected and self.cmd_channel.remote_ip != addr[0]:
             # FTP bounce / data theft: only the control connection's address may connect
             # (pyftpdlib answers 425 and keeps listening for the real client).
@@ -300,6 +314,9 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     record_usage: Callable[[list[Record]], None] | None = None
     #: A long session hands its counts to the store this often (seconds).
     usage_every = 600.0
+    #: idem: peers (load balancers) whose connections start with a PROXY protocol header.
+    proxy_trusted: tuple[Network, ...] = ()
+    proxy_timeout = 5.0  # idem: seconds to wait for that header
     fs: GatewayFS  # None before login (pyftpdlib checks authenticated first)
     _in_dtp_queue: Any  # pyftpdlib: (file, cmd) of an upload waiting for its data connection
     _out_dtp_queue: Any  # pyftpdlib: (data, isproducer, file, cmd) of a download waiting
@@ -343,6 +360,12 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self._unauthenticated = False  # counted in the guard's not-logged-in sessions
         self._logged_in_once = False
         self.usage = SessionUsage("-") if self.record_usage is not None else None
+        try:
+            peer = conn.getpeername()[0]
+        except OSError:
+            peer = ""
+        #: From a trusted balancer: the greeting waits for the PROXY header (see greet_proxied).
+        self.proxied = proxy_protocol.trusted(peer, self.proxy_trusted)
         super().__init__(conn, server, ioloop=ioloop)
         if self.usage is not None:
             self.usage.client_ip = getattr(self, "remote_ip", "-")
@@ -456,6 +479,39 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         # session thread's own loop; the check must run on the latter.
         if server is not None and self.ioloop is not server.ioloop and self._ticker is None:
             self._ticker = self.ioloop.call_every(1.0, self._tick, _errback=self.handle_error)
+            if self.proxied:
+                self.greet_proxied()
+
+    def greet_proxied(self) -> None:
+        """Read the balancer's PROXY header, then run the per-address checks and greet.
+
+        On the session's own thread (GatewayFTPServer.handle_accepted skipped these steps):
+        every check keyed on the client's address (max_connections_per_ip, the guard's bans
+        and counts, route networks, the data-connection address check) must see the client,
+        not the balancer that all connections come from.
+        """
+        try:
+            header = read_header(self.socket, self.proxy_timeout)
+        except (OSError, proxy_protocol.ProxyHeaderError) as err:
+            quiet = isinstance(err, NoHeader)  # a balancer's plain TCP health check
+            self.log(f"no valid PROXY header: {err}", ftplog.debug if quiet else ftplog.warning)
+            self.remote_ip = ""  # counted nowhere yet: nothing to take back on close
+            self.close()
+            return
+        if header.source is not None:
+            self.remote_ip, self.remote_port = header.source
+            if self.usage is not None:
+                self.usage.client_ip = self.remote_ip
+        self.log(f"client address from a PROXY v{header.version} header")
+        ips = self.server.ip_map
+        ips.append(self.remote_ip)
+        if self.server.max_cons_per_ip and ips.count(self.remote_ip) > self.server.max_cons_per_ip:
+            self.handle_max_cons_per_ip()
+            return
+        try:
+            self.handle()
+        except Exception:
+            self.handle_error()
 
     def _tick(self) -> None:
         """Every second on the session's thread: the login grace time, then a drain."""

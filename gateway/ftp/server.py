@@ -6,6 +6,7 @@ settings between servers (and tests), so each server gets fresh subclasses inste
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
+from gateway import proxy_protocol
 from gateway.config import GatewayConfig
 from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
 from gateway.ftp.tls import GatewayImplicitTLSHandler, GatewayTLSDTPHandler, GatewayTLSHandler, ssl_context
@@ -21,6 +23,8 @@ from gateway.guard import Guard
 from gateway.metrics import Metrics
 from gateway.storage import Authenticate
 from gateway.usage.session import Record
+
+log = logging.getLogger("gateway.ftp")
 
 #: Commands dropped when active mode is disabled.
 _ACTIVE_COMMANDS = ("PORT", "EPRT")
@@ -64,6 +68,8 @@ def handler_class(
         "dtp_handler": dtp,
         "passive_ports": list(range(low, high + 1)),
         "masquerade_address": cfg.listen.masquerade_address,
+        "proxy_trusted": cfg.listen.proxy_protocol.trusted,
+        "proxy_timeout": cfg.listen.proxy_protocol.header_timeout,
         "timeout": cfg.limits.idle_timeout,
         "max_login_attempts": cfg.limits.max_login_attempts,
         "auth_failed_timeout": cfg.limits.failed_login_delay,
@@ -80,6 +86,33 @@ class GatewayFTPServer(ThreadedFTPServer):  # type: ignore[misc]
         # pyftpdlib compares the sessions already running with `<=`, which lets
         # max_cons + 1 in; limits.max_connections is the total, the new one included.
         return bool(sum(server._map_len() for server in self.group) < self.max_cons)
+
+    def handle_accepted(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        if not proxy_protocol.trusted(addr[0], self.handler.proxy_trusted):
+            super().handle_accepted(sock, addr)
+            return
+        # From a trusted balancer: the client's address is in the PROXY header, read on the
+        # session's own thread (a slow one then delays no other accept). The per-address
+        # checks wait for it (GatewayHandler.greet_proxied); only the total is checked here.
+        # Otherwise as pyftpdlib's FTPServer/ThreadedFTPServer.handle_accepted.
+        handler: GatewayHandler | None = None
+        try:
+            handler = self.handler(sock, self, ioloop=self.ioloop)
+            if not handler.connected:
+                return
+            if not self._accept_new_cons():
+                handler.handle_max_cons()
+                return
+            self.ioloop.unregister(handler._fileno)
+            thread = self._start_task(target=self._loop, args=(handler,), name="ftpd")
+            thread.name = repr(addr)
+            thread.start()
+            with self._lock:
+                self._active_tasks.append(thread)
+        except Exception:
+            log.exception("accepting a connection from %s failed", addr[0])
+            if handler is not None:
+                handler.close()
 
 
 def share_limits(servers: list[GatewayFTPServer]) -> None:

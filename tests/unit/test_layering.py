@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[2] / "gateway"
-CORE = ["config", "paths", "routing", "listing", "errors", "storage", "logs"]
+CORE = ["config", "paths", "routing", "listing", "errors", "storage", "logs", "proxy_protocol"]
 FORBIDDEN = {
     "core": ("pyftpdlib", "asyncssh", "gateway.ftp", "gateway.backends", "gateway.app", "gateway.cli"),
     "ftp": ("asyncssh", "gateway.backends", "gateway.app", "gateway.cli"),
