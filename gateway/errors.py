@@ -164,15 +164,24 @@ class BackendUnavailable(StorageError):
     fatal = True
 
 
-class ConnectionLost(BackendUnavailable):
-    """The backend connection died; mid-transfer this is 426 (RFC 959)."""
+class ConnectionLost(StorageError):
+    """The backend connection died. The FTP session stays: an SFTP session reconnects for
+    its next command (the legacy FTP passthrough ends with 421 then). Mid-transfer: 426."""
 
-    text = "Backend connection lost, closing control connection."
+    code = 451
+    text = "Requested action aborted: backend connection lost, try again."
 
     def transfer_code(self, receiving: bool) -> int:
         # A download cut off is "426 connection closed; transfer aborted"; an upload the
         # backend could not complete is "451 local error in processing" (RFC 959).
         return 451 if receiving else 426
+
+
+class BackendDown(StorageError):
+    """Reconnecting a logged-in session failed: the backend is still down; try again later."""
+
+    code = 451
+    text = "Requested action aborted: backend unavailable, try again later."
 
 
 class HostKeyMismatch(BackendUnavailable):

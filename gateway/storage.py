@@ -93,7 +93,8 @@ class Storage(Protocol):
 
     @property
     def alive(self) -> bool:
-        """False once the backend connection is known to be gone."""
+        """False once the session cannot go on with this backend (421 to the client); an
+        implementation that can reconnect stays alive when only its connection was lost."""
         ...
 
     def home(self) -> str:

@@ -176,6 +176,23 @@ def relay_known_hosts(sshd: OpenSSHServer, relay: Relay) -> Path:
     return path
 
 
+def relayed_config(sshd: OpenSSHServer, relay: Relay, **backend: Any) -> dict[str, Any]:
+    """gwtest2 reaches sshd through ``relay`` (backend ``relayed``); everyone else directly (``main``).
+
+    No metrics listener: its /readyz probes would reach the backend through the relay too.
+    """
+    doc = base_config(sshd)
+    doc["backends"]["relayed"] = {
+        "host": "127.0.0.1",
+        "port": relay.port,
+        "known_hosts": str(relay_known_hosts(sshd, relay)),
+        **backend,
+    }
+    doc["routes"].insert(0, {"match": {"user": "gwtest2"}, "backend": "relayed", "root": "~"})
+    doc["metrics"] = {"enabled": False}
+    return doc
+
+
 @dataclass(frozen=True)
 class TLSFiles:
     cert: Path

@@ -180,6 +180,10 @@ class GatewayPassiveDTP(_CountedDataConnection, PassiveDTP):  # type: ignore[mis
         elif self.cmd_channel.connected:
             self._count("ok")
         super().handle_accepted(sock, addr)
+        if self._closed and control.connected and control.data_channel is None:
+            # Accepted but dead on arrival (reset before its handler started): pyftpdlib
+            # drops it silently, and a transfer announced with 150 would wait forever.
+            control.data_connection_failed()
 
     def handle_timeout(self) -> None:
         self._count("timeout")
@@ -271,14 +275,14 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
         super().handle_close()
 
     def _fail(self, err: GatewayError) -> None:
-        """End the transfer with the reply ``err`` carries; a dead backend ends the session."""
+        """End the transfer with the reply ``err`` carries; a backend gone for good ends the session."""
         control = self.cmd_channel
         if self.receive and self.file_obj is not None and not self.file_obj.closed:
             self.file_obj.abort()
         self._resp = (err.transfer_reply(self.receive), ftplog.warning)
         self.transfer_finished = False
         super().close()  # pyftpdlib: close the socket, send _resp, log the transfer
-        if err.fatal:
+        if err.fatal or (control.authenticated and not control.storage.alive):
             control.backend_gone()
 
     def close(self) -> None:
@@ -322,6 +326,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     _out_dtp_queue: Any  # pyftpdlib: (data, isproducer, file, cmd) of a download waiting
     active_command = "PORT"  # PORT or EPRT, whichever started the active connection
     _in_buffer: list[bytes]  # pyftpdlib: the command line being received
+    remote_port: int  # pyftpdlib: the client's port (the balancer's until a PROXY header says)
     abstracted_fs = GatewayFS
     dtp_handler = GatewayDTPHandler
     passive_dtp = GatewayPassiveDTP
@@ -366,6 +371,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             peer = ""
         #: From a trusted balancer: the greeting waits for the PROXY header (see greet_proxied).
         self.proxied = proxy_protocol.trusted(peer, self.proxy_trusted)
+        self._opened_logged = False
         super().__init__(conn, server, ioloop=ioloop)
         if self.usage is not None:
             self.usage.client_ip = getattr(self, "remote_ip", "-")
@@ -405,6 +411,15 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         if self._long_lines >= MAX_LONG_LINES and not self._closing:
             self.respond("421 Too many overlong command lines, closing control connection.")
             self.close_when_done()
+
+    def respond(self, resp: str, logfun: Any = ftplog.debug) -> None:
+        # Whatever a reply echoes from the client (an unknown verb such as "ACCT\tX", a
+        # path) leaves as printable text: no control character reaches the client's screen
+        # or log (terminal escapes, CR/LF injection: bpo-30119). The CRLFs between the
+        # lines of a multi-line reply are the server's own and stay.
+        if not resp.isprintable():
+            resp = "\r\n".join(listing.printable(line) for line in resp.split("\r\n"))
+        super().respond(resp, logfun)
 
     def found_terminator(self) -> None:
         logs.bind_session(self._log_fields)  # this thread serves this session only
@@ -447,6 +462,12 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
                 arg = self._listing_arg = strip_ls_options(arg)
             super().pre_process_command(line, cmd, arg)
         except GatewayError as err:
+            if not err.fatal and self.authenticated and not self.storage.alive:
+                # The error left the session without a backend (a legacy FTP connection
+                # lost): 421 now rather than this error and a 421 at the next command.
+                self.log_cmd(cmd, arg, err.code, err.text)
+                self.backend_gone()
+                return
             self.respond(err.reply(), logfun=ftplog.warning if err.fatal else ftplog.debug)
             self.log_cmd(cmd, arg, err.code, err.text)
             if err.fatal:
@@ -498,11 +519,16 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self.remote_ip = ""  # counted nowhere yet: nothing to take back on close
             self.close()
             return
+        balancer = f"{self.remote_ip}:{self.remote_port}"
         if header.source is not None:
             self.remote_ip, self.remote_port = header.source
             if self.usage is not None:
                 self.usage.client_ip = self.remote_ip
-        self.log(f"client address from a PROXY v{header.version} header")
+        self._opened_logged = True
+        self.log(
+            f"FTP session opened (connect) through {balancer}: "
+            f"client address from a PROXY v{header.version} header"
+        )
         ips = self.server.ip_map
         ips.append(self.remote_ip)
         if self.server.max_cons_per_ip and ips.count(self.remote_ip) > self.server.max_cons_per_ip:
@@ -598,6 +624,12 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         super()._on_dtp_close()
         while self._retired:
             self._retired.pop().storage.close()
+
+    def data_connection_failed(self) -> None:
+        """425 for a transfer announced with 150 whose data connection failed (RFC 959)."""
+        if self._in_dtp_queue is not None or self._out_dtp_queue is not None:
+            self._drop_queued_transfer()
+            self.respond("425 Can't open data connection; transfer aborted.", logfun=ftplog.warning)
 
     def _drop_queued_transfer(self) -> None:
         """Forget a transfer announced with 150 whose data connection never came."""
@@ -787,6 +819,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     # --- logging: every line goes through listing.printable (names may hold control chars)
 
     def log(self, msg: str, logfun: Any = ftplog.info) -> None:
+        if msg == "FTP session opened (connect)" and self.proxied and not self._opened_logged:
+            return  # greet_proxied logs it, with the client's address instead of the balancer's
         super().log(listing.printable(msg), logfun)
 
     def logline(self, msg: str, logfun: Any = ftplog.debug) -> None:

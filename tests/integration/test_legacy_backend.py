@@ -116,3 +116,17 @@ def test_a_download_the_legacy_server_cuts_off_is_not_reported_complete(gateway_
     data.close()
     reply = ftp.getline()
     assert reply[:3] in ("426", "451"), reply  # never 226 for a truncated file
+
+
+def test_a_legacy_server_gone_while_idle_ends_the_session_with_one_421(gateway_factory, sshd, legacy_ftp):
+    # Unlike SFTP (which reconnects with the login's credentials), the legacy FTP session
+    # cannot be carried over to a new connection: its login and working directory are gone.
+    gw = gateway_factory(legacy_config(sshd, legacy_ftp))
+    ftp = gw.connect()
+    ftp.login(legacy_ftp.user, legacy_ftp.password)
+    assert ftp.nlst() == []
+    legacy_ftp.stop()
+    with pytest.raises(ftplib.error_temp, match=r"^421"):
+        ftp.sendcmd("MKD x")
+    with pytest.raises((EOFError, OSError)):
+        ftp.sendcmd("NOOP")

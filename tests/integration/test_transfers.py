@@ -250,6 +250,25 @@ def test_upload_cut_by_a_reset_is_426_not_226(ftp, user):
     assert ftp.sendcmd("NOOP").startswith("200")
 
 
+@pytest.mark.parametrize("verb", ["STOR", "RETR"])
+def test_a_data_connection_reset_on_arrival_gets_a_reply_not_a_hang(ftp, user, verb):
+    seed(user, "f.bin", os.urandom(2**20))
+    ftp.voidcmd("TYPE I")
+    for _ in range(5):  # the reset races the gateway's accept: either order must get a reply
+        host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+        ftp.putcmd(f"{verb} f.bin")
+        assert ftp.getresp().startswith("150")  # announced, data connection still to come
+        conn = socket.create_connection((host, port))
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()  # RST at once
+        reply = ftp.getline()
+        # 425: the gateway found it dead on accept; 426: it died under the transfer;
+        # 226: a download small enough to be sent before the reset was seen.
+        assert reply[:3] in ("425", "426") or (verb == "RETR" and reply.startswith("226")), reply
+        assert ftp.sendcmd("NOOP").startswith("200")
+    assert (user.home / "f.bin").stat().st_size == 2**20  # no truncated upload
+
+
 def test_abor_of_a_queued_transfer_does_not_leak_into_the_next_one(ftp, user):
     seed(user, "a.txt", b"contents of a")
     seed(user, "b.txt", b"contents of b")

@@ -14,11 +14,11 @@ from gateway.backends.sftp.errors import translate
         (asyncssh.SFTPOpUnsupported("x"), 502),
         (asyncssh.SFTPNoSpaceOnFilesystem("x"), 552),
         (asyncssh.SFTPQuotaExceeded("x"), 552),
-        (asyncssh.SFTPConnectionLost("x"), 421),
+        (asyncssh.SFTPConnectionLost("x"), 451),
         (asyncssh.SFTPFileAlreadyExists("x"), 550),
         (asyncssh.SFTPInvalidFilename("x"), 553),
-        (asyncssh.ConnectionLost("x"), 421),
-        (ConnectionResetError(), 421),
+        (asyncssh.ConnectionLost("x"), 451),
+        (ConnectionResetError(), 451),
         (TimeoutError(), 451),
         (RuntimeError("boom"), 451),
     ],
@@ -39,4 +39,4 @@ def test_replies_never_carry_backend_text():
     assert "db7" not in err.reply()
     err = translate(OSError(111, "Connection refused to 10.0.0.7"))
     assert "10.0.0.7" not in err.reply()
-    assert err.fatal
+    assert err.code == 451 and not err.fatal  # mid-session: the next command reconnects

@@ -198,7 +198,22 @@ class SFTPBackend:
             log.error("backend %s: cannot use private key %s: %s", self.cfg.name, key_file, err)
             raise errors.BackendUnavailable() from err
         verifier = self.pool.verifier(credential)  # scrypt here, in the session thread, not on the loop
+        lease = self._lease(username, credential, verifier, "login")
+        return SFTPStorage(
+            self.loop,
+            lease,
+            self.cfg.operation_timeout,
+            self.pool.release,
+            self.budget,
+            self.report,
+            # The session keeps the credential to reconnect (the FTP session holds the
+            # password anyway); the pool still only keeps its verifier.
+            relogin=functools.partial(self._lease, username, credential, verifier, "reconnect"),
+            atomic_uploads=self.cfg.atomic_uploads,
+        )
 
+    def _lease(self, username: str, credential: Credential, verifier: bytes, op: str) -> Lease:
+        """A lease from the pool, waited for in the calling (session) thread."""
         # connect_timeout bounds TCP + key exchange, and again the authentication.
         limit = 2 * self.cfg.connect_timeout + self.cfg.operation_timeout
 
@@ -234,12 +249,10 @@ class SFTPBackend:
             future.add_done_callback(self._release_late)
             raise errors.BackendUnavailable() from None
         except errors.GatewayError as err:
-            self.report("login", time.perf_counter() - started, err)
+            self.report(op, time.perf_counter() - started, err)
             raise
-        self.report("login", time.perf_counter() - started, None)
-        return SFTPStorage(
-            self.loop, lease, self.cfg.operation_timeout, self.pool.release, self.budget, self.report
-        )
+        self.report(op, time.perf_counter() - started, None)
+        return lease
 
     def report(self, op: str, seconds: float | None, err: errors.GatewayError | None) -> None:
         """Count one operation on this backend (its duration; its error, if it failed)."""

@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import asyncssh
@@ -243,12 +243,17 @@ class SFTPWriteStream(_Handle):
         depth: int = WRITE_DEPTH,
         refine: Callable[[GatewayError], GatewayError] = lambda err: err,
         report: Report = no_report,
+        commit: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        discard: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         super().__init__(loop, fh, name, timeout, report)
         self._offset, self._block = offset, block
         self._window = _Window(budget, depth)
         self._refine = refine
         self._buffer = bytearray()
+        # An atomic upload: commit() renames the temporary file into place after the close
+        # succeeded; discard() removes it when the upload fails or is aborted.
+        self._commit, self._discard = commit, discard
 
     def seek(self, offset: int) -> None:
         """Start writing at ``offset`` (REST); only before the first write."""
@@ -301,12 +306,25 @@ class SFTPWriteStream(_Handle):
                     wait(closing, self.timeout)
                 raise
             self._wait("close", closing)
+            if self._commit is not None:
+                self._wait("rename", self.loop.submit(self._committed(self._commit)))
+                self._discard = None
         except GatewayError as err:
             self.abort()
             raise self._refine(err) from err
 
+    async def _committed(self, commit: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await commit()
+        except Exception as exc:
+            raise self._failed("rename", exc) from exc
+
     def abort(self) -> None:
-        """Drop the upload: forget queued data and release the handle."""
+        """Drop the upload: forget queued data, release the handle, remove a temporary file."""
         self._buffer.clear()
         self._window.drain()
         self.close_handle(check=False)
+        discard, self._discard = self._discard, None
+        if discard is not None:
+            with contextlib.suppress(GatewayError):
+                wait(self.loop.submit(discard()), self.timeout)

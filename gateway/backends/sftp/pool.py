@@ -56,6 +56,8 @@ Connect = Callable[[str, Credential], Awaitable[tuple[asyncssh.SSHClientConnecti
 # only ever lives in this process's memory next to the passwords passing through it.
 _SCRYPT = {"n": 2**11, "r": 8, "p": 1}
 _REAP_EVERY = 5.0
+#: Seconds after a release during which a refused channel is asked for once more.
+_RELEASE_SETTLE = 1.0
 
 
 @dataclass(eq=False)
@@ -71,6 +73,7 @@ class PooledConnection:
     home: str = ""
     channels: int = 0
     idle_since: float = 0.0
+    released_at: float = float("-inf")  # when a lease last gave its channel back
     stale: bool = False  # no new leases (credentials superseded or too old); closes when idle
 
     def close(self) -> None:
@@ -145,15 +148,29 @@ class SFTPPool:
         """A new SFTP channel on ``pooled``, or None if it cannot take one (full or dead)."""
         pooled.channels += 1  # reserve the slot while the channel opens
         try:
-            sftp = await asyncio.wait_for(
-                pooled.conn.start_sftp_client(path_errors="surrogateescape"), self._timeout
-            )
+            try:
+                sftp = await self._start_sftp(pooled)
+            except asyncssh.ChannelOpenError:
+                if self._clock() - pooled.released_at >= _RELEASE_SETTLE:
+                    raise
+                # OpenSSH frees a session only once it has reaped the session's sftp-server,
+                # which may be after the channel close the release waited for: a refusal
+                # right after a release is most likely that slot. Ask once more.
+                await asyncio.sleep(_RELEASE_SETTLE / 4)
+                sftp = await self._start_sftp(pooled)
         except asyncssh.ChannelOpenError as exc:
             pooled.channels -= 1
-            if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
-                # The backend's MaxSessions is below our max_sessions: remember its limit.
-                pooled.max_channels = max(1, pooled.channels)
-                log.info("backend refused another channel: %d per connection now", pooled.max_channels)
+            if pooled.channels > 0:
+                # Refused beside channels that are open: the backend's MaxSessions is below
+                # our max_sessions; remember its limit. (OpenSSH refuses with
+                # OPEN_CONNECT_FAILED "open failed", not ADMINISTRATIVELY_PROHIBITED.)
+                pooled.max_channels = pooled.channels
+                log.info(
+                    "backend refused channel %d (%s): %d per connection now",
+                    pooled.channels + 1,
+                    exc.reason,
+                    pooled.max_channels,
+                )
             else:
                 pooled.stale = True
                 self._close_if_idle(pooled)
@@ -173,6 +190,11 @@ class SFTPPool:
             self._close_if_idle(pooled)
             raise
         return Lease(pooled, sftp)
+
+    async def _start_sftp(self, pooled: PooledConnection) -> asyncssh.SFTPClient:
+        return await asyncio.wait_for(
+            pooled.conn.start_sftp_client(path_errors="surrogateescape"), self._timeout
+        )
 
     async def _lease_new(self, user: str, credential: Credential, verifier: bytes) -> Lease:
         async with self._startups:  # stay below the backend's MaxStartups
@@ -213,8 +235,9 @@ class SFTPPool:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(lease.sftp.wait_closed(), self._timeout)
         pooled.channels -= 1
+        pooled.released_at = self._clock()
         if pooled.channels == 0:
-            pooled.idle_since = self._clock()
+            pooled.idle_since = pooled.released_at
         self._close_if_idle(pooled)
 
     def _close_if_idle(self, pooled: PooledConnection) -> None:

@@ -2,16 +2,29 @@
 
 Every public method is blocking and runs its coroutine on the shared background loop;
 asyncssh exceptions never leave this module untranslated.
+
+A lost backend connection does not end the FTP session: the next operation leases a new
+SFTP channel with the login's credential (``relogin``), and an operation that can safely
+run twice (a read, a listing, an open) is retried once on it when the connection dies under
+it. Renames, removals and directory changes are not retried: the first attempt may have
+happened, and a second would report a false error.
+
+Uploads with STOR are atomic by default: the data goes to a hidden name in the same
+directory and is renamed over the final name only after the backend confirmed the close,
+so a failed or aborted upload never leaves a truncated file under the final name. Resumed
+uploads (REST+STOR, APPE) and STOU write in place: their target is partial by definition.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import secrets
 import stat as statmod
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from typing import TypeVar, cast
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar, cast
 
 import asyncssh
 from asyncssh import constants as fx
@@ -24,6 +37,11 @@ from gateway.backends.sftp.pool import Lease
 from gateway.storage import Attrs, Entry, Kind
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.sftp")
+
+#: Uploads in progress are named ``.ftpgw-upload-<8 hex>-<name>`` (cut to 255 bytes).
+TEMP_PREFIX = ".ftpgw-upload-"
+_NAME_MAX = 255
 
 _KIND_BY_TYPE = {
     fx.FILEXFER_TYPE_REGULAR: Kind.FILE,
@@ -37,6 +55,21 @@ _OPEN_FLAGS = {
     "a": fx.FXF_WRITE | fx.FXF_CREAT,
     "r+": fx.FXF_WRITE,
 }
+
+
+def temporary_name(path: str) -> str:
+    """A hidden name in the directory of ``path`` for its upload in progress."""
+    directory, _, name = path.rpartition("/")
+    raw = f"{TEMP_PREFIX}{secrets.token_hex(4)}-{name}".encode("utf-8", "surrogateescape")
+    return f"{directory}/{raw[:_NAME_MAX].decode('utf-8', 'surrogateescape')}"
+
+
+async def _drop(sftp: asyncssh.SFTPClient, fh: asyncssh.SFTPClientFile, temp: str) -> None:
+    """Close and remove a temporary upload file (best effort)."""
+    with contextlib.suppress(asyncssh.Error, OSError):
+        await fh.close()
+    with contextlib.suppress(asyncssh.Error, OSError):
+        await sftp.remove(temp)
 
 
 def _kind(a: asyncssh.SFTPAttrs) -> Kind:
@@ -82,34 +115,88 @@ class SFTPStorage:
         release: Callable[[Lease], None],
         budget: Budget,
         report: Report = no_report,
+        relogin: Callable[[], Lease] | None = None,
+        atomic_uploads: bool = True,
     ) -> None:
-        self._loop, self._lease, self._sftp = loop, lease, lease.sftp
-        self._timeout, self._release, self._budget, self._report = timeout, release, budget, report
-        self._lost = lease.owner.is_lost
+        self._loop, self._timeout, self._release, self._budget = loop, timeout, release, budget
+        self._report, self._relogin, self._atomic = report, relogin, atomic_uploads
+        self._use(lease)
         self._block = min(_MAX_BLOCK, self._sftp.limits.max_read_len or 32768)
         self._wblock = min(_MAX_BLOCK, self._sftp.limits.max_write_len or 32768)
         self._closed = False
+        self._gone = False  # the backend refused to take the session back: it cannot go on
+        self._suspect = False  # a request timed out: the next command starts on a new channel
+
+    def _use(self, lease: Lease) -> None:
+        self._lease, self._sftp, self._lost = lease, lease.sftp, lease.owner.is_lost
 
     # --- plumbing
 
-    def _run(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
+    def _observe(self, op: str, seconds: float | None, err: errors.GatewayError | None) -> None:
+        """Count one operation. A request that timed out makes the connection suspect: a
+        blackholed path looks alive to TCP for many minutes, so the next command starts on a
+        new connection rather than wait out another timeout on this one."""
+        if isinstance(err, errors.BackendTimeout):
+            self._suspect = True
+        self._report(op, seconds, err)
+
+    def _connected(self) -> None:
+        """Reconnect first if the connection is lost or suspect."""
+        if self._lost() or self._suspect:
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        """Replace the lost (or suspect) connection with a new lease for the same login."""
+        if self._relogin is None or self._gone:
+            raise errors.ConnectionLost()
+        suspect = self._suspect
+        if suspect:
+            # No new leases on the suspect connection, this one's included: marked on the
+            # loop before the lease below is chosen there (callbacks run in order).
+            self._loop.loop.call_soon_threadsafe(setattr, self._lease.owner, "stale", True)
+        try:
+            lease = self._relogin()
+        except (errors.LoginRefused, errors.HostKeyMismatch) as err:
+            # A changed password or a changed host key: the session must not go on.
+            self._gone = True
+            raise errors.BackendUnavailable() from err
+        except errors.GatewayError as err:
+            raise errors.BackendDown() from err
+        old = self._lease
+        self._use(lease)
+        self._suspect = False
+        self._loop.loop.call_soon_threadsafe(self._release, old)
+        log.info("backend connection %s: reconnected for the same login", "timed out" if suspect else "lost")
+
+    def _run(self, op: str, make: Callable[[], Awaitable[T]], retry: bool = True) -> T:
+        """Run ``make()`` on the loop; reconnect first if the connection is gone, and once
+        more and run it again (``retry``: only for operations that may run twice) if it dies
+        under the operation."""
+        self._connected()
+        try:
+            return self._call(op, make)
+        except errors.ConnectionLost:
+            if not retry:
+                raise
+            self._reconnect()
+            return self._call(op, make)
+
+    def _call(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
         async def guarded() -> T:
             started = time.perf_counter()
             try:
                 result = await make()
             except Exception as exc:
                 err = translate(exc)
-                self._report(op, time.perf_counter() - started, err)
+                self._observe(op, time.perf_counter() - started, err)
                 raise err from exc
-            self._report(op, time.perf_counter() - started, None)
+            self._observe(op, time.perf_counter() - started, None)
             return result
 
-        if self._lost():
-            raise errors.ConnectionLost()
         try:
             return self._loop.run(guarded(), self._timeout)
         except errors.BackendTimeout as err:  # cancelled on the loop: guarded() saw no error
-            self._report(op, None, err)
+            self._observe(op, None, err)
             raise
 
     def _write_failure(self, path: str) -> Callable[[errors.GatewayError], errors.GatewayError]:
@@ -134,8 +221,8 @@ class SFTPStorage:
 
     @property
     def alive(self) -> bool:
-        """False once the SSH connection is gone."""
-        return not self._lost()
+        """False once the session cannot go on; a lost connection is replaced when next used."""
+        return not self._gone
 
     def home(self) -> str:
         """The backend login directory."""
@@ -153,9 +240,15 @@ class SFTPStorage:
 
     def list_dir(self, path: str) -> Iterator[Entry]:
         """Entries streamed from READDIR with their attrs (no stat per entry), batch by batch."""
-        # scandir is an async generator: advanced one batch per call, closed in `finally`.
-        names = cast("AsyncGenerator[asyncssh.SFTPName, None]", self._sftp.scandir(path))
         base = path.rstrip("/")
+        # scandir is an async generator: advanced one batch per call, closed in `finally`.
+        names: AsyncGenerator[asyncssh.SFTPName, None] | None = None
+
+        def start() -> None:
+            nonlocal names
+            if names is not None:
+                self._close_later(names)
+            names = cast("AsyncGenerator[asyncssh.SFTPName, None]", self._sftp.scandir(path))
 
         async def target(filename: str) -> str | None:
             try:
@@ -164,6 +257,7 @@ class SFTPStorage:
                 return None
 
         async def batch() -> list[Entry]:
+            assert names is not None
             found: list[tuple[str, Attrs]] = []
             async for name in names:
                 filename = str(name.filename)
@@ -177,13 +271,26 @@ class SFTPStorage:
             return [Entry(n, a, targets.get(n)) for n, a in found]
 
         try:
-            while chunk := self._run("readdir", batch):
+            self._connected()
+            start()
+            try:
+                chunk = self._call("readdir", batch)
+            except errors.ConnectionLost:
+                self._reconnect()  # nothing listed yet: start again on the new connection
+                start()
+                chunk = self._call("readdir", batch)
+            while chunk:
                 yield from chunk
+                chunk = self._call("readdir", batch)  # half-way through: no second start
         finally:
-            # Close the directory handle, also when the client abandons the listing, without
-            # waiting: the cyclic garbage collector may finalise this generator on any
-            # thread (the loop's own, another session's), which must not block on it.
-            self._loop.loop.call_soon_threadsafe(lambda: self._loop.loop.create_task(names.aclose()))
+            if names is not None:
+                self._close_later(names)
+
+    def _close_later(self, names: AsyncGenerator[asyncssh.SFTPName, None]) -> None:
+        # Close the directory handle, also when the client abandons the listing, without
+        # waiting: the cyclic garbage collector may finalise a listing generator on any
+        # thread (the loop's own, another session's), which must not block on it.
+        self._loop.loop.call_soon_threadsafe(lambda: self._loop.loop.create_task(names.aclose()))
 
     # --- files
 
@@ -206,11 +313,18 @@ class SFTPStorage:
             attrs.size or 0,
             self._block,
             self._budget,
-            report=self._report,
+            report=self._observe,
         )
 
     def open_write(self, path: str, mode: str) -> SFTPWriteStream:
-        """Open for upload: "w" truncates, "a" appends at the current size, "r+" resumes."""
+        """Open for upload: "w" truncates, "a" appends at the current size, "r+" resumes.
+
+        "w" is atomic when configured (see the module docstring).
+        """
+        if mode == "w" and self._atomic:
+            stream = self._open_atomic(path)
+            if stream is not None:
+                return stream
 
         async def opened() -> tuple[asyncssh.SFTPClientFile, int]:
             fh = await self._sftp.open(path, _OPEN_FLAGS[mode], encoding=None, block_size=None)
@@ -229,6 +343,16 @@ class SFTPStorage:
             if (found := self._lstat_or_none(path)) is not None and found.kind is Kind.DIR:
                 raise errors.IsADirectory() from None
             raise
+        return self._writer(fh, path, offset)
+
+    def _writer(
+        self,
+        fh: asyncssh.SFTPClientFile,
+        path: str,
+        offset: int,
+        commit: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        discard: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> SFTPWriteStream:
         return SFTPWriteStream(
             self._loop,
             fh,
@@ -238,8 +362,76 @@ class SFTPStorage:
             self._wblock,
             self._budget,
             refine=self._write_failure(path),
-            report=self._report,
+            report=self._observe,
+            commit=commit,
+            discard=discard,
         )
+
+    def _open_atomic(self, path: str) -> SFTPWriteStream | None:
+        """A write stream to a temporary name renamed to ``path`` on close, or None when the
+        upload has to go straight to ``path`` (a symlink or special file there, or a
+        directory the user may not create files in)."""
+        write_new = fx.FXF_WRITE | fx.FXF_CREAT | fx.FXF_EXCL
+
+        async def opened() -> tuple[asyncssh.SFTPClientFile | None, str]:
+            temp = temporary_name(path)
+            sftp = self._sftp
+            # Both requests go out at once: one round trip.
+            found, fh = await asyncio.gather(
+                sftp.lstat(path),
+                sftp.open(temp, write_new, encoding=None, block_size=None),
+                return_exceptions=True,
+            )
+            if isinstance(fh, BaseException):
+                raise fh
+            try:
+                if isinstance(found, asyncssh.SFTPNoSuchFile):
+                    return fh, temp
+                if isinstance(found, BaseException):
+                    raise found
+                kind = _kind(found)
+                if kind is Kind.DIR:
+                    raise errors.IsADirectory()
+                mode = (found.permissions or 0o644) & 0o7777
+                # A read-only file (no write bit at all) is not replaced behind its back: a
+                # rename needs only the directory's permission. In place, the backend
+                # refuses the write as it would without atomic uploads.
+                if kind is Kind.FILE and mode & 0o222:
+                    # The new file replaces the old one: it keeps the old one's permissions.
+                    await fh.chmod(mode)
+                    return fh, temp
+            except BaseException:
+                await _drop(sftp, fh, temp)
+                raise
+            # A symlink, special file or read-only file: write in place (through a symlink).
+            await _drop(sftp, fh, temp)
+            return None, temp
+
+        try:
+            fh, temp = self._run("open", opened)
+        except errors.PermissionDenied:
+            # The directory refuses new files (the existing file may still be writable):
+            # write in place, as without atomic uploads.
+            log.info("atomic upload not possible here (no permission to create files): writing in place")
+            return None
+        if fh is None:
+            return None
+        sftp = self._sftp  # the connection the data goes over; it must also do the rename
+
+        async def commit() -> None:
+            try:
+                await sftp.posix_rename(temp, path)
+            except asyncssh.SFTPOpUnsupported:
+                # Plain SFTPv3 RENAME refuses an existing target (not atomic, like rename()).
+                with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                    await sftp.remove(path)
+                await sftp.rename(temp, path)
+
+        async def discard() -> None:
+            with contextlib.suppress(asyncssh.Error, OSError):
+                await sftp.remove(temp)
+
+        return self._writer(fh, path, 0, commit, discard)
 
     def create_unique(self, directory: str, prefix: str) -> SFTPWriteStream:
         """Create a new, uniquely named file in ``directory`` (O_EXCL on the backend)."""
@@ -251,22 +443,12 @@ class SFTPStorage:
                 return await self._sftp.open(path, flags, encoding=None, block_size=None)
 
             try:
-                fh = self._run("open", create)
+                fh = self._run("open", create, retry=False)
             except (errors.BackendFailure, errors.AlreadyExists):
                 if self._lstat_or_none(path) is None:
                     raise
                 continue
-            return SFTPWriteStream(
-                self._loop,
-                fh,
-                path,
-                self._timeout,
-                0,
-                self._wblock,
-                self._budget,
-                refine=self._write_failure(path),
-                report=self._report,
-            )
+            return self._writer(fh, path, 0)
         raise errors.AlreadyExists("No usable unique file name found.")
 
     # --- namespace
@@ -274,7 +456,7 @@ class SFTPStorage:
     def mkdir(self, path: str) -> None:
         """Create a directory."""
         try:
-            self._run("mkdir", lambda: self._sftp.mkdir(path))
+            self._run("mkdir", lambda: self._sftp.mkdir(path), retry=False)
         except errors.BackendFailure:
             if self._lstat_or_none(path) is not None:
                 raise errors.AlreadyExists() from None
@@ -283,7 +465,7 @@ class SFTPStorage:
     def rmdir(self, path: str) -> None:
         """Remove an empty directory."""
         try:
-            self._run("rmdir", lambda: self._sftp.rmdir(path))
+            self._run("rmdir", lambda: self._sftp.rmdir(path), retry=False)
         except errors.BackendFailure:
             found = self._lstat_or_none(path)
             if found is not None:
@@ -293,7 +475,7 @@ class SFTPStorage:
     def remove(self, path: str) -> None:
         """Remove a file or symlink."""
         try:
-            self._run("remove", lambda: self._sftp.remove(path))
+            self._run("remove", lambda: self._sftp.remove(path), retry=False)
         except errors.BackendFailure:
             if (found := self._lstat_or_none(path)) is not None and found.kind is Kind.DIR:
                 raise errors.IsADirectory() from None
@@ -302,12 +484,12 @@ class SFTPStorage:
     def rename(self, src: str, dst: str) -> None:
         """Rename, replacing ``dst`` atomically (posix-rename@openssh.com when offered)."""
         try:
-            self._run("rename", lambda: self._sftp.posix_rename(src, dst))
+            self._run("rename", lambda: self._sftp.posix_rename(src, dst), retry=False)
         except errors.Unsupported:
             # Plain SFTPv3 RENAME refuses an existing target: remove it first (not atomic).
             if (found := self._lstat_or_none(dst)) is not None and found.kind is not Kind.DIR:
                 self.remove(dst)
-            self._run("rename", lambda: self._sftp.rename(src, dst))
+            self._run("rename", lambda: self._sftp.rename(src, dst), retry=False)
 
     def chmod(self, path: str, mode: int) -> None:
         """Set permission bits."""

@@ -1,0 +1,1 @@
+"""Fault injection: backends that die, stall, restart, refuse or fill up under running FTP sessions."""
