@@ -375,6 +375,7 @@ class Bench:
                             "host": "127.0.0.1",
                             "port": self.sshd.port,
                             "known_hosts": str(self.sshd.known_hosts),
+                            "atomic_uploads": not self.args.no_atomic,
                         }
                     },
                     "routes": [{"match": {"user": "*"}, "backend": "main", "root": "~"}],
@@ -570,6 +571,9 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, one run: checks the bench works")
     parser.add_argument("--report", action="store_true", help="keep the usage record (report.database)")
+    parser.add_argument(
+        "--no-atomic", action="store_true", help="atomic_uploads: false (STOR writes in place)"
+    )
     args = parser.parse_args()
     args.only = set(args.only.split(","))
     if args.quick:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import calendar
-import contextlib
-import ctypes
 import functools
 import getpass
 import logging
@@ -19,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway import __version__, config, errors, logs
+from gateway import __version__, config, errors, logs, malloc
 from gateway.workers import early_reloads, remember_reload
 
 log = logging.getLogger("gateway")
@@ -42,22 +40,8 @@ def _load(path: str) -> config.GatewayConfig | None:
     return None
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas (one per thread by default) before session threads start.
-
-    Every FTP session is a thread moving 255 KiB blocks; with an arena per thread, freed
-    blocks stay spread over many heaps. Measured with 16 concurrent uploads: peak RSS 162 MiB
-    with the default, 139 MiB with 2 arenas (the MALLOC_ARENA_MAX=2 setting, applied here).
-    """
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return  # the operator chose
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, arenas)  # M_ARENA_MAX
-
-
 def _serve(cfg: config.GatewayConfig, banner: str | None = None, config_path: str | None = None) -> int:
-    limit_malloc_arenas()
+    malloc.limit_arenas()
     # SIGHUP (reload) would terminate the process by default until the gateway takes it; one
     # that arrives during start-up is remembered and acted on once the gateway runs.
     signal.signal(signal.SIGHUP, remember_reload)
@@ -108,6 +92,7 @@ def _serve_one(
         print(f"report.database: {err} (fix or move the file, or set another path)", file=sys.stderr)
         return 2
 
+    malloc.trim_periodically()  # in each process: threads do not survive the workers' fork
     signal.signal(signal.SIGTERM, gateway.on_signal)
     signal.signal(signal.SIGHUP, gateway.on_signal)
     while early_reloads:

@@ -8,10 +8,12 @@ file, and a dead backend ends the session with 421 instead of leaving it half-al
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import posixpath
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -158,6 +160,23 @@ class GatewayPassiveDTP(_CountedDataConnection, PassiveDTP):  # type: ignore[mis
             self.close()
             raise NoPassivePort()
         super().bind(addr)
+        if addr[1] == 0:
+            return
+        # pyftpdlib binds with SO_REUSEADDR (passive ports sit in TIME_WAIT after each
+        # transfer), which lets two sessions bind the same port at once; the one that calls
+        # listen() second gets EADDRINUSE, which pyftpdlib does not expect there and the
+        # session was dropped. Listen right away: on EADDRINUSE, a fresh socket, and
+        # pyftpdlib's loop tries the next port (its own later listen() is then a no-op).
+        try:
+            self.socket.listen(self.backlog or self.cmd_channel.server.backlog)
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise
+            family = self.socket.family
+            self.socket.close()
+            self.del_channel()
+            self.create_socket(family, socket.SOCK_STREAM)
+            raise
 
     def handle_accepted(self, sock: Any, addr: tuple[str, int]) -> None:
         control = self.cmd_channel
@@ -282,6 +301,7 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
         self._resp = (err.transfer_reply(self.receive), ftplog.warning)
         self.transfer_finished = False
         super().close()  # pyftpdlib: close the socket, send _resp, log the transfer
+        self._drop_timers()
         if err.fatal or (control.authenticated and not control.storage.alive):
             control.backend_gone()
 
@@ -297,6 +317,15 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
                     self._fail(err)
                     return
         super().close()
+        self._drop_timers()
+
+    def _drop_timers(self) -> None:
+        # pyftpdlib cancels a closed data channel's timers (three per transfer, its passive
+        # listener's included) but leaves them in the scheduler until they would have
+        # fired, up to limits.data_timeout (300 s) later: at hundreds of transfers a second,
+        # tens of thousands of dead timers held at any time (bench/soak.py). The scheduler
+        # is this session's own (one IOLoop per session thread): clearing it is cheap.
+        self.ioloop.sched.reheapify()
 
     def handle_error(self) -> None:
         try:

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from gateway.proxy_protocol import V2_SIGNATURE
-from tests.conftest import base_config, seed
+from tests.conftest import base_config, seed, tls_config
 
 BALANCER = "127.0.0.1/32"  # the tests connect from 127.0.0.1: that is the "balancer"
 
@@ -162,3 +162,27 @@ def test_per_address_limits_and_the_guard_see_the_client(gateway_factory, sshd, 
     assert other.login(user.name, user.password).startswith("230")
     for ftp in [*sessions, other]:
         ftp.quit()
+
+
+def test_implicit_ftps_behind_the_balancer_reads_the_header_before_the_handshake(
+    gateway_factory, sshd, user, tls_files, caplog
+):
+    # HAProxy's send-proxy-v2 on port 990: the PROXY header comes first, in the clear, then
+    # the TLS handshake of implicit FTPS (deploy/haproxy/haproxy.cfg, ftps_implicit).
+    caplog.set_level("INFO")
+    doc = tls_config(sshd, tls_files)
+    doc["listen"]["proxy_protocol"] = {"trusted": [BALANCER], "header_timeout": 2}
+    gw = gateway_factory(doc)
+    host, port = gw.gateway.implicit_address
+    raw = socket.create_connection((host, port), timeout=20)
+    raw.sendall(proxy_header(2, "198.51.100.9", raw))
+    tls = tls_files.context().wrap_socket(raw, server_hostname="127.0.0.1")
+    control = tls.makefile("rwb")
+    assert control.readline().startswith(b"220 ")
+    for line, code in ((f"USER {user.name}", b"331"), (f"PASS {user.password}", b"230"), ("PWD", b"257")):
+        control.write(line.encode() + b"\r\n")
+        control.flush()
+        assert control.readline().startswith(code)
+    tls.close()
+    lines = [r.getMessage() for r in caplog.records if "sess=" in r.getMessage()]
+    assert any(line.startswith("198.51.100.9:") and "logged in" in line for line in lines), lines

@@ -38,3 +38,23 @@ def test_the_loop_refuses_to_wait_on_itself(loop):
 
     # Without the guard this would block the loop thread until the timeout.
     assert "deadlock" in asyncio.run_coroutine_threadsafe(waits_on_its_own_loop(), loop.loop).result(5)
+
+
+def test_the_executor_threads_are_all_started_with_the_loop_and_never_more(loop):
+    import threading
+    import time
+
+    from gateway.backends.sftp.loop import EXECUTOR_THREADS
+
+    def workers() -> int:
+        return sum(t.name.startswith("sftp-loop-worker") for t in threading.enumerate())
+
+    assert workers() == EXECUTOR_THREADS  # at start, not on demand
+
+    async def busy() -> None:
+        # Many blocking helpers at once (as asyncssh does for concurrent connects).
+        running = asyncio.get_running_loop()
+        await asyncio.gather(*(running.run_in_executor(None, time.sleep, 0.05) for _ in range(20)))
+
+    loop.run(busy(), 10)
+    assert workers() == EXECUTOR_THREADS

@@ -17,6 +17,13 @@ from gateway.errors import BackendTimeout
 
 T = TypeVar("T")
 
+#: Threads of the loop's executor for blocking helpers (asyncssh builds every connection's
+#: options there, the readiness check reads known_hosts there): a fixed few, all started
+#: with the loop, instead of asyncio's default of up to min(32, cores + 4) started on demand
+#: and kept for the life of the process. A thread count that does not drift with load is
+#: also what lets bench/soak.py and the fuzz test tell a leak.
+EXECUTOR_THREADS = 4
+
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
     try:
@@ -32,13 +39,18 @@ class BackgroundLoop:
     def __init__(self) -> None:
         self.loop = _new_event_loop()
         self._thread = threading.Thread(target=self._run, name="sftp-loop", daemon=True)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            EXECUTOR_THREADS, thread_name_prefix="sftp-loop-worker"
+        )
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
     def start(self) -> BackgroundLoop:
-        """Start the loop thread; returns self."""
+        """Start the loop thread and its executor's threads; returns self."""
+        _start_all(self._executor, EXECUTOR_THREADS)
+        self.loop.set_default_executor(self._executor)
         self._thread.start()
         return self
 
@@ -71,6 +83,16 @@ class BackgroundLoop:
                 self.run(cancel_tasks(), timeout)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _start_all(executor: concurrent.futures.ThreadPoolExecutor, count: int) -> None:
+    """Make ``executor`` start its ``count`` threads now: it starts one per submit that finds
+    no idle thread, so ``count`` tasks that wait for each other start them all."""
+    barrier = threading.Barrier(count + 1)
+    for _ in range(count):
+        executor.submit(barrier.wait, 10)
+    barrier.wait(10)
 
 
 def wait(future: concurrent.futures.Future[T], timeout: float) -> T:

@@ -5,9 +5,10 @@ asyncssh exceptions never leave this module untranslated.
 
 A lost backend connection does not end the FTP session: the next operation leases a new
 SFTP channel with the login's credential (``relogin``), and an operation that can safely
-run twice (a read, a listing, an open) is retried once on it when the connection dies under
-it. Renames, removals and directory changes are not retried: the first attempt may have
-happened, and a second would report a false error.
+run twice (a stat, a listing, an open, setting times or mode) is retried once on it when the
+connection dies under it. mkdir, rmdir, remove, rename and STOU's exclusive create are not:
+the first attempt may have happened, and a second would report a false error. A request
+that timed out makes the connection suspect: the next operation starts on a new one.
 
 Uploads with STOR are atomic by default: the data goes to a hidden name in the same
 directory and is renamed over the final name only after the backend confirmed the close,
