@@ -455,6 +455,14 @@ class Bench:
             if s.name == "gateway" and s.proc is not None and "idle" in a.only:
                 self.idle_sessions(s)
 
+    def forget(self, *names: str) -> None:
+        """Delete earlier uploads before a timed one. On tmpfs in this VM, writing into
+        memory just freed is much faster than into memory a still-existing file holds, which
+        is what an atomic upload (a new file renamed over the old) would otherwise get and
+        an in-place upload (truncated first) not: 200 against 300 MiB/s for the same gateway."""
+        for name in names:
+            (self.user.home / name).unlink(missing_ok=True)
+
     def big_transfers(self, s: System) -> None:
         size = self.args.big_mib
         cpu = s.proc.cpu() if s.proc else 0.0
@@ -463,6 +471,7 @@ class Bench:
         if s.proc:
             s.cpu_per_gib["down"].append((s.proc.cpu() - cpu) / (size / 1024))
             cpu = s.proc.cpu()
+        self.forget("up.bin")
         elapsed = timed(lambda: s.upload(self.big, "up.bin"))
         self.record(f"{size} MiB upload (MiB/s)", s, size / elapsed)
         if s.proc:
@@ -477,6 +486,7 @@ class Bench:
         self.record(f"{n} x {size} MiB concurrent downloads (MiB/s)", s, n * size / elapsed)
         with ThreadPoolExecutor(n) as pool:
             names = [f"cu{i}.bin" for i in range(n)]
+            self.forget(*names)
             elapsed = timed(lambda: list(pool.map(lambda name: s.upload(self.medium, name), names)))
         self.record(f"{n} x {size} MiB concurrent uploads (MiB/s)", s, n * size / elapsed)
         if s.proc:
