@@ -3,7 +3,9 @@
 What they change in pyftpdlib: gateway errors become the reply they carry (pyftpdlib would
 answer 550 for everything or drop the session), listings are built from READDIR attributes
 by ``gateway.listing``, uploads are acknowledged with 226 only after the backend closed the
-file, and a dead backend ends the session with 421 instead of leaving it half-alive.
+file, a lost backend connection is replaced for the session's next command (a backend that
+refuses it ends the session with 421 instead of leaving it half-alive), and no reply echoes
+a control character.
 """
 
 from __future__ import annotations
