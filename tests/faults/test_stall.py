@@ -19,9 +19,11 @@ from tests.faults.conftest import (
     assert_alive,
     attempt,
     command,
+    cut_upload,
     login,
     retr,
     split_config,
+    stor,
 )
 
 
@@ -121,3 +123,21 @@ def test_operation_timeout_gives_451_not_a_hang(gateway_factory, sshd, relay, us
     assert command(ftp, "MKD later").startswith("257")
     assert (user2.home / "later").is_dir()
     assert_alive(gw, user2)
+
+
+def test_an_upload_into_a_stalled_backend_fails_after_one_operation_timeout(
+    gateway_factory, sshd, relay, user2
+):
+    """The write that times out ends the upload: closing the handle and removing the temporary
+    file are not waited for on a connection that just stopped answering (each would cost
+    another operation_timeout before the client hears anything)."""
+    gw = gateway_factory(split_config(sshd, relay, operation_timeout=3))
+    ftp = login(gw, user2)
+    reply, seconds = cut_upload(ftp, "up.bin", relay.stall)
+    print(f"upload into a stalled backend: {reply!r} after {seconds:.2f} s")
+    assert reply.startswith("451"), reply
+    assert seconds < 7  # one operation_timeout (3 s) and slack, not three
+    assert command(ftp, "NOOP").startswith("200")
+    relay.resume()
+    assert stor(ftp, "up.bin", b"after the stall").startswith("226")
+    assert (user2.home / "up.bin").read_bytes() == b"after the stall"

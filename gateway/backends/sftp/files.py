@@ -106,6 +106,10 @@ class _Handle:
 
     Failed block reads and writes are reported (they count as backend errors); their
     durations are not: one transfer issues thousands, and its duration is measured whole.
+
+    Once a request has timed out, the clean-up requests (close, removing a temporary file)
+    are sent but not waited for: each would wait out another timeout on a connection that
+    stopped answering before the client hears that its transfer failed.
     """
 
     def __init__(
@@ -113,6 +117,13 @@ class _Handle:
     ):
         self.loop, self.fh, self.name, self.timeout, self.report = loop, fh, name, timeout, report
         self.closed = False
+        self.stalled = False  # a request timed out
+
+    def _settle(self, op: str, future: concurrent.futures.Future[T]) -> None:
+        """Wait for a clean-up request, unless the connection stalled; its error does not matter."""
+        if not self.stalled:
+            with contextlib.suppress(GatewayError):
+                self._wait(op, future)
 
     def _failed(self, op: str, exc: Exception) -> GatewayError:
         err = translate(exc)
@@ -124,6 +135,7 @@ class _Handle:
         try:
             return wait(future, self.timeout)
         except BackendTimeout as err:
+            self.stalled = True
             self.report(op, None, err)
             raise
 
@@ -150,16 +162,12 @@ class _Handle:
             raise self._failed("close", exc) from exc
         self.report("close", time.perf_counter() - started, None)
 
-    def close_handle(self, *, check: bool) -> None:
-        """Close on the backend; raise the backend's error only if ``check``."""
+    def close_handle(self) -> None:
+        """Close on the backend (a failure to close does not matter here)."""
         if self.closed:
             return
         self.closed = True
-        try:
-            self._wait("close", self.loop.submit(self._close()))
-        except GatewayError:
-            if check:
-                raise
+        self._settle("close", self.loop.submit(self._close()))
 
 
 class SFTPReadStream(_Handle):
@@ -220,7 +228,7 @@ class SFTPReadStream(_Handle):
     def close(self) -> None:
         """Release the handle (read errors at close do not matter)."""
         self._window.drain()
-        self.close_handle(check=False)
+        self.close_handle()
 
 
 class SFTPWriteStream(_Handle):
@@ -302,8 +310,7 @@ class SFTPWriteStream(_Handle):
             try:
                 self._reap(block=True)
             except GatewayError:
-                with contextlib.suppress(GatewayError):
-                    wait(closing, self.timeout)
+                self._settle("close", closing)
                 raise
             self._wait("close", closing)
             if self._commit is not None:
@@ -323,8 +330,7 @@ class SFTPWriteStream(_Handle):
         """Drop the upload: forget queued data, release the handle, remove a temporary file."""
         self._buffer.clear()
         self._window.drain()
-        self.close_handle(check=False)
+        self.close_handle()
         discard, self._discard = self._discard, None
         if discard is not None:
-            with contextlib.suppress(GatewayError):
-                wait(self.loop.submit(discard()), self.timeout)
+            self._settle("remove", self.loop.submit(discard()))
