@@ -255,6 +255,14 @@ class Session:
         name = self.rng.choice(sorted(names))
         return name, self.files[name]
 
+    def pick_or_store(self, min_size: int = 0, max_size: int | None = None) -> tuple[str, RemoteFile] | None:
+        """A file of this session to work on, or None after storing a new small one instead."""
+        picked = self.pick(min_size)
+        if picked is None or (max_size is not None and picked[1].size > max_size):
+            self.do_stor_small()
+            return None
+        return picked
+
     def slice_of(self, size: int) -> tuple[int, int]:
         """A random slice of BLOB of ``size`` bytes."""
         return self.rng.randrange(0, len(BLOB) - size + 1), size
@@ -375,9 +383,8 @@ class Session:
 
     def do_retr(self) -> None:
         """RETR one of the session's files and compare (a new small one if it has none)."""
-        picked = self.pick()
+        picked = self.pick_or_store()
         if picked is None:
-            self.do_stor_small()
             return
         self.check_file(*picked)
 
@@ -388,9 +395,8 @@ class Session:
 
     def do_size_mdtm(self) -> None:
         """SIZE and MDTM of one of the session's files: the size written, a time near now."""
-        picked = self.pick()
+        picked = self.pick_or_store()
         if picked is None:
-            self.do_stor_small()
             return
         name, rf = picked
         assert self.ftp is not None
@@ -417,9 +423,8 @@ class Session:
 
     def do_rename(self) -> None:
         """RNFR/RNTO one of the session's files; SIZE of the new name."""
-        picked = self.pick()
+        picked = self.pick_or_store()
         if picked is None:
-            self.do_stor_small()
             return
         old, rf = picked
         new = self.new_name("r")
@@ -450,9 +455,8 @@ class Session:
 
     def do_rest_retr(self) -> None:
         """REST to a random offset, RETR, compare with the tail of the file."""
-        picked = self.pick(min_size=1)
+        picked = self.pick_or_store(min_size=1)
         if picked is None:
-            self.do_stor_small()
             return
         name, rf = picked
         offset = self.rng.randrange(rf.size)
@@ -465,9 +469,8 @@ class Session:
 
     def do_appe(self) -> None:
         """APPE 1 byte to 64 KiB to one of the session's files (below 3 MiB); SIZE after."""
-        picked = self.pick()
-        if picked is None or picked[1].size > 3 * MiB:
-            self.do_stor_small()
+        picked = self.pick_or_store(max_size=3 * MiB)
+        if picked is None:
             return
         name, rf = picked
         part = self.slice_of(self.rng.randint(1, 64 * KiB))

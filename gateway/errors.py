@@ -166,7 +166,8 @@ class BackendUnavailable(StorageError):
 
 class ConnectionLost(StorageError):
     """The backend connection died. The FTP session stays: an SFTP session reconnects for
-    its next command (the legacy FTP passthrough ends with 421 then). Mid-transfer: 426."""
+    its next command (the legacy FTP passthrough ends with 421 then). Mid-transfer: a
+    download gets 426, an upload 451."""
 
     code = 451
     text = "Requested action aborted: backend connection lost, try again."

@@ -370,8 +370,8 @@ class SFTPStorage:
 
     def _open_atomic(self, path: str) -> SFTPWriteStream | None:
         """A write stream to a temporary name renamed to ``path`` on close, or None when the
-        upload has to go straight to ``path`` (a symlink or special file there, or a
-        directory the user may not create files in)."""
+        upload has to go straight to ``path`` (a symlink, special file or read-only file
+        there, or a directory the user may not create files in)."""
         write_new = fx.FXF_WRITE | fx.FXF_CREAT | fx.FXF_EXCL
 
         async def opened() -> tuple[asyncssh.SFTPClientFile | None, str]:
