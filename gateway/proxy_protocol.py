@@ -53,7 +53,7 @@ def missing(data: bytes) -> int:
     Never more than the header still has, so reading exactly that much cannot overshoot.
     """
     if len(data) < _FIRST_READ:
-        if not (V2_SIGNATURE.startswith(data) or _V1_PREFIX.startswith(data[:6])):
+        if not (V2_SIGNATURE.startswith(data[: len(V2_SIGNATURE)]) or _V1_PREFIX.startswith(data[:6])):
             raise ProxyHeaderError("not a PROXY protocol header")
         return _FIRST_READ - len(data)
     if data.startswith(V2_SIGNATURE):

@@ -101,6 +101,7 @@ class GatewayFTPServer(ThreadedFTPServer):  # type: ignore[misc]
             if not handler.connected:
                 return
             if not self._accept_new_cons():
+                handler.remote_ip = ""  # not in ip_map yet: close() must not take the balancer's out
                 handler.handle_max_cons()
                 return
             self.ioloop.unregister(handler._fileno)

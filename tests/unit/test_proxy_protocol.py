@@ -68,6 +68,19 @@ def test_v2_proxy_local_and_ipv6():
     assert read(v2(1, 0x31, b"\0" * 216))[0] == ProxyHeader(None, 2)  # AF_UNIX: keep the peer
 
 
+@pytest.mark.parametrize("most", range(1, 17))
+def test_short_reads_anywhere_in_the_header_still_parse(most):
+    """A socket read may return fewer bytes than asked (TCP segments): any split is fine."""
+    for header, expected in (
+        (v2_inet("203.0.113.5", 40000), ProxyHeader(("203.0.113.5", 40000), 2)),
+        (b"PROXY TCP4 198.51.100.7 192.0.2.1 56324 21\r\n", ProxyHeader(("198.51.100.7", 56324), 1)),
+    ):
+        data = b""
+        while need := missing(data):
+            data += header[len(data) : len(data) + min(need, most)]
+        assert parse(data) == expected
+
+
 @pytest.mark.parametrize(
     "data",
     [
