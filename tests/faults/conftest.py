@@ -95,6 +95,30 @@ def kill(server: OpenSSHServer) -> set[int]:
     return killed
 
 
+def sftp_subsystems(server: OpenSSHServer, user: TestUser) -> set[int]:
+    """The processes serving ``user``'s SFTP channels on ``server`` (internal-sftp forks one
+    per channel below the user's ``sshd: user@notty`` process, both running as the user)."""
+    assert server.proc is not None
+    uid = pwd.getpwnam(user.name).pw_uid
+    tree = _children()
+    return {
+        child
+        for pid in descendants(server.proc.pid)
+        if _uid(pid) == uid
+        for child in tree.get(pid, [])
+        if _uid(child) == uid
+    }
+
+
+def _uid(pid: int) -> int | None:
+    """The real uid of process ``pid`` (None once it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
 def stop_listener(server: OpenSSHServer) -> None:
     """Stop only the listening sshd (SIGTERM), as ``systemctl restart ssh`` does: sessions live on."""
     server.stop()

@@ -8,6 +8,8 @@ host key) serves the sessions that were open and new logins.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -21,6 +23,7 @@ from tests.faults.conftest import (
     kill,
     login,
     retr,
+    sftp_subsystems,
     stop_listener,
     stor,
 )
@@ -44,6 +47,28 @@ def test_relay_reset_while_idle_the_next_commands_get_their_normal_replies(
     assert (user.home / "made" / "b.txt").read_bytes() == b"beta"
     assert command(ftp, "QUIT").startswith("221")
     assert_alive(gw, user, expect=["a.txt", "made"])
+
+
+def test_sftp_subsystem_killed_while_idle_the_next_commands_work(gateway_factory, sshd, user):
+    """The backend ends just the session's SFTP channel (its sftp-server killed or out of
+    memory); the SSH connection lives on. Even commands that are never retried work."""
+    seed(user, "a.txt", b"alpha")
+    seed(user, "b.txt", b"beta")
+    gw = gateway_factory(fault_config(sshd))
+    before = sftp_subsystems(sshd, user)
+    ftp = login(gw, user)
+    assert attempt(ftp.nlst) == ["a.txt", "b.txt"]
+    channel = sftp_subsystems(sshd, user) - before
+    assert len(channel) == 1, channel
+    os.kill(channel.pop(), signal.SIGKILL)
+    time.sleep(0.5)  # idle: the backend has closed the channel
+    never_retried = [("DELE a.txt", "250"), ("MKD made", "257"), ("RNFR b.txt", "350"), ("RNTO c.txt", "250")]
+    for line, reply in never_retried:
+        assert command(ftp, line).startswith(reply), line
+    assert attempt(ftp.nlst) == ["c.txt", "made"]
+    assert stor(ftp, "made/d.txt", b"delta").startswith("226")
+    assert (user.home / "made" / "d.txt").read_bytes() == b"delta"
+    assert_alive(gw, user, expect=["c.txt", "made"])
 
 
 def test_backend_killed_while_idle_451_until_it_is_back_then_the_session_works(

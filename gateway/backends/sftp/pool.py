@@ -92,11 +92,22 @@ class Lease:
 
     owner: PooledConnection
     sftp: asyncssh.SFTPClient
+    closed: asyncio.Future[None]  # done once the channel has closed (sftp-server gone)
 
     @property
     def home(self) -> str:
         """The backend login directory of the connection's user."""
         return self.owner.home
+
+    def is_lost(self) -> bool:
+        """True once the connection or just this channel is gone (thread-safe)."""
+        return self.owner.is_lost() or self.closed.done()
+
+
+async def _channel_closed(sftp: asyncssh.SFTPClient) -> None:
+    """Wait until the SFTP channel has closed, whatever closed it."""
+    with contextlib.suppress(Exception):
+        await sftp.wait_closed()
 
 
 class SFTPPool:
@@ -189,7 +200,9 @@ class SFTPPool:
             pooled.stale = True
             self._close_if_idle(pooled)
             raise
-        return Lease(pooled, sftp)
+        # The backend may end the channel alone (its sftp-server killed, out of memory) while
+        # the SSH connection lives on: the session must see that too, not only a lost connection.
+        return Lease(pooled, sftp, asyncio.ensure_future(_channel_closed(sftp)))
 
     async def _start_sftp(self, pooled: PooledConnection) -> asyncssh.SFTPClient:
         return await asyncio.wait_for(

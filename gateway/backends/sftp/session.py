@@ -3,12 +3,13 @@
 Every public method is blocking and runs its coroutine on the shared background loop;
 asyncssh exceptions never leave this module untranslated.
 
-A lost backend connection does not end the FTP session: the next operation leases a new
-SFTP channel with the login's credential (``relogin``), and an operation that can safely
-run twice (a stat, a listing, an open, setting times or mode) is retried once on it when the
-connection dies under it. mkdir, rmdir, remove, rename and STOU's exclusive create are not:
-the first attempt may have happened, and a second would report a false error. A request
-that timed out makes the connection suspect: the next operation starts on a new one.
+A lost backend connection (or an SFTP channel the backend ended alone) does not end the
+FTP session: the next operation leases a new SFTP channel with the login's credential
+(``relogin``), and an operation that can safely run twice (a stat, a listing, an open,
+setting times or mode) is retried once on it when the connection dies under it. mkdir,
+rmdir, remove, rename and STOU's exclusive create are not: the first attempt may have
+happened, and a second would report a false error. A request that timed out makes the
+connection suspect: the next operation starts on a new one.
 
 Uploads with STOR are atomic by default: the data goes to a hidden name in the same
 directory and is renamed over the final name only after the backend confirmed the close,
@@ -129,7 +130,7 @@ class SFTPStorage:
         self._suspect = False  # a request timed out: the next command starts on a new channel
 
     def _use(self, lease: Lease) -> None:
-        self._lease, self._sftp, self._lost = lease, lease.sftp, lease.owner.is_lost
+        self._lease, self._sftp, self._lost = lease, lease.sftp, lease.is_lost
 
     # --- plumbing
 
@@ -142,7 +143,7 @@ class SFTPStorage:
         self._report(op, seconds, err)
 
     def _connected(self) -> None:
-        """Reconnect first if the connection is lost or suspect."""
+        """Reconnect first if the connection (or the session's channel) is lost or suspect."""
         if self._lost() or self._suspect:
             self._reconnect()
 
