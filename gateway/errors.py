@@ -139,6 +139,14 @@ class QuotaExceeded(StorageError):
         return 552
 
 
+class ResumeRefused(StorageError):
+    """A resumed upload (REST+STOR; APPE with ``code=550``) onto the previous version of a
+    file whose atomic replacement just failed: the bytes there are not the client's."""
+
+    code = 554  # RFC 1123 4.1.3.4 / RFC 3659 5: "554 invalid REST parameter"
+    text = "Resume refused: the last upload of this file failed and was not kept; send the whole file."
+
+
 class Unsupported(StorageError):
     code = 502
     text = "Operation not supported by the backend."

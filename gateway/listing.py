@@ -14,7 +14,7 @@ import stat
 import time
 from collections.abc import Iterable, Iterator
 
-from gateway.storage import Attrs, Entry, Kind
+from gateway.storage import Attrs, Entry, Kind, is_upload_in_progress
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SIX_MONTHS = 180 * 24 * 3600
@@ -67,8 +67,13 @@ def glob_filter(entries: Iterable[Entry], pattern: str) -> Iterator[Entry]:
 
 
 def safe_entries(entries: Iterable[Entry]) -> Iterator[Entry]:
-    """The entries whose names are safe to emit, in the order given."""
-    return (e for e in entries if is_safe_name(e.name))
+    """The entries to list, in the order given: safe names, no upload in progress.
+
+    An atomic upload's temporary file is left out: a consumer polling with ``NLST *.csv``
+    must not fetch (or delete) a file that is still being written, which is what atomic
+    uploads exist to prevent.
+    """
+    return (e for e in entries if is_safe_name(e.name) and not is_upload_in_progress(e.name))
 
 
 #: Directories up to this many entries are listed sorted by name (RFC 959 recommends it);

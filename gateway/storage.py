@@ -8,9 +8,20 @@ backend paths and raises only ``gateway.errors.StorageError`` subclasses.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
+
+#: An atomic upload in progress is written to ``.ftpgw-upload-<8 hex>-<name>`` in the
+#: directory of its target (cut to 255 bytes) and renamed over the target at the end.
+UPLOAD_TEMP_PREFIX = ".ftpgw-upload-"
+_UPLOAD_TEMP = re.compile(re.escape(UPLOAD_TEMP_PREFIX) + "[0-9a-f]{8}-")
+
+
+def is_upload_in_progress(name: str) -> bool:
+    """True if ``name`` is an atomic upload's temporary name (listings leave it out)."""
+    return _UPLOAD_TEMP.match(name) is not None
 
 
 class Kind(enum.Enum):

@@ -10,10 +10,13 @@ backend died (it cannot be removed then); nothing else may.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import threading
 
 import pytest
 
-from tests.conftest import seed
+from tests.conftest import seed, wait_for
 from tests.faults.conftest import (
     assert_alive,
     command,
@@ -25,6 +28,7 @@ from tests.faults.conftest import (
     retr,
     stor,
     strays,
+    temp_files,
 )
 
 BIG = 64 * 2**20
@@ -112,3 +116,34 @@ def test_upload_cut_by_kill_9_of_the_backend_is_451_and_the_final_name_is_untouc
     assert stor(ftp, "up.bin", b"second try").startswith("226")
     assert (user.home / "up.bin").read_bytes() == b"second try"
     assert_alive(gw, user)
+
+
+def test_lftp_retrying_an_upload_cut_by_the_backend_stores_the_whole_new_file(
+    gateway_factory, sshd, relay, user, tmp_path
+):
+    """lftp retries a failed put by resuming from SIZE (REST + STOR). After a cut atomic
+    upload SIZE is the old file's: the resume is refused (554), lftp switches to NOREST
+    mode and sends the whole file, never the old head with the new tail."""
+    assert shutil.which("lftp"), "lftp is not installed (tests/run.sh installs it)"
+    seed(user, "up.bin", OLD * 25_000)  # 1 MiB of the previous version
+    new = os.urandom(16 * 2**20)
+    (tmp_path / "up.bin").write_bytes(new)
+    gw = gateway_factory(fault_config(sshd, relay, operation_timeout=30))
+
+    def cut_once_data_flows() -> None:
+        if wait_for(lambda: any((user.home / t).stat().st_size > 2**20 for t in temp_files(user.home))):
+            relay.reset()
+
+    cutter = threading.Thread(target=cut_once_data_flows)
+    cutter.start()
+    script = (
+        "set net:max-retries 5; set net:reconnect-interval-base 1; set net:limit-rate 4M; debug 3; "
+        f"open -u {user.name},{user.password} -p {gw.port} 127.0.0.1; put {tmp_path / 'up.bin'} -o up.bin"
+    )
+    result = subprocess.run(["lftp", "-c", script], capture_output=True, text=True, timeout=120)
+    cutter.join()
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The cut happened mid-upload, lftp resumed, and the resume was refused:
+    assert "Switching to NOREST mode" in result.stderr, result.stderr[-3000:]
+    assert (user.home / "up.bin").read_bytes() == new
+    assert strays(user.home, {"up.bin"}) == set()

@@ -2,7 +2,8 @@
 temporary file in the same directory (``.ftpgw-upload-<8 hex>-<name>``) and renames it over
 the final name only after the backend confirmed the close. Until then the final name shows
 nothing or the previous version; an aborted or cut upload leaves neither. Resumed uploads
-(REST+STOR, APPE) write in place, as do uploads where a rename cannot be used.
+(REST+STOR, APPE) write in place, as do uploads where a rename cannot be used, except onto
+the previous version that a failed upload left in place.
 """
 
 from __future__ import annotations
@@ -48,6 +49,24 @@ def test_a_new_file_appears_only_complete(gw, user):
     assert (user.home / "new.bin").read_bytes() == chunk
     assert temps(user.home) == {}
     ftp.quit()
+
+
+def test_an_upload_in_progress_is_in_no_listing(gw, ftp, user):
+    """A consumer polling with ``mget *.csv`` (NLST *.csv) must not fetch, or delete, a file
+    still being written: the temporary file is left out of every listing."""
+    seed(user, "done.csv", b"complete\n")
+    uploader, data, chunk = start_upload(gw.port, user, "incoming.csv")
+    assert wait_for(lambda: sum(temps(user.home).values()) > 0)
+    assert ftp.nlst() == ["done.csv"]
+    assert ftp.nlst("*.csv") == ["done.csv"]
+    lines: list[str] = []
+    ftp.retrlines("LIST -a", lines.append)
+    assert [line.split()[-1] for line in lines] == ["done.csv"]
+    assert [name for name, _ in ftp.mlsd()] == ["done.csv"]
+    assert finish(uploader, data).startswith("226")
+    assert ftp.nlst("*.csv") == ["done.csv", "incoming.csv"]
+    assert (user.home / "incoming.csv").read_bytes() == chunk
+    uploader.quit()
 
 
 def test_a_replaced_file_keeps_its_old_content_until_the_end_and_its_mode(gw, user):
@@ -97,12 +116,57 @@ def test_resumed_uploads_write_in_place(ftp, user):
     assert temps(user.home) == {}
 
 
+def test_a_resume_onto_the_version_a_failed_upload_left_is_refused(gw, ftp, user):
+    """A plain FTP server leaves the partial new file after a cut STOR; the gateway leaves the
+    old one. A resume from SIZE would glue the new file's tail to the old head: refused (554
+    after REST, 550 for APPE), from any session, until the file has changed."""
+    old = seed(user, "big.csv", b"old,version\n" * 1000).read_bytes()
+    uploader, data, _ = start_upload(gw.port, user, "big.csv")
+    assert wait_for(lambda: sum(temps(user.home).values()) > 0)
+    reset(data)
+    with pytest.raises(ftplib.error_temp, match=r"^42[56]"):
+        uploader.voidresp()
+    uploader.quit()
+    assert wait_for(lambda: temps(user.home) == {})
+    ftp.voidcmd("TYPE I")
+    size = ftp.size("big.csv")
+    assert size == len(old)
+    new = os.urandom(3 * size)
+    with pytest.raises(ftplib.error_perm, match=r"^554 Resume refused"):
+        ftp.storbinary("STOR big.csv", io.BytesIO(new[size:]), rest=size)
+    with pytest.raises(ftplib.error_perm, match=r"^550 Resume refused"):
+        ftp.storbinary("APPE big.csv", io.BytesIO(new[size:]))
+    assert (user.home / "big.csv").read_bytes() == old
+    # The whole file again; from then on the file is the client's and resumes are allowed.
+    assert ftp.storbinary("STOR big.csv", io.BytesIO(new[:size])).startswith("226")
+    assert ftp.storbinary("STOR big.csv", io.BytesIO(new[size:]), rest=size).startswith("226")
+    assert (user.home / "big.csv").read_bytes() == new
+
+
 def test_a_read_only_file_is_not_replaced(ftp, user):
     ro = seed(user, "ro.txt", b"read only\n")
     ro.chmod(0o444)
     with pytest.raises(ftplib.error_perm, match=r"^550"):
         ftp.storbinary("STOR ro.txt", io.BytesIO(b"overwritten"))
     assert ro.read_bytes() == b"read only\n"
+    assert temps(user.home) == {}
+
+
+def test_a_file_of_another_owner_is_written_in_place_under_the_backends_permissions(ftp, user):
+    """A rename needs only the directory's permission: replacing someone else's file that
+    way would bypass its permissions and change its owner."""
+    theirs = seed(user, "theirs.txt", b"not yours\n")
+    os.chown(theirs, 0, 0)
+    theirs.chmod(0o644)
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        ftp.storbinary("STOR theirs.txt", io.BytesIO(b"overwritten"))
+    assert theirs.read_bytes() == b"not yours\n"
+    shared = seed(user, "shared.txt", b"everyone may write\n")
+    os.chown(shared, 0, 0)
+    shared.chmod(0o666)
+    assert ftp.storbinary("STOR shared.txt", io.BytesIO(b"new content")).startswith("226")
+    assert shared.read_bytes() == b"new content"
+    assert (shared.stat().st_uid, shared.stat().st_gid) == (0, 0)
     assert temps(user.home) == {}
 
 

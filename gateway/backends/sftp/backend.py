@@ -25,6 +25,7 @@ from gateway import errors
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.backends.sftp.pool import Credential, Lease, SFTPPool
+from gateway.backends.sftp.replacements import FailedReplacements
 from gateway.backends.sftp.session import SFTPStorage
 from gateway.config import BackendConfig
 from gateway.metrics import Metrics
@@ -135,6 +136,7 @@ class SFTPBackend:
         self._known_hosts = asyncssh.read_known_hosts(cfg.known_hosts) if cfg.known_hosts else _NO_HOSTS
         # A pooled connection that cannot open a channel within connect_timeout is replaced.
         self.pool = SFTPPool(cfg.pool, self._connect, cfg.connect_timeout)
+        self.failed_replacements = FailedReplacements()  # shared by this backend's sessions
 
     async def _connect(
         self, username: str, credential: Credential
@@ -210,6 +212,7 @@ class SFTPBackend:
             # password anyway); the pool still only keeps its verifier.
             relogin=functools.partial(self._lease, username, credential, verifier, "reconnect"),
             atomic_uploads=self.cfg.atomic_uploads,
+            failed=self.failed_replacements,
         )
 
     def _lease(self, username: str, credential: Credential, verifier: bytes, op: str) -> Lease:

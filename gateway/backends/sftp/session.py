@@ -36,13 +36,12 @@ from gateway.backends.sftp.errors import translate
 from gateway.backends.sftp.files import Budget, Report, SFTPReadStream, SFTPWriteStream, no_report
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.backends.sftp.pool import Lease
-from gateway.storage import Attrs, Entry, Kind
+from gateway.backends.sftp.replacements import FailedReplacements, Version
+from gateway.storage import UPLOAD_TEMP_PREFIX, Attrs, Entry, Kind
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.sftp")
 
-#: Uploads in progress are named ``.ftpgw-upload-<8 hex>-<name>`` (cut to 255 bytes).
-TEMP_PREFIX = ".ftpgw-upload-"
 _NAME_MAX = 255
 
 _KIND_BY_TYPE = {
@@ -62,7 +61,7 @@ _OPEN_FLAGS = {
 def temporary_name(path: str) -> str:
     """A hidden name in the directory of ``path`` for its upload in progress."""
     directory, _, name = path.rpartition("/")
-    raw = f"{TEMP_PREFIX}{secrets.token_hex(4)}-{name}".encode("utf-8", "surrogateescape")
+    raw = f"{UPLOAD_TEMP_PREFIX}{secrets.token_hex(4)}-{name}".encode("utf-8", "surrogateescape")
     return f"{directory}/{raw[:_NAME_MAX].decode('utf-8', 'surrogateescape')}"
 
 
@@ -72,6 +71,20 @@ async def _drop(sftp: asyncssh.SFTPClient, fh: asyncssh.SFTPClientFile, temp: st
         await fh.close()
     with contextlib.suppress(asyncssh.Error, OSError):
         await sftp.remove(temp)
+
+
+def _may_replace(old: asyncssh.SFTPAttrs, new: asyncssh.SFTPAttrs) -> bool:
+    """True if the new file may be renamed over ``old``: the same owner and group, and
+    ``old`` writable by its owner.
+
+    A rename needs only the directory's permission, so without this check atomic uploads
+    would let a user replace a file that is not theirs or that is read-only (0644 owned by
+    another account in a shared directory), and would change a replaced file's owner or
+    group. In place, the backend applies its own permission check and keeps both.
+    """
+    if old.uid is None or new.uid is None:  # a server that does not tell owners
+        return bool((old.permissions or 0) & 0o222)
+    return old.uid == new.uid and old.gid == new.gid and bool((old.permissions or 0) & 0o200)
 
 
 def _kind(a: asyncssh.SFTPAttrs) -> Kind:
@@ -119,9 +132,12 @@ class SFTPStorage:
         report: Report = no_report,
         relogin: Callable[[], Lease] | None = None,
         atomic_uploads: bool = True,
+        failed: FailedReplacements | None = None,
     ) -> None:
         self._loop, self._timeout, self._release, self._budget = loop, timeout, release, budget
         self._report, self._relogin, self._atomic = report, relogin, atomic_uploads
+        self._failed = failed if failed is not None else FailedReplacements()
+        self._user = lease.owner.user
         self._use(lease)
         self._block = min(_MAX_BLOCK, self._sftp.limits.max_read_len or 32768)
         self._wblock = min(_MAX_BLOCK, self._sftp.limits.max_write_len or 32768)
@@ -327,6 +343,8 @@ class SFTPStorage:
             stream = self._open_atomic(path)
             if stream is not None:
                 return stream
+        elif self._atomic:
+            self._check_resume(path, mode)
 
         async def opened() -> tuple[asyncssh.SFTPClientFile, int]:
             fh = await self._sftp.open(path, _OPEN_FLAGS[mode], encoding=None, block_size=None)
@@ -346,6 +364,22 @@ class SFTPStorage:
                 raise errors.IsADirectory() from None
             raise
         return self._writer(fh, path, offset)
+
+    def _check_resume(self, path: str, mode: str) -> None:
+        """Refuse a resume onto the version a failed atomic upload of ``path`` left there.
+
+        With atomic uploads a failed STOR leaves the previous version whole, where a plain
+        FTP server leaves the partial new file; a client resuming from SIZE would append
+        the rest of the new file to the old one (gateway/backends/sftp/replacements.py).
+        554 makes lftp send the whole file again ("Switching to NOREST mode").
+        """
+        left = self._failed.left_in_place(self._user, path)
+        if left is None:
+            return
+        found = self._lstat_or_none(path)
+        if found is not None and (found.size, found.mtime) == left:
+            raise errors.ResumeRefused(code=554 if mode == "r+" else 550)
+        self._failed.forget(self._user, path)  # changed since: whatever is there now is meant
 
     def _writer(
         self,
@@ -371,11 +405,12 @@ class SFTPStorage:
 
     def _open_atomic(self, path: str) -> SFTPWriteStream | None:
         """A write stream to a temporary name renamed to ``path`` on close, or None when the
-        upload has to go straight to ``path`` (a symlink, special file or read-only file
-        there, or a directory the user may not create files in)."""
+        upload has to go straight to ``path`` (a symlink, special file, read-only file or
+        file of another owner or group there, or a directory the user may not create files
+        in)."""
         write_new = fx.FXF_WRITE | fx.FXF_CREAT | fx.FXF_EXCL
 
-        async def opened() -> tuple[asyncssh.SFTPClientFile | None, str]:
+        async def opened() -> tuple[asyncssh.SFTPClientFile | None, str, Version | None]:
             temp = temporary_name(path)
             sftp = self._sftp
             # Both requests go out at once: one round trip.
@@ -388,29 +423,28 @@ class SFTPStorage:
                 raise fh
             try:
                 if isinstance(found, asyncssh.SFTPNoSuchFile):
-                    return fh, temp
+                    return fh, temp, None
                 if isinstance(found, BaseException):
                     raise found
                 kind = _kind(found)
                 if kind is Kind.DIR:
                     raise errors.IsADirectory()
-                mode = (found.permissions or 0o644) & 0o7777
-                # A read-only file (no write bit at all) is not replaced behind its back: a
-                # rename needs only the directory's permission. In place, the backend
-                # refuses the write as it would without atomic uploads.
-                if kind is Kind.FILE and mode & 0o222:
-                    # The new file replaces the old one: it keeps the old one's permissions.
-                    await fh.chmod(mode)
-                    return fh, temp
+                if kind is Kind.FILE:
+                    mode = (found.permissions or 0o644) & 0o7777
+                    # The new file keeps the old one's permission bits; the temporary file
+                    # shows whose it would be (the login's uid, its group or the directory's).
+                    mine, _ = await asyncio.gather(fh.stat(), fh.chmod(mode))
+                    if _may_replace(found, mine):
+                        return fh, temp, (found.size or 0, found.mtime)
             except BaseException:
                 await _drop(sftp, fh, temp)
                 raise
-            # A symlink, special file or read-only file: write in place (through a symlink).
+            # A symlink, special file, or a file the rename must not replace: in place.
             await _drop(sftp, fh, temp)
-            return None, temp
+            return None, temp, None
 
         try:
-            fh, temp = self._run("open", opened)
+            fh, temp, replaced = self._run("open", opened)
         except errors.PermissionDenied:
             # The directory refuses new files (the existing file may still be writable):
             # write in place, as without atomic uploads.
@@ -419,17 +453,28 @@ class SFTPStorage:
         if fh is None:
             return None
         sftp = self._sftp  # the connection the data goes over; it must also do the rename
+        user, failed = self._user, self._failed
+        only_copy = False  # the target is gone and the rename did not happen: keep the data
 
         async def commit() -> None:
+            nonlocal only_copy
             try:
                 await sftp.posix_rename(temp, path)
             except asyncssh.SFTPOpUnsupported:
                 # Plain SFTPv3 RENAME refuses an existing target (not atomic, like rename()).
                 with contextlib.suppress(asyncssh.SFTPNoSuchFile):
                     await sftp.remove(path)
+                only_copy = True
                 await sftp.rename(temp, path)
+                only_copy = False
+            failed.forget(user, path)
 
         async def discard() -> None:
+            if replaced is not None:
+                failed.remember(user, path, replaced)
+            if only_copy:
+                log.error("upload of %s: old file removed, rename failed: the new data is in %s", path, temp)
+                return
             with contextlib.suppress(asyncssh.Error, OSError):
                 await sftp.remove(temp)
 
