@@ -2,8 +2,8 @@
 
 Pure core. Names come from the backend and are untrusted: a name holding a control
 character (CR and LF above all, which would forge reply lines on the control channel or
-split a listing line, cf. bpo-30119) is never emitted raw. Listings skip such entries;
-single-name replies and logs use ``printable``.
+split a listing line, cf. bpo-30119) is never emitted raw. Listings skip such entries (and
+atomic uploads in progress); single-name replies and logs use ``printable``.
 """
 
 from __future__ import annotations
