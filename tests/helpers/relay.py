@@ -100,6 +100,12 @@ class Relay:
                     for sock in flow.sockets:
                         _abort(sock)
                     return
+                if upstream is None and self._new_mode != BLACKHOLE:
+                    _abort(client)  # resumed meanwhile: resume() resets blackholed connections
+                    continue
+                # A fault set or ended while this one was connecting applies to it too (else a
+                # connection accepted during a stall would stay stalled after resume()).
+                flow.mode = self._new_mode
                 self._flows.append(flow)
                 if upstream is None:
                     self.blackholed += 1
