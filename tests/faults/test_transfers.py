@@ -9,6 +9,7 @@ backend died (it cannot be removed then); nothing else may.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -130,8 +131,15 @@ def test_lftp_retrying_an_upload_cut_by_the_backend_stores_the_whole_new_file(
     (tmp_path / "up.bin").write_bytes(new)
     gw = gateway_factory(fault_config(sshd, relay, operation_timeout=30))
 
+    def uploaded_mib() -> bool:
+        sizes = [0]
+        for name in temp_files(user.home):
+            with contextlib.suppress(FileNotFoundError):  # renamed or removed meanwhile
+                sizes.append((user.home / name).stat().st_size)
+        return max(sizes) > 2**20
+
     def cut_once_data_flows() -> None:
-        if wait_for(lambda: any((user.home / t).stat().st_size > 2**20 for t in temp_files(user.home))):
+        if wait_for(uploaded_mib):
             relay.reset()
 
     cutter = threading.Thread(target=cut_once_data_flows)
