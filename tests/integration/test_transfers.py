@@ -245,8 +245,11 @@ def test_upload_cut_by_a_reset_is_426_not_226(ftp, user):
     conn.sendall(os.urandom(1_000_000))
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     conn.close()  # RST, not an orderly end of the upload
-    with pytest.raises(ftplib.error_temp, match=r"^426"):
+    # 426; or 425 when the reset came before the gateway had taken the data connection (the
+    # client may send before the gateway's accept: the 150 comes first). Never 226.
+    with pytest.raises(ftplib.error_temp, match=r"^42[56]"):
         ftp.voidresp()
+    assert not (user.home / "cut.bin").exists()
     assert ftp.sendcmd("NOOP").startswith("200")
 
 
