@@ -20,14 +20,12 @@ from gateway.backends.sftp.backend import SFTPBackend, key_problem, known_hosts_
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.config import BackendConfig, GatewayConfig, RouteConfig
-from gateway.ftp.handler import GatewayHandler
-from gateway.ftp.server import build_server, share_limits
+from gateway.ftp.server import METRIC_COMMANDS, build_server, share_limits
 from gateway.ftp.tls import session_reuse_supported
 from gateway.guard import Guard
-from gateway.listing import printable
 from gateway.metrics import Metrics
 from gateway.passwords import verify_password
-from gateway.routing import match_route, render_root
+from gateway.routing import acceptable_user, match_route, render_root
 from gateway.shadow import ShadowStorage
 from gateway.storage import Kind, Login, Storage
 from gateway.usage.store import UsageStore
@@ -71,11 +69,14 @@ _LOGIN_RESULTS: dict[type[errors.GatewayError], str] = {
     errors.ConnectionLost: "backend_unavailable",
     errors.HostKeyMismatch: "host_key_mismatch",
     errors.BackendTimeout: "backend_unavailable",
+    errors.TooManySessions: "too_many_sessions",
 }
 
 
 #: Either kind of backend: both log users in, probe, count their pooled connections, close.
 Backend = SFTPBackend | FTPBackend
+#: What a login presents to its backend: (account, password, private key file).
+Credentials = tuple[str, str | None, str | None]
 
 
 class Logins:
@@ -100,10 +101,18 @@ class Logins:
         self.loop.stop()
 
     def login(
-        self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None = None
+        self,
+        route: RouteConfig,
+        user: str,
+        password: str,
+        decision: auth_external.Decision | None = None,
+        credentials: Credentials | None = None,
     ) -> Login:
-        """Log ``user`` in on the route's backend for its phase and check its root."""
-        account, secret, key = self._credentials(route, user, password, decision)
+        """Log ``user`` in on the route's backend for its phase and check its root.
+
+        ``credentials``: what ``_credentials`` already returned for this login, if it ran.
+        """
+        account, secret, key = credentials or self._credentials(route, user, password, decision)
         # phase legacy: the organisation's FTP server still serves this route, in the
         # user's FTP home there; shadow: the same, with every write replayed on SFTP.
         on_legacy = route.phase in ("legacy", "shadow") and route.legacy is not None
@@ -122,10 +131,10 @@ class Logins:
         except errors.StorageError as err:
             storage.close()
             log.error(
-                "route %s: root %r of user %r unusable on backend %s: %s",
+                "route %s: root %s of user %s unusable on backend %s: %s",
                 route.name,
-                printable(root),
-                printable(user),
+                logs.quote(root),
+                logs.quote(user),
                 backend_name,
                 err.text,
             )
@@ -146,7 +155,7 @@ class Logins:
 
     def _credentials(
         self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None
-    ) -> tuple[str, str | None, str | None]:
+    ) -> Credentials:
         """(backend account, password, key file) this login presents to the backend."""
         if decision is not None and decision.backend_user:
             # The external authority named the backend account, and its key or password
@@ -170,7 +179,7 @@ class Logins:
         route: RouteConfig,
         user: str,
         legacy: Storage,
-        creds: tuple[str, str | None, str | None],
+        creds: Credentials,
         problems: list[str],
     ) -> Storage:
         """The legacy session with its writes replayed on SFTP (legacy alone if SFTP fails)."""
@@ -178,7 +187,8 @@ class Logins:
         def report(op: str, path: str, problem: str) -> None:
             self.metrics.shadow_mismatches.labels(route.name, op).inc()
             problems.append(op)  # read (and emptied) by the session's usage record
-            shadow_log.warning("shadow %s %r for user %r: %s", op, printable(path), printable(user), problem)
+            quoted = logs.quote(path), logs.quote(user)
+            shadow_log.warning("shadow %s %s for user %s: %s", op, *quoted, problem)
 
         sftp_backend = self.backends.get(route.backend)
         try:
@@ -226,7 +236,7 @@ class Gateway(Logins):
         report = cfg.report
         self.usage = UsageStore(report.database, report.retention_days) if report.database else None
         record = self.usage.add if self.usage is not None else None
-        super().__init__(cfg, Metrics(GatewayHandler.proto_cmds, cfg.report.per_user_metrics))
+        super().__init__(cfg, Metrics(METRIC_COMMANDS, cfg.report.per_user_metrics))
         self.config_path, self._adapt = config_path, adapt  # for reloads (adapt: a worker's share)
         self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
         self.guard = Guard(cfg.guard)
@@ -319,11 +329,29 @@ class Gateway(Logins):
                 logs.audit.warning("ban: client_ip=%s seconds=%d reason=failed_logins", client_ip, banned_for)
 
     def _attempt(self, user: str, password: str, client_ip: str, tls: bool, label: str) -> Login:
+        if not acceptable_user(user, self.cfg.limits.user_names):
+            # Refused before any route or backend sees it: another spelling of a user that
+            # the backend would log in as that user (see gateway.routing) must not reach
+            # the catch-all route, a pooled connection, a usage row or a metric of its own.
+            self._refused(client_ip, user, "bad_user_name", "-", label)
+            raise errors.LoginRefused()
         local = self.cfg.users.get(user)
         route = match_route(self.cfg.routes, user, client_ip, local.groups if local else frozenset())
         if route is None:
+            # As costly as a password check: with routes chosen by group, only a known
+            # user has a route, and a quick refusal would tell unknown names from known.
+            verify_password(password, None)
             self._refused(client_ip, user, "no_route", "-", label)
             raise errors.LoginRefused()
+        credentials = None
+        if route.auth == "mapped":
+            # The password first, for the same reason: a retired route's notice would
+            # otherwise answer a known user of its group at once, without the password.
+            try:
+                credentials = self._credentials(route, user, password, None)
+            except errors.LoginRefused:
+                self._refused(client_ip, user, "bad_credentials", route.name, label)
+                raise
         self._refuse_if_retired(route, user, client_ip, label)
         decision = None
         if route.auth == "external":
@@ -332,7 +360,7 @@ class Gateway(Logins):
                 route = self._route_named(decision.route, user, client_ip, label)
                 self._refuse_if_retired(route, user, client_ip, label)
         try:
-            login = self.login(route, user, password, decision)
+            login = self.login(route, user, password, decision, credentials)
         except errors.GatewayError as err:
             result = _LOGIN_RESULTS.get(type(err), "refused")
             refused = isinstance(err, errors.LoginRefused)
@@ -340,7 +368,7 @@ class Gateway(Logins):
             self._refused(client_ip, user, result, route.name, label, detail)
             raise
         self.metrics.logins.labels("ok", route.name, label).inc()
-        detail = f"backend={route.backend} root={logs.audit_quote(login.root)}"
+        detail = f"backend={route.backend} root={logs.quote(login.root)}"
         logs.login_audit(client_ip, user, "ok", route.name, detail)
         return login
 
@@ -366,7 +394,7 @@ class Gateway(Logins):
         try:
             decision = auth_external.ask(self.cfg.external_auth, user, password, client_ip, tls)
         except auth_external.ExternalAuthError as err:
-            log.error("external auth failed for user %r from %s: %s", printable(user), client_ip, err)
+            log.error("external auth failed for user %s from %s: %s", logs.quote(user), client_ip, err)
             self._refused(client_ip, user, "auth_unavailable", route, label, f"error={str(err)!r}")
             raise errors.BackendUnavailable() from err
         if not decision.allow:
@@ -379,9 +407,9 @@ class Gateway(Logins):
             if route.name == name:
                 return route
         log.error(
-            "external auth chose route %r, which is not configured (user %r)",
-            printable(name),
-            printable(user),
+            "external auth chose route %s, which is not configured (user %s)",
+            logs.quote(name),
+            logs.quote(user),
         )
         self._refused(client_ip, user, "auth_unavailable", "-", label, "error='unknown route'")
         raise errors.BackendUnavailable()

@@ -30,6 +30,15 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 AUTH_MODES = ("passthrough", "mapped", "external")
 #: Migration phases of a route (legacy and shadow need a legacy FTP backend, type: ftp).
 PHASES = ("legacy", "shadow", "sftp", "retired")
+#: TLS 1.2 cipher suites of every TLS listener (OpenSSL names): forward secrecy (ECDHE) and
+#: AEAD only, Mozilla's "intermediate" profile without DHE. No CBC-SHA1 (Lucky13-class
+#: padding oracles), no static RSA key exchange (no forward secrecy). TLS 1.3 suites are
+#: OpenSSL's defaults, all of them AEAD with forward secrecy.
+TLS12_CIPHERS = ":".join(
+    f"ECDHE-{auth}-{cipher}"
+    for cipher in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305")
+    for auth in ("ECDSA", "RSA")
+)
 
 
 class ConfigError(Exception):
@@ -75,6 +84,8 @@ class LimitsConfig:
     failed_login_delay: float = 3.0
     transfer_buffer_mib: int = 128
     drain_timeout: float = 30.0
+    #: A regular expression every login name must match whole (see gateway.routing).
+    user_names: str = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,7 @@ class PoolConfig:
     idle_timeout: float = 60.0
     reverify_after: float = 300.0
     max_startups: int = 8  # concurrent SSH handshakes (OpenSSH MaxStartups starts at 10)
+    max_connections_per_user: int = 16  # SSH connections per backend account (open and opening)
 
 
 @dataclass(frozen=True)
@@ -196,6 +208,7 @@ class TLSConfig:
     keyfile: str = ""
     implicit_port: int | None = None
     require_session_reuse: bool = False
+    ciphers: str = TLS12_CIPHERS  # TLS 1.2 suites (OpenSSL cipher string)
 
     @property
     def enabled(self) -> bool:
@@ -464,9 +477,18 @@ def _limits(data: Any, problems: list[str]) -> LimitsConfig:
         failed_login_delay=s.typed("failed_login_delay", float, d.failed_login_delay, _delay),
         transfer_buffer_mib=s.typed("transfer_buffer_mib", int, d.transfer_buffer_mib, _at_least(1, 1 << 20)),
         drain_timeout=s.typed("drain_timeout", float, d.drain_timeout, _delay),
+        user_names=s.typed("user_names", str, d.user_names, _user_names),
     )
     s.finish()
     return cfg
+
+
+def _user_names(value: str) -> str | None:
+    try:
+        re.compile(value)
+    except re.error as err:
+        return f"not a regular expression: {err}"
+    return None
 
 
 def _ftp_backend(name: str, s: _Section, base_dir: Path) -> BackendConfig:
@@ -544,6 +566,9 @@ def _pool(data: Any, path: str, problems: list[str]) -> PoolConfig:
         idle_timeout=s.typed("idle_timeout", float, d.idle_timeout, _duration),
         reverify_after=s.typed("reverify_after", float, d.reverify_after, _duration),
         max_startups=s.typed("max_startups", int, d.max_startups, _at_least(1, 1000)),
+        max_connections_per_user=s.typed(
+            "max_connections_per_user", int, d.max_connections_per_user, _at_least(1, 10000)
+        ),
     )
     s.finish()
     return cfg
@@ -852,6 +877,7 @@ def _tls(data: Any, problems: list[str], base_dir: Path) -> TLSConfig:
     mode = s.typed("mode", str, "required", _one_of(TLS_MODES))
     implicit_port = s.raw("implicit_port", None)
     reuse = s.typed("require_session_reuse", bool, False)
+    ciphers = s.typed("ciphers", str, TLS12_CIPHERS, _cipher_string)
     pair = {key: value for key in ("certfile", "keyfile") if (value := s.raw(key, None)) is not None}
     s.finish()
     if mode == "off":
@@ -868,7 +894,17 @@ def _tls(data: Any, problems: list[str], base_dir: Path) -> TLSConfig:
         )
         implicit_port = None
     files = _tls_files(pair, "tls", base_dir, problems)
-    return TLSConfig(mode, files.certfile, files.keyfile, implicit_port, reuse) if files else TLSConfig()
+    if files is None:
+        return TLSConfig()
+    return TLSConfig(mode, files.certfile, files.keyfile, implicit_port, reuse, ciphers)
+
+
+def _cipher_string(value: str) -> str | None:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(value)
+    except ssl.SSLError:
+        return f"{value!r} names no cipher suite OpenSSL knows (see `openssl ciphers -v 'STRING'`)"
+    return None
 
 
 def _metrics(data: Any, problems: list[str], base_dir: Path) -> MetricsConfig:
@@ -922,6 +958,12 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
         report=_report(top.raw("report", None), problems, base),
         workers=top.typed("workers", int, 1, _at_least(1, 64)),
     )
+    for name in cfg.users:
+        if not re.fullmatch(cfg.limits.user_names, name):
+            problems.append(
+                f"users.{name}: does not match limits.user_names ({cfg.limits.user_names}): "
+                "rename the user or widen the pattern"
+            )
     for index, route in enumerate(cfg.routes):
         if route.auth == "mapped" and not cfg.users:
             problems.append(f"routes[{index}].auth: 'mapped' needs gateway-local users in `users`")

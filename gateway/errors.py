@@ -193,5 +193,13 @@ class BackendDown(StorageError):
     text = "Requested action aborted: backend unavailable, try again later."
 
 
+class TooManySessions(StorageError):
+    """The backend account already holds ``pool.max_connections_per_user`` busy connections."""
+
+    code = 421
+    text = "Too many sessions for this account; try again later."
+    fatal = True
+
+
 class HostKeyMismatch(BackendUnavailable):
     """The backend's host key is not the configured one: no credential was sent."""

@@ -6,6 +6,9 @@ such a source (PerSourcePenalties), so an attacker guessing passwords through th
 would lock every user out. The guard stops the guessing at the gateway instead: after
 ``max_failures`` failures within ``window`` seconds an address is banned for ``ban_time``,
 doubled for each earlier ban still remembered, up to ``max_ban_time``.
+
+Addresses are counted by ``source``: an IPv6 /64 is one client. ``SourceCounts`` counts open
+sessions that way, for the guard's not-logged-in caps and the server's per-address limit.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class Guard:
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._lock = threading.Lock()
         self._turn = threading.Condition(self._lock)
-        self._unauthenticated: dict[str, int] = {}
+        self._unauthenticated = SourceCounts()
 
     def ban_remaining(self, address: str) -> float:
         """Seconds ``address`` stays banned (0 when it is not)."""
@@ -114,24 +117,44 @@ class Guard:
 
     def enter_unauthenticated(self, address: str) -> bool:
         """Admit one more not-yet-logged-in session, within the total and per-source caps."""
-        key = source(address)
-        with self._lock:
-            total = sum(self._unauthenticated.values())
-            mine = self._unauthenticated.get(key, 0)
-            if total >= self.cfg.max_unauthenticated or mine >= self.cfg.max_unauthenticated_per_ip:
-                return False
-            self._unauthenticated[key] = mine + 1
-            return True
+        cfg = self.cfg
+        return (
+            self._unauthenticated.enter(address, cfg.max_unauthenticated_per_ip, cfg.max_unauthenticated)
+            is not None
+        )
 
     def leave_unauthenticated(self, address: str) -> None:
         """A session admitted by ``enter_unauthenticated`` logged in or ended."""
+        self._unauthenticated.leave(source(address))
+
+
+class SourceCounts:
+    """Things open now (sessions) per client source, under caps given at each entry (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def enter(self, address: str, per_source: int, total: int | None = None) -> str | None:
+        """Count one more for ``address``'s source: its key, or None if a cap is reached."""
         key = source(address)
         with self._lock:
-            left = self._unauthenticated.get(key, 0) - 1
+            count = self._counts.get(key, 0)
+            if count >= per_source or (total is not None and self._total >= total):
+                return None
+            self._counts[key], self._total = count + 1, self._total + 1
+            return key
+
+    def leave(self, key: str) -> None:
+        """One less for the source ``key`` (as ``enter`` returned it)."""
+        with self._lock:
+            left = self._counts.get(key, 0) - 1
             if left > 0:
-                self._unauthenticated[key] = left
+                self._counts[key] = left
             else:
-                self._unauthenticated.pop(key, None)
+                self._counts.pop(key, None)
+            self._total -= 1
 
 
 def source(address: str) -> str:

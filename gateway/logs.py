@@ -4,6 +4,8 @@
   and route (``bind_session``); JSON lines show them as keys, text lines in their prefix.
 * Login attempts go to the ``gateway.audit`` logger as one line each, the client address
   first so that fail2ban-style filters cannot be fooled by a crafted user name.
+* Client-controlled text (user names, paths) in any line goes through ``escape``/``quote``:
+  no blanks, quotes or control characters of the client's reach a log line raw.
 * Transfers can also go to a file in the classic wu-ftpd ``xferlog`` format (xferlog(5)),
   which FTP log analysers read; the file is reopened when logrotate moves it.
 """
@@ -97,21 +99,27 @@ def setup(level: str = "info", fmt: str = "text", transfer_log: str | None = Non
         xferlog.setLevel(logging.INFO)
 
 
-def audit_quote(text: str) -> str:
-    """Client-controlled text for an audit line: quoted, control characters and blanks escaped.
+def escape(text: str) -> str:
+    """Client-controlled text for a log line: control characters, blanks and quotes escaped.
 
-    Without blanks it cannot contain a second "login failed: client_ip=X " that a ban
-    filter would take for the client's address (and ban X); backslashes are doubled so
-    that no two names look alike.
+    Log lines are split on blanks by the tools that read them (fail2ban, xferlog
+    analysers): with blanks escaped no client text can carry a second
+    "login failed: client_ip=X " that a ban filter would take for the client's address
+    (and ban X). Backslashes are doubled so that no two texts look alike.
     """
-    escaped = printable(text.replace("\\", "\\\\")).replace(" ", "\\x20").replace("'", "\\x27")
-    return f"'{escaped}'"
+    escaped = printable(text.replace("\\", "\\\\"))
+    return escaped.replace(" ", "\\x20").replace("'", "\\x27").replace('"', "\\x22")
+
+
+def quote(text: str) -> str:
+    """``escape``d client text in single quotes (user names, paths in log lines)."""
+    return f"'{escape(text)}'"
 
 
 def login_audit(client_ip: str, user: str, result: str, route: str, detail: str = "") -> None:
     """One audit line per login attempt: ``login ok|failed: client_ip=IP user='NAME' result=...``."""
     outcome = "ok" if result == "ok" else "failed"
-    line = f"login {outcome}: client_ip={client_ip} user={audit_quote(user)} result={result} route={route}"
+    line = f"login {outcome}: client_ip={client_ip} user={quote(user)} result={result} route={route}"
     audit.info(f"{line} {detail}" if detail else line)
 
 

@@ -13,32 +13,22 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import hmac
 import re
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    disable_created_metrics,
-    make_wsgi_app,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.config import BasicAuth, TLSFiles
+from gateway.config import TLS12_CIPHERS, BasicAuth, TLSFiles
 from gateway.errors import GatewayError
+from gateway.httpd import HTTPListener, Request, Response, server_context
 from gateway.usage import store as usage_store
 
 # The *_created series double the series count and no dashboard here reads them.
@@ -175,7 +165,7 @@ class Metrics:
         Info("ftpgw_build", "Gateway version", registry=r).info({"version": __version__})
         self._connection_counts: Callable[[], ConnectionCounts] = dict
         r.register(_BackendConnections(lambda: self._connection_counts()))
-        self._server: WSGIServer | None = None
+        self._server: HTTPListener | None = None
 
     def start_at_zero(self, backends: Iterable[str], routes: Iterable[str]) -> None:
         """Create the series alerts watch at 0, so that their first event is an increase."""
@@ -249,57 +239,47 @@ class Metrics:
         auth: BasicAuth | None = None,
         tls: TLSFiles | None = None,
     ) -> int:
-        """Start the HTTP(S) listener in a daemon thread; returns its port.
+        """Start the HTTP(S) listener (gateway.httpd) in a daemon thread; returns its port.
 
         ``readiness`` returns the reasons the gateway is not ready (empty when it is).
         ``auth`` protects /metrics only: probes of /healthz and /readyz carry no credentials.
         """
-        metrics_app = make_wsgi_app(self.registry)
         expected = base64.b64encode(f"{auth.username}:{auth.password}".encode()) if auth else b""
 
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-            path = environ.get("PATH_INFO", "")
-            if path == "/healthz":
-                start_response("200 OK", [("Content-Type", "text/plain")])
-                return [b"ok\n"]
-            if path == "/readyz":
+        def handle(request: Request) -> Response | Callable[[], Response]:
+            if request.path == "/healthz":
+                return Response(200, b"ok\n")
+            if request.path == "/readyz":
                 problems = readiness()
-                status = "503 Service Unavailable" if problems else "200 OK"
-                start_response(status, [("Content-Type", "text/plain")])
-                return ["".join(f"{p}\n" for p in problems or ["ready"]).encode()]
-            scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
+                body = "".join(f"{p}\n" for p in problems or ["ready"]).encode()
+                return Response(503 if problems else 200, body)
+            if request.path != "/metrics":
+                return Response(404, b"not found: /metrics, /healthz, /readyz\n")
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
             given = token.strip().encode("latin-1", "replace")
             # The scheme name is case-insensitive (RFC 7235 2.1); the comparison takes the
             # same time whatever the credentials (hmac.compare_digest).
             if auth and not (scheme.lower() == "basic" and hmac.compare_digest(given, expected)):
-                start_response(
-                    "401 Unauthorized",
-                    [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Basic realm="ftp-sftp-gateway"')],
-                )
-                return [b"unauthorized\n"]
-            result: list[bytes] = metrics_app(environ, start_response)
-            return result
+                challenge = (("WWW-Authenticate", 'Basic realm="ftp-sftp-gateway"'),)
+                return Response(401, b"unauthorized\n", headers=challenge)
+            return lambda: self._exposition(request.headers)
 
-        server_class = _Server6 if ":" in address else _Server
-        server = make_server(address, port, app, server_class, handler_class=_QuietHandler)
-        if tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(tls.certfile, tls.keyfile)
-            # The handshake runs in the request's own thread (see _Server.finish_request),
-            # so a client that never completes it cannot block the accept loop.
-            server.socket = context.wrap_socket(
-                server.socket, server_side=True, do_handshake_on_connect=False
-            )
-        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-        self._server = server
-        return int(server.server_port)
+        context = server_context(tls.certfile, tls.keyfile, TLS12_CIPHERS) if tls is not None else None
+        self._server = HTTPListener(address, port, handle, context)
+        return self._server.port
+
+    def _exposition(self, headers: dict[str, str]) -> Response:
+        """/metrics in the format the scraper asked for (gzip if it takes it)."""
+        encoder, content_type = choose_encoder(headers.get("accept", ""))
+        body = encoder(self.registry)
+        if gzip_accepted(headers.get("accept-encoding", "")):
+            return Response(200, gzip.compress(body), content_type, (("Content-Encoding", "gzip"),))
+        return Response(200, body, content_type)
 
     def stop(self) -> None:
         """Stop the listener."""
         if self._server is not None:
-            threading.Thread(target=self._server.shutdown, daemon=True).start()
-            self._server.server_close()
+            self._server.stop()
 
 
 class _BackendConnections(Collector):
@@ -361,53 +341,3 @@ class _UsageView(Collector):
         yield GaugeMetricFamily(
             "ftpgw_users_plain_ftp", "Users who logged in without TLS in the last 24 hours", value=plain
         )
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._slots = threading.BoundedSemaphore(_MAX_CLIENTS)
-        super().__init__(*args, **kwargs)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # One thread per connection, at most _MAX_CLIENTS at once: slow clients cannot pile
-        # up threads in the gateway process; beyond the cap a connection is closed at once.
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(_REQUEST_TIMEOUT)
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.do_handshake()
-            except (OSError, ssl.SSLError):
-                return
-        super().finish_request(request, client_address)
-
-
-#: Seconds an HTTP client may stay silent (handshake, request); scrapes take milliseconds.
-_REQUEST_TIMEOUT = 10.0
-#: HTTP connections served at once (Prometheus uses one per scrape).
-_MAX_CLIENTS = 16
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes are not worth a log line each."""

@@ -4,15 +4,27 @@ Pure core. First matching route wins; user patterns are shell-style globs matche
 case-sensitively, optionally with a group (of a gateway-local user) and client networks.
 The user name is substituted into the root template, so it is checked first: a name that
 could climb out of its template ("..", "/", control characters) never matches any route.
+
+Login names are also checked against what backends make of them (``acceptable_user``): a
+route for "bob" must not be escaped by another spelling of bob that the backend logs in
+as bob all the same.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import posixpath
+import re
 
 from gateway.config import RouteConfig
+
+#: Characters no login name may hold, whatever ``limits.user_names`` allows. OpenSSH's sshd
+#: ends a login name at ":" (BSD auth styles, auth2.c: "bob:x" authenticates as bob), some
+#: builds at "/" (Solaris roles); winbind takes "DOMAIN\\bob" for bob. A route for bob
+#: would not match such a spelling, while the backend logs it in as bob.
+_ALIASING = (":", "/", "\\")
 
 
 def is_safe_user(user: str) -> bool:
@@ -20,10 +32,23 @@ def is_safe_user(user: str) -> bool:
     return (
         0 < len(user) <= 256
         and user.isprintable()
-        and "/" not in user
-        and "\\" not in user
+        and not any(ch in user for ch in _ALIASING)
         and user not in (".", "..")
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def acceptable_user(user: str, pattern: str) -> bool:
+    """True if ``user`` may log in: a safe name that ``pattern`` (limits.user_names) matches whole.
+
+    The default pattern (letters, digits, "_", ".", "-") leaves out "@" too, which Kerberos
+    and SSSD may strip ("bob@REALM" is bob).
+    """
+    return is_safe_user(user) and _compiled(pattern).fullmatch(user) is not None
 
 
 def match_route(

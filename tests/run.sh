@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a fresh Debian machine (OpenSSH server,
 # curl, lftp, ncftp, the classic ftp client; Prometheus and promtool for the metrics and
-# alert-rule checks, openssl for test certificates, HAProxy for the load-balancer test; a
-# virtualenv with the project and its test tools), then runs ruff, mypy and pytest. Needs
-# root: the tests create Unix users and start a real sshd.
+# alert-rule checks, openssl for test certificates, HAProxy for the load-balancer test,
+# fail2ban (with journal support and systemd-journal-remote to write a journal file) for the
+# README's fail2ban filter; a virtualenv with the project and its test tools), then runs
+# ruff, mypy and pytest. Needs root: the tests create Unix users and start a real sshd.
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k listing`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ command -v ftp >/dev/null || missing+=(inetutils-ftp)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v fail2ban-regex >/dev/null || missing+=(fail2ban)
+/usr/bin/python3 -c 'import systemd.journal' 2>/dev/null || missing+=(python3-systemd)
+[ -x /lib/systemd/systemd-journal-remote ] || missing+=(systemd-journal-remote)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

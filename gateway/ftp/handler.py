@@ -10,6 +10,7 @@ a control character.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
@@ -17,6 +18,7 @@ import posixpath
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -28,7 +30,7 @@ from pyftpdlib.log import logger as ftplog
 
 from gateway import listing, logs, paths, proxy_protocol
 from gateway.config import Network
-from gateway.errors import Banned, GatewayError, NoPassivePort, NotFound, Retired
+from gateway.errors import BadName, Banned, GatewayError, NoPassivePort, NotFound, Retired
 from gateway.ftp.authorizer import SessionAuthorizer
 from gateway.ftp.filesystem import GatewayFS
 from gateway.ftp.proxy import NoHeader, read_header
@@ -51,6 +53,19 @@ _CANCELS_QUEUED_TRANSFER = frozenset(
         *("RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"),
     }
 )
+
+
+#: Commands that create a name from their argument's last component (STOU: a prefix).
+_CREATES_NAME = frozenset({"STOR", "APPE", "STOU", "MKD", "XMKD", "RNTO"})
+
+
+def _governing_verb(cmd: str, arg: str) -> str:
+    """The verb a route's ``permissions.commands`` must allow for ``cmd arg``.
+
+    STAT with a path lists it on the control channel (RFC 959): the same information as
+    LIST, so it takes LIST's permission; plain STAT (the server's status) is always allowed.
+    """
+    return "LIST" if cmd == "STAT" and strip_ls_options(arg) else cmd
 
 
 #: pyftpdlib's limit on a command line (longer ones get "500 Command too long.").
@@ -91,13 +106,6 @@ MAX_LONG_LINES = 3
 
 #: STAT <dir> sends its listing over the control channel; longer listings are cut here.
 STAT_MAX_LINES = 1000
-
-
-class _Verbatim(str):
-    """Text that pyftpdlib's capitalize() leaves as it is."""
-
-    def capitalize(self) -> str:
-        return str(self)
 
 
 class _LineProducer:
@@ -193,12 +201,20 @@ class GatewayPassiveDTP(_CountedDataConnection, PassiveDTP):  # type: ignore[mis
                 return  # keep listening for the real one
             if header.source is not None:
                 addr = header.source
-        if self.cmd_channel.connected and self.cmd_channel.remote_ip != addr[0]:
-            # FTP bounce / data theft: only the control connection's address may connect
-            # (pyftpdlib answers 425 and keeps listening for the real client).
-            if self.cmd_channel.metrics is not None:
-                self.cmd_channel.metrics.data_connections.labels(self._mode, "rejected").inc()
-        elif self.cmd_channel.connected:
+        if control.connected and control.remote_ip != addr[0]:
+            # Data theft (RFC 2577): only the control connection's address may connect. The
+            # stranger is dropped without a word on the control channel: pyftpdlib would
+            # send the session an unsolicited 425, which its client takes for the reply to
+            # its next command, and every reply after it is one off (anyone able to reach
+            # the passive ports could break every session that way). The listener stays
+            # for the real client until its own timeout.
+            if control.metrics is not None:
+                control.metrics.data_connections.labels(self._mode, "rejected").inc()
+            control.log(f"data connection from foreign address {addr[0]}:{addr[1]} dropped", ftplog.warning)
+            with contextlib.suppress(OSError):
+                sock.close()
+            return
+        if control.connected:
             self._count("ok")
         super().handle_accepted(sock, addr)
         if self._closed and control.connected and control.data_channel is None:
@@ -358,6 +374,11 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     active_command = "PORT"  # PORT or EPRT, whichever started the active connection
     _in_buffer: list[bytes]  # pyftpdlib: the command line being received
     remote_port: int  # pyftpdlib: the client's port (the balancer's until a PROXY header says)
+    remote_ip: str  # pyftpdlib: the client's address (idem)
+    username: str  # pyftpdlib: the name of USER (before and after login)
+    password: str  # pyftpdlib: always "" here (handle_auth_success)
+    attempted_logins: int  # pyftpdlib: failed logins in this session
+    authenticated: bool  # pyftpdlib
     abstracted_fs = GatewayFS
     dtp_handler = GatewayDTPHandler
     passive_dtp = GatewayPassiveDTP
@@ -373,8 +394,6 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         "CLNT": {"perm": None, "auth": False, "arg": True, "help": "Syntax: CLNT <client name>."},
         "CSID": {"perm": None, "auth": False, "arg": True, "help": "Syntax: CSID Name=<client>; ..."},
     }
-    # Every pyftpdlib log line of a session: client address, session id, user, route.
-    log_prefix = "%(remote_ip)s:%(remote_port)s sess=%(session_id)s [%(username)s] route=%(route)s"
 
     # Strict decoding: pyftpdlib's default "replace" maps every undecodable byte to U+FFFD,
     # so two different Latin-1 names would name the same backend file (silent overwrite).
@@ -394,6 +413,10 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self._long_lines = 0
         self._connected_at = time.monotonic()
         self._unauthenticated = False  # counted in the guard's not-logged-in sessions
+        self._slot = False  # holds a place in the server's session total
+        self._address_slot: str | None = None  # ... and one of its client's source (its key)
+        self._login_delay: Any = None  # the timer of a failed login's 530
+        self._held: deque[bytes] = deque()  # lines received during that delay
         self._logged_in_once = False
         self.usage = SessionUsage("-") if self.record_usage is not None else None
         try:
@@ -458,6 +481,10 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self._discarding = False
             self._in_buffer, self._in_buffer_len = [], 0
             return
+        if self._login_delay is not None:  # a failed login's 530 is due first (handle_auth_failed)
+            self._held.append(b"".join(self._in_buffer))
+            self._in_buffer, self._in_buffer_len = [], 0
+            return
         # pyftpdlib answers an undecodable line with 501 but keeps it in its input buffer,
         # so every later command would fail too: drop the line here instead.
         try:
@@ -482,11 +509,16 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             if (
                 login is not None
                 and login.commands is not None
-                and cmd not in login.commands | _ALWAYS_ALLOWED
+                and _governing_verb(cmd, arg) not in login.commands | _ALWAYS_ALLOWED
             ):
                 self.respond(f"550 {cmd} is not allowed for this account.")
                 self.log_cmd(cmd, arg, 550, "not allowed on this route")
                 return
+            name = posixpath.basename(arg.rstrip("/"))
+            if cmd in _CREATES_NAME and name and not listing.is_safe_name(name):
+                # A name the listings would hide (a control character in it): creating it
+                # would give the user files nobody sees in LIST, NLST or MLSD.
+                raise BadName("File name not allowed: control characters are refused.")
             if cmd in _CANCELS_QUEUED_TRANSFER:
                 self._drop_queued_transfer()
             if cmd in _LS_COMMANDS:
@@ -547,7 +579,6 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         except (OSError, proxy_protocol.ProxyHeaderError) as err:
             quiet = isinstance(err, NoHeader)  # a balancer's plain TCP health check
             self.log(f"no valid PROXY header: {err}", ftplog.debug if quiet else ftplog.warning)
-            self.remote_ip = ""  # counted nowhere yet: nothing to take back on close
             self.close()
             return
         balancer = f"{self.remote_ip}:{self.remote_port}"
@@ -560,10 +591,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             f"FTP session opened (connect) through {balancer}: "
             f"client address from a PROXY v{header.version} header"
         )
-        ips = self.server.ip_map
-        ips.append(self.remote_ip)
-        if self.server.max_cons_per_ip and ips.count(self.remote_ip) > self.server.max_cons_per_ip:
-            self.handle_max_cons_per_ip()
+        if not self.take_address_slot():
             return
         try:
             self.handle()
@@ -604,6 +632,29 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self.respond("421 Backend connection lost, closing control connection.", logfun=ftplog.warning)
         self.close_when_done()
 
+    # --- session limits (gateway.ftp.server.SessionSlots)
+
+    def take_slot(self) -> bool:
+        """Take this session's place in the server's total; False if none is left."""
+        self._slot = self.server.slots.enter()
+        return self._slot
+
+    def take_address_slot(self) -> bool:
+        """Take a place among its client address's sessions, else 421 and close (False)."""
+        self._address_slot = self.server.slots.enter_address(self.remote_ip)
+        if self._address_slot is None:
+            self.handle_max_cons_per_ip()
+            return False
+        return True
+
+    def _release_slots(self) -> None:
+        if self._slot:
+            self._slot = False
+            self.server.slots.leave()
+        if self._address_slot is not None:
+            self.server.slots.leave_address(self._address_slot)
+            self._address_slot = None
+
     # --- login
 
     def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
@@ -616,8 +667,17 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
                 )
             if self.metrics is not None:
                 self.metrics.phase_login(login.phase, self.secure, self.username)
-        # The password already went to the backend; the session has no further use for it.
-        super().handle_auth_success(home, "", msg_login)
+        # As pyftpdlib's, but the password is not kept (it already went to the backend) and
+        # the name is escaped in the log line.
+        if len(msg_login) <= 75:
+            self.respond(f"230 {msg_login}")
+        else:
+            self.push(f"230-{msg_login}\r\n")
+            self.respond("230 ")
+        self.log(f"USER {logs.quote(self.username)} logged in.")
+        self.authenticated, self.password, self.attempted_logins = True, "", 0
+        self.fs = self.abstracted_fs(home, self)
+        self.on_login(self.username)
 
     def ftp_STOU(self, line: str) -> Any:
         # pyftpdlib creates the file before it checks the "w" permission: check first.
@@ -633,9 +693,40 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
                 self.usage.refused_retired(self.username, refusal.route, self.secure)
             if self.metrics is not None:
                 self.metrics.phase_login("retired", self.secure, self.username)
-        # pyftpdlib capitalize()s the text, which lowercases the rest of it: a route's
-        # notice ("FTP ends ...: use sftp://Files.Example.com") must reach the client as written.
-        super().handle_auth_failed(_Verbatim(msg) if msg else msg, password)
+        # As pyftpdlib's: the 530 after auth_failed_timeout, the control channel unread
+        # meanwhile. Unlike pyftpdlib's, lines the client pipelined behind this PASS (more
+        # USER/PASS pairs in one packet) wait for that 530 (found_terminator): each attempt
+        # gets its delay, its 530 and counts towards max_login_attempts. The text goes out
+        # as written (pyftpdlib capitalize()s it, which would lowercase a route's notice).
+        self.del_channel()
+        self._login_delay = self.ioloop.call_later(
+            self.auth_failed_timeout,
+            self._refuse_login,
+            self.username,
+            msg or "Authentication failed.",
+            _errback=self.handle_error,
+        )
+        self.username = ""
+
+    def _refuse_login(self, username: str, text: str) -> None:
+        """The end of a failed login's delay: 530, then the lines held meanwhile."""
+        self._login_delay = None
+        if self._closed:
+            return
+        self.add_channel()
+        self.attempted_logins += 1
+        if self.attempted_logins >= self.max_login_attempts:
+            self.respond(f"530 {text} Disconnecting.")
+            self.close_when_done()
+        else:
+            self.respond(f"530 {text}")
+        self.log(f"USER {logs.quote(username)} failed login.")
+        partial = self._in_buffer, self._in_buffer_len  # the start of a line not ended yet
+        while self._held and self._login_delay is None and not self._closing:
+            line = self._held.popleft()
+            self._in_buffer, self._in_buffer_len = [line], len(line)
+            self.found_terminator()
+        self._in_buffer, self._in_buffer_len = partial
 
     def flush_account(self) -> None:
         # REIN / USER: what the old login did is its own record (a transfer still running
@@ -652,7 +743,14 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             login.storage.close()
 
     def _on_dtp_close(self) -> None:
-        super()._on_dtp_close()
+        if self._closed:
+            # The control connection ended first, e.g. the 426 for a reset data connection
+            # hit a reset control connection and closed it from inside the data channel's
+            # close. pyftpdlib would now start the idle timer again, and that timer alone
+            # kept the session's thread alive for idle_timeout (ghost sessions).
+            self.data_channel = None
+        else:
+            super()._on_dtp_close()
         while self._retired:
             self._retired.pop().storage.close()
 
@@ -674,9 +772,11 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self._out_dtp_queue = None
 
     def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for timer in (self._ticker, self._login_delay):
+            if timer is not None and not timer.cancelled:
+                timer.cancel()
         self._leave_unauthenticated()
+        self._release_slots()
         if not self._closed:
             self._drop_queued_transfer()
         super().close()
@@ -792,7 +892,10 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self.usage.command(cmd, arg, respcode)
             if self._closed:  # QUIT is logged after its reply closed the session
                 self._record_usage()
-        super().log_cmd(cmd, arg, respcode, respstr)
+        # pyftpdlib's line for the commands it logs at INFO (DELE, MKD, RNTO, ...), escaped.
+        if not self._log_debug and cmd in self.log_cmds_list:
+            failure = f" {logs.quote(respstr)}" if respcode >= 400 else ""
+            self.log(f"{cmd} {logs.quote(arg)} {respcode}{failure}")
 
     # --- the usage report (gateway.usage)
 
@@ -837,7 +940,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
                 completed=completed,
             )
             logs.xferlog.info(line)
-        super().log_transfer(cmd, filename, receive, completed, elapsed, bytes)
+        self.log(f"{cmd} {logs.quote(filename)} completed={int(completed)} bytes={bytes} seconds={elapsed}")
 
     def _log_fields(self) -> dict[str, str]:
         return {
@@ -847,12 +950,25 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             "route": self.route,
         }
 
-    # --- logging: every line goes through listing.printable (names may hold control chars)
+    # --- logging: client text (names, paths, command lines) escaped by gateway.logs, every
+    # line through listing.printable. A log line is what fail2ban and analysers read: no
+    # client text may pose as a line of the gateway's own (see README, "Logs").
+
+    def _log_prefix(self) -> str:
+        user = logs.escape(self.username)
+        return f"{self.remote_ip}:{self.remote_port} sess={self.session_id} [{user}] route={self.route}"
 
     def log(self, msg: str, logfun: Any = ftplog.info) -> None:
         if msg == "FTP session opened (connect)" and self.proxied and not self._opened_logged:
             return  # greet_proxied logs it, with the client's address instead of the balancer's
-        super().log(listing.printable(msg), logfun)
+        logfun(f"{self._log_prefix()} {listing.printable(msg)}")
 
     def logline(self, msg: str, logfun: Any = ftplog.debug) -> None:
-        super().logline(listing.printable(msg), logfun)
+        if not self._log_debug:
+            return
+        if msg.startswith("<- "):  # pyftpdlib's echo of the client's command line
+            msg = "<- " + logs.escape(msg[3:])
+        logfun(f"{self._log_prefix()} {listing.printable(msg)}")
+
+    def logerror(self, msg: str) -> None:
+        ftplog.error(f"{self._log_prefix()} {listing.printable(msg)}")

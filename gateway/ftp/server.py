@@ -15,16 +15,20 @@ from typing import Any
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
-from gateway import proxy_protocol
 from gateway.config import GatewayConfig
 from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
 from gateway.ftp.tls import GatewayImplicitTLSHandler, GatewayTLSDTPHandler, GatewayTLSHandler, ssl_context
-from gateway.guard import Guard
+from gateway.guard import Guard, SourceCounts
 from gateway.metrics import Metrics
 from gateway.storage import Authenticate
 from gateway.usage.session import Record
 
 log = logging.getLogger("gateway.ftp")
+
+#: Verbs counted by name in ftpgw_commands_total (any other as OTHER): every command the
+#: gateway knows, the FTPS ones (AUTH, PBSZ, PROT) included whether TLS is on or not, and
+#: CCC, which it refuses: clients that try to drop TLS are worth seeing.
+METRIC_COMMANDS = frozenset({*GatewayTLSHandler.proto_cmds, "CCC"})
 
 #: Commands dropped when active mode is disabled.
 _ACTIVE_COMMANDS = ("PORT", "EPRT")
@@ -47,10 +51,10 @@ def handler_class(
         base = GatewayImplicitTLSHandler if implicit else GatewayTLSHandler
         dtp_base = GatewayTLSDTPHandler
         tls_attrs = {
-            "ssl_context": ssl_context(cfg.tls.certfile, cfg.tls.keyfile),
+            "ssl_context": ssl_context(cfg.tls.certfile, cfg.tls.keyfile, cfg.tls.ciphers),
             "tls_required": cfg.tls.mode == "required",
             "require_session_reuse": cfg.tls.require_session_reuse,
-            "tls_files": (cfg.tls.certfile, cfg.tls.keyfile),
+            "context_args": (cfg.tls.certfile, cfg.tls.keyfile, cfg.tls.ciphers),
         }
     commands = dict(base.proto_cmds)
     if not cfg.listen.active_mode:
@@ -77,33 +81,76 @@ def handler_class(
     return type("ConfiguredHandler", (base,), attrs)
 
 
-class GatewayFTPServer(ThreadedFTPServer):  # type: ignore[misc]
-    """pyftpdlib's threaded server with an exact connection limit, shared between listeners."""
+class SessionSlots:
+    """FTP sessions open now, in total and per client address, shared by the listeners (thread-safe).
 
-    group: list[GatewayFTPServer]  # the listeners whose sessions count together
+    An IPv6 /64 counts as one address, as in the guard: one end site holds a whole /64, and
+    counting exact addresses would let it open ``max_connections_per_ip`` sessions per
+    address. Sessions are counted from accept to their handler's close, not by threads: a
+    session whose client is gone frees its place at once, however long its thread winds down.
+    """
+
+    def __init__(self, total: int, per_address: int) -> None:
+        self.total, self.per_address = total, per_address
+        self._open = 0
+        self._by_source = SourceCounts()
+        self._lock = threading.Lock()
+
+    def enter(self) -> bool:
+        """Take a place in the total; False when all ``total`` are taken."""
+        with self._lock:
+            if self._open >= self.total:
+                return False
+            self._open += 1
+            return True
+
+    def leave(self) -> None:
+        """Give back a place taken with ``enter``."""
+        with self._lock:
+            self._open -= 1
+
+    def enter_address(self, address: str) -> str | None:
+        """Take a place of ``address``'s source; the key to give back, or None when it has none left."""
+        return self._by_source.enter(address, self.per_address)
+
+    def leave_address(self, key: str) -> None:
+        """Give back a place taken with ``enter_address``."""
+        self._by_source.leave(key)
+
+    @property
+    def open(self) -> int:
+        """Sessions counted now."""
+        return self._open
+
+
+class GatewayFTPServer(ThreadedFTPServer):  # type: ignore[misc]
+    """pyftpdlib's threaded server with exact session limits, shared between listeners."""
+
+    slots: SessionSlots  # shared by the control and implicit FTPS listeners (share_limits)
 
     def _accept_new_cons(self) -> bool:
-        # pyftpdlib compares the sessions already running with `<=`, which lets
-        # max_cons + 1 in; limits.max_connections is the total, the new one included.
-        return bool(sum(server._map_len() for server in self.group) < self.max_cons)
+        # pyftpdlib asks this before every PASV/PORT too, and with one thread per session
+        # it counts sessions there: the session that takes the last place could then never
+        # open a data connection. Sessions are admitted in handle_accepted instead.
+        return True
 
     def handle_accepted(self, sock: socket.socket, addr: tuple[str, int]) -> None:
-        if not proxy_protocol.trusted(addr[0], self.handler.proxy_trusted):
-            super().handle_accepted(sock, addr)
-            return
-        # From a trusted balancer: the client's address is in the PROXY header, read on the
-        # session's own thread (a slow one then delays no other accept). The per-address
-        # checks wait for it (GatewayHandler.greet_proxied); only the total is checked here.
-        # Otherwise as pyftpdlib's FTPServer/ThreadedFTPServer.handle_accepted.
+        # As pyftpdlib's FTPServer/ThreadedFTPServer.handle_accepted, with the limits counted
+        # by SessionSlots. From a trusted balancer the client's address is in the PROXY
+        # header, read on the session's own thread (a slow one then delays no other accept):
+        # the per-address checks and the greeting wait for it (GatewayHandler.greet_proxied).
         handler: GatewayHandler | None = None
         try:
             handler = self.handler(sock, self, ioloop=self.ioloop)
             if not handler.connected:
                 return
-            if not self._accept_new_cons():
-                handler.remote_ip = ""  # not in ip_map yet: close() must not take the balancer's out
+            if not handler.take_slot():
                 handler.handle_max_cons()
                 return
+            if not handler.proxied:
+                if not handler.take_address_slot():
+                    return  # 421 on its way; closed by this loop once sent
+                handler.handle()
             self.ioloop.unregister(handler._fileno)
             thread = self._start_task(target=self._loop, args=(handler,), name="ftpd")
             thread.name = repr(addr)
@@ -117,10 +164,9 @@ class GatewayFTPServer(ThreadedFTPServer):  # type: ignore[misc]
 
 
 def share_limits(servers: list[GatewayFTPServer]) -> None:
-    """Make the control and implicit FTPS listeners count sessions (total, per IP) together."""
+    """Make the control and implicit FTPS listeners count sessions (total, per address) together."""
     for server in servers:
-        server.group = servers
-        server.ip_map = servers[0].ip_map  # pyftpdlib's list of client addresses, one per session
+        server.slots = servers[0].slots
 
 
 def build_server(
@@ -144,10 +190,8 @@ def build_server(
     # Own IOLoop and stop flag: pyftpdlib's defaults (IOLoop.instance(), class-level _exit
     # and _lock) are process-wide, so stopping one server would stop every other one.
     server = GatewayFTPServer(address, handler, ioloop=IOLoop())
-    server.group = [server]
+    server.slots = SessionSlots(cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
     server._exit, server._lock = threading.Event(), threading.Lock()
     server.draining = threading.Event()  # set on SIGTERM: sessions end once idle (421)
     server.join_timeout = 1  # at shutdown, per session thread still blocked in a backend call
-    server.max_cons = cfg.limits.max_connections
-    server.max_cons_per_ip = cfg.limits.max_connections_per_ip
     return server

@@ -18,6 +18,7 @@ from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
 from pyftpdlib.log import logger as ftplog
 
+from gateway.config import TLS12_CIPHERS
 from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
 
 
@@ -32,10 +33,11 @@ def session_reuse_supported() -> bool:
     return hasattr(_openssl, "SSL_session_reused")
 
 
-def ssl_context(certfile: str, keyfile: str) -> SSL.Context:
-    """A server context: TLS 1.2 or newer, no compression, no renegotiation, OpenSSL's ciphers."""
+def ssl_context(certfile: str, keyfile: str, ciphers: str = TLS12_CIPHERS) -> SSL.Context:
+    """A server context: TLS 1.2 or newer (1.2 with ``ciphers`` only), no compression or renegotiation."""
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_cipher_list(ciphers.encode("ascii"))  # TLS 1.3 suites stay OpenSSL's (all AEAD)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE)
     context.use_certificate_chain_file(certfile)
     context.use_privatekey_file(keyfile)
@@ -104,7 +106,7 @@ class GatewayTLSHandler(GatewayHandler, TLS_FTPHandler):  # type: ignore[misc]
     tls_required = True
     #: ``tls.require_session_reuse``: protected data connections must resume the control session.
     require_session_reuse = False
-    tls_files: tuple[str, str] = ("", "")  # certfile, keyfile (for per-connection contexts)
+    context_args: tuple[str, str, str] = ("", "", "")  # ssl_context(certfile, keyfile, ciphers)
     # pyftpdlib's own checks answer 550; the policy below answers with the RFC codes.
     tls_control_required = False
     tls_data_required = False
@@ -167,7 +169,7 @@ class GatewayTLSHandler(GatewayHandler, TLS_FTPHandler):  # type: ignore[misc]
             # Its own context (own session cache and ticket keys) per control connection:
             # with one shared context, a stranger could resume a session of their own
             # control connection on this client's data port.
-            self.ssl_context = ssl_context(*self.tls_files)
+            self.ssl_context = ssl_context(*self.context_args)
 
 
 class GatewayImplicitTLSHandler(GatewayTLSHandler):

@@ -50,7 +50,9 @@ def test_unknown_user_and_unrouted_user_get_the_same_530(gateway_factory, sshd, 
     from tests.integration.test_metrics import scrape, value
 
     # ...but the operator sees why (metrics and audit lines).
-    assert value(scrape(gw), "ftpgw_logins_total", result="no_route", route="-", tls="no") == 3
+    metrics = scrape(gw)
+    assert value(metrics, "ftpgw_logins_total", result="no_route", route="-", tls="no") == 2
+    assert value(metrics, "ftpgw_logins_total", result="bad_user_name", route="-", tls="no") == 1
 
 
 def test_pass_before_user_and_double_login(gw, user):

@@ -92,15 +92,14 @@ def test_data_connections_by_mode_and_result(gw, user):
     ftp.set_pasv(True)
     ftp.af = socket.AF_INET6  # ftplib then uses EPSV, also with an IPv4 server
     ftp.retrbinary("RETR f.txt", lambda _: None)
-    # A data connection from another address is refused (FTP bounce / port theft) and
+    # A data connection from another address is dropped (FTP bounce / port theft) and
     # counted; the listener stays open for the real client.
     port = int(ftp.sendcmd("EPSV").split("|")[3])
-    with pytest.raises(OSError):
-        stranger = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0), timeout=5)
-        stranger.recv(1)  # the gateway closes it at once
-        raise OSError("closed")
-    assert ftp.getline().startswith("425")
-    assert wait_for(lambda: value(scrape(gw), "ftpgw_passive_ports_in_use") == 1)
+    stranger = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0), timeout=5)
+    assert stranger.recv(1) == b""  # the gateway closes it at once
+    stranger.close()
+    assert wait_for(lambda: value(scrape(gw), "ftpgw_data_connections_total", mode="epsv", result="rejected"))
+    assert value(scrape(gw), "ftpgw_passive_ports_in_use") == 1
     ftp.sendcmd("PASV")  # replaces the open EPSV listener, which was never used
     ftp.quit()
     assert wait_for(lambda: value(scrape(gw), "ftpgw_sessions_active") == 0)
@@ -235,6 +234,12 @@ def test_metrics_over_tls_with_basic_auth(gateway_factory, sshd, tmp_path):
     assert get("/healthz") == (200, "ok\n")  # probes carry no credentials
     with pytest.raises(OSError):  # plain HTTP is not served
         urllib.request.urlopen(f"http://127.0.0.1:{gw.gateway.metrics_port}/healthz", timeout=5)
+    weak = subprocess.run(  # TLS 1.2 without forward secrecy: refused, as on the FTPS ports
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{gw.gateway.metrics_port}", "-tls1_2",
+         "-cipher", "AES128-SHA@SECLEVEL=0"],
+        input="", capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert weak.returncode != 0 and "Cipher is (NONE)" in weak.stdout
 
 
 def test_promtool_accepts_the_exposition(gw, user):
@@ -316,3 +321,30 @@ def test_readyz_follows_a_backend_sshd_that_stops_and_returns(gateway_factory, s
         assert wait_for(lambda: http_get(gw, "/readyz") == (200, "ready\n"), timeout=20)
     finally:
         second.stop()
+
+
+def raw_http(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        return sock.makefile("rb").read()
+
+
+def test_the_listener_answers_bad_requests_plainly_and_closes(gw):
+    port = gw.gateway.metrics_port
+    head = raw_http(port, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (
+        head.startswith(b"HTTP/1.1 200 OK\r\n")
+        and b"Content-Length: 3\r\n" in head
+        and head.endswith(b"\r\n\r\n")
+    )
+    assert raw_http(port, b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405 ")
+    assert raw_http(port, b"GET /nothing HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404 ")
+    assert raw_http(port, b"garbage\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    try:  # a head over 8 KiB: closed (reset, as the rest was never read), no reply
+        too_long = raw_http(port, b"GET /" + b"x" * 10000 + b" HTTP/1.1\r\n\r\n")
+    except ConnectionResetError:
+        too_long = b""
+    assert too_long == b""
+    gzipped = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(gzipped, timeout=10) as resp:
+        assert resp.headers["Content-Encoding"] == "gzip"

@@ -17,6 +17,7 @@ from tests.integration.test_report import report, with_report
 
 def test_client_text_is_escaped_capped_and_defused(gateway_factory, sshd, user, tmp_path):
     doc = with_report(base_config(sshd), tmp_path)
+    doc["limits"]["user_names"] = ".+"  # an operator admitting any name (the default refuses "=")
     # A retired route catching made-up names: refused before any password check, recorded.
     doc["routes"].insert(0, {"name": "gone", "match": {"user": "=*"}, "backend": "main", "phase": "retired"})
     gw = gateway_factory(doc)

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import tls_config
+from tests.conftest import base_config, tls_config
 
 
 @pytest.fixture
@@ -145,3 +145,52 @@ def test_a_stranger_cannot_resume_its_own_session_on_the_clients_data_port(
     assert victim.getline().startswith("522")  # not the client's session: refused
     thief.close()
     stranger.close()
+
+
+@pytest.fixture
+def rsa_ftps(gateway_factory, sshd, tmp_path):
+    """FTPS with an RSA certificate (static RSA key exchange is possible only with one)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(tmp_path / "rsa.key"), "-out", str(tmp_path / "rsa.crt"), "-days", "1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls = {"certfile": str(tmp_path / "rsa.crt"), "keyfile": str(tmp_path / "rsa.key"), "implicit_port": 0}
+    return gateway_factory(base_config(sshd, tls=tls))
+
+
+@pytest.mark.parametrize(
+    "cipher", ["AES128-SHA", "AES256-SHA256", "AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA"]
+)
+def test_tls_1_2_without_forward_secrecy_or_with_cbc_is_refused(rsa_ftps, cipher):
+    """TLS 1.2 takes ECDHE with AEAD only (Mozilla "intermediate"), on both FTPS ports."""
+    ftps = rsa_ftps
+    good = s_client(ftps.port, "-tls1_2")
+    assert good.returncode == 0 and "ECDHE-RSA-AES" in good.stdout  # the control
+    for port in (ftps.port, ftps.gateway.implicit_address[1]):
+        starttls = ["-starttls", "ftp"] if port == ftps.port else []
+        result = subprocess.run(
+            ["openssl", "s_client", *starttls, "-connect", f"127.0.0.1:{port}", "-tls1_2",
+             "-cipher", f"{cipher}@SECLEVEL=0"],
+            input="", capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode != 0 and "Cipher is (NONE)" in result.stdout, (port, cipher)
+
+
+def test_ftps_commands_are_named_in_the_metrics(ftps, tls_files, user):
+    ftp = ftplib.FTP_TLS(context=tls_files.context(), timeout=20)
+    ftp.connect(ftps.host, ftps.port)
+    ftp.login(user.name, user.password)  # AUTH TLS, PBSZ (by prot_p below), USER, PASS
+    ftp.prot_p()
+    with pytest.raises(ftplib.error_perm):
+        ftp.sendcmd("CCC")
+    ftp.quit()
+    registry = ftps.gateway.metrics.registry
+
+    def count(command: str, code_class: str) -> float:
+        labels = {"command": command, "code_class": code_class}
+        return registry.get_sample_value("ftpgw_commands_total", labels) or 0
+
+    assert count("AUTH", "2xx") == count("PBSZ", "2xx") == count("PROT", "2xx") == 1
+    assert count("CCC", "5xx") == 1  # refused, and seen
+    assert count("OTHER", "5xx") == 0

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from gateway import config
+from gateway.passwords import hash_password
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "gateway.example.yaml"
 
@@ -302,14 +303,41 @@ def test_tls_section(known_hosts, tmp_path):
     assert (tls.mode, tls.enabled, tls.implicit_port) == ("required", True, None)  # secure default
     doc["tls"] = {"mode": "off", "certfile": "missing.pem"}
     assert not config.parse(doc, tmp_path).tls.enabled
-    doc["tls"] = {"mode": "sometimes", "implicit_port": "990", "keyfile": "k.pem"}
+    doc["tls"] = {"mode": "sometimes", "implicit_port": "990", "keyfile": "k.pem", "ciphers": "NO-SUCH"}
     with pytest.raises(config.ConfigError) as err:
         config.parse(doc, tmp_path)
     assert sorted(p.split(":")[0] for p in err.value.problems) == [
         "tls.certfile",
+        "tls.ciphers",
         "tls.implicit_port",
         "tls.mode",
     ]
+
+
+def test_the_example_names_the_default_tls_1_2_ciphers():
+    line = next(ln for ln in EXAMPLE.read_text().splitlines() if ln.startswith("#   ciphers:"))
+    assert yaml.safe_load(line.lstrip("# "))["ciphers"] == config.TLS12_CIPHERS
+    suites = config.TLS12_CIPHERS.split(":")
+    assert all("ECDHE" in name and ("GCM" in name or "POLY1305" in name) for name in suites)
+
+
+def test_login_names_and_the_per_user_connection_cap(known_hosts):
+    doc = _with_metrics(known_hosts)
+    doc["limits"] = {"user_names": "[a-z]+"}
+    doc["backends"]["b"]["pool"] = {"max_connections_per_user": 4}
+    cfg = config.parse(doc)
+    assert (cfg.limits.user_names, cfg.backends["b"].pool.max_connections_per_user) == ("[a-z]+", 4)
+    doc["backends"]["b"]["pool"] = {"max_connections_per_user": 0}
+    doc["users"] = {"Partner-A": {"password_hash": hash_password("x"), "backend_password_env": "PATH"}}
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc)
+    assert [p.split(":")[0] for p in err.value.problems] == [
+        "backends.b.pool.max_connections_per_user",
+        "users.Partner-A",
+    ]
+    doc["limits"] = {"user_names": "[a-z"}
+    with pytest.raises(config.ConfigError, match=r"limits\.user_names: not a regular expression"):
+        config.parse(doc)
 
 
 def test_route_phase_and_notice(known_hosts):

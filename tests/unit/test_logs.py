@@ -27,8 +27,8 @@ def test_xferlog_line_keeps_18_fields_whatever_the_name():
     assert fields[8].startswith("/a_b")
 
 
-def test_audit_quote_is_unambiguous():
-    assert logs.audit_quote("bob") == "'bob'"
-    assert logs.audit_quote("a b") == "'a\\x20b'"
-    assert logs.audit_quote("a\\x20b") == "'a\\\\x20b'"  # a literal backslash stays distinct
-    assert logs.audit_quote("o'hara") == "'o\\x27hara'"
+def test_quote_is_unambiguous():
+    assert logs.quote("bob") == "'bob'"
+    assert logs.quote("a b") == "'a\\x20b'"
+    assert logs.quote("a\\x20b") == "'a\\\\x20b'"  # a literal backslash stays distinct
+    assert logs.quote("o'hara") == "'o\\x27hara'"

@@ -1,7 +1,7 @@
 import pytest
 
-from gateway.config import RouteConfig
-from gateway.routing import is_safe_user, match_route, render_root
+from gateway.config import LimitsConfig, RouteConfig
+from gateway.routing import acceptable_user, is_safe_user, match_route, render_root
 
 ROUTES = (
     RouteConfig(name="partners", user="partner-*", backend="b1", root="/data/{user}"),
@@ -19,7 +19,7 @@ def test_first_match_wins(user, route):
     assert found.name == route
 
 
-@pytest.mark.parametrize("user", ["..", ".", "a/b", "a\nb", "", "x\0", "a\\b"])
+@pytest.mark.parametrize("user", ["..", ".", "a/b", "a\nb", "", "x\0", "a\\b", "bob:x", "bob:"])
 def test_unsafe_user_names_match_nothing(user):
     assert not is_safe_user(user)
     assert match_route(ROUTES, user) is None
@@ -59,3 +59,17 @@ def test_ipv4_clients_on_a_dual_stack_listener_match_ipv4_networks():
         RouteConfig("x", "*", "b"),
     )
     assert match_route(routes, "ann", "::ffff:10.1.2.3").name == "office"
+
+
+@pytest.mark.parametrize(
+    ("user", "ok"),
+    [("bob", True), ("partner-a.b_c", True), ("_svc", True), ("Bob2", True), ("bob@REALM", False),
+     ("-bob", False), (".bob", False), ("bob smith", False), ("bob:x", False), ("b" * 257, False)],
+)  # fmt: skip
+def test_login_names_other_spellings_of_a_user_are_not_acceptable(user, ok):
+    assert acceptable_user(user, LimitsConfig().user_names) is ok
+
+
+def test_an_operator_pattern_cannot_readmit_a_style_suffix():
+    assert acceptable_user("bob@example.com", ".+")
+    assert not acceptable_user("bob:x", ".+")

@@ -124,6 +124,8 @@ class SFTPPool:
         self._salt = os.urandom(16)
         self._users: dict[str, _User] = {}
         self._startups = asyncio.Semaphore(cfg.max_startups)
+        self._opening: dict[str, int] = {}  # connections being opened, per user
+        self._changed = asyncio.Event()  # set (and replaced) whenever room may have come free
         self._reaper: asyncio.Task[None] | None = None
 
     def connections(self, user: str | None = None) -> list[PooledConnection]:
@@ -137,15 +139,38 @@ class SFTPPool:
         return hashlib.scrypt(credential.secret(), salt=self._salt, **_SCRYPT)
 
     async def lease(self, user: str, credential: Credential, verifier: bytes) -> Lease:
-        """An SFTP channel for ``user``, on a reused connection when the credential matches."""
-        now = self._clock()
-        entry = self._users.get(user, _User())
-        for pooled in list(entry.conns):
-            if self._reusable(pooled, now) and hmac.compare_digest(pooled.verifier, verifier):
-                lease = await self._open_channel(pooled)
-                if lease is not None:
-                    return lease
-        return await self._lease_new(user, credential, verifier)
+        """An SFTP channel for ``user``, on a reused connection when the credential matches.
+
+        A user holds at most ``max_connections_per_user`` connections (those being opened
+        included): beyond, a login waits for a channel or a connection to come free, up to
+        the channel timeout, then gets TooManySessions. Without the cap, logins of one
+        account that cannot share a connection (wrong or changing passwords, or a pool that
+        is off) would each start an sshd process on the backend, without bound.
+        """
+        deadline = self._clock() + self._timeout
+        while True:
+            now = self._clock()
+            entry = self._users.get(user, _User())
+            for pooled in list(entry.conns):
+                if self._reusable(pooled, now) and hmac.compare_digest(pooled.verifier, verifier):
+                    lease = await self._open_channel(pooled)
+                    if lease is not None:
+                        return lease
+            if len(entry.conns) + self._opening.get(user, 0) < self.cfg.max_connections_per_user:
+                return await self._lease_new(user, credential, verifier)
+            idle = [c for c in entry.conns if c.channels == 0]
+            if idle:  # another credential's, or stale: it makes room
+                self._drop(idle[0])
+                continue
+            if now >= deadline:
+                raise errors.TooManySessions()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), deadline - now)
+
+    def _notify(self) -> None:
+        """Wake the logins waiting for room (a channel or a connection came free)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def _reusable(self, pooled: PooledConnection, now: float) -> bool:
         if pooled.is_lost() or pooled.stale or not self.cfg.enabled:
@@ -210,6 +235,17 @@ class SFTPPool:
         )
 
     async def _lease_new(self, user: str, credential: Credential, verifier: bytes) -> Lease:
+        self._opening[user] = self._opening.get(user, 0) + 1
+        try:
+            return await self._open_new(user, credential, verifier)
+        finally:
+            if self._opening[user] == 1:
+                del self._opening[user]
+            else:
+                self._opening[user] -= 1
+            self._notify()
+
+    async def _open_new(self, user: str, credential: Credential, verifier: bytes) -> Lease:
         async with self._startups:  # stay below the backend's MaxStartups
             conn, is_lost = await self._connect(user, credential)
         now = self._clock()
@@ -252,6 +288,7 @@ class SFTPPool:
         if pooled.channels == 0:
             pooled.idle_since = pooled.released_at
         self._close_if_idle(pooled)
+        self._notify()
 
     def _close_if_idle(self, pooled: PooledConnection) -> None:
         if pooled.channels == 0 and (pooled.stale or pooled.is_lost() or not self.cfg.enabled):
@@ -264,6 +301,7 @@ class SFTPPool:
             if not entry.conns:
                 del self._users[pooled.user]
         pooled.close()
+        self._notify()
 
     def reap(self) -> None:
         """Close connections that are dead, or idle for longer than ``idle_timeout``."""

@@ -31,7 +31,7 @@ from typing import Any, TypeVar, cast
 import asyncssh
 from asyncssh import constants as fx
 
-from gateway import errors
+from gateway import errors, logs
 from gateway.backends.sftp.errors import translate
 from gateway.backends.sftp.files import Budget, Report, SFTPReadStream, SFTPWriteStream, no_report
 from gateway.backends.sftp.loop import BackgroundLoop
@@ -473,7 +473,11 @@ class SFTPStorage:
             if replaced is not None:
                 failed.remember(user, path, replaced)
             if only_copy:
-                log.error("upload of %s: old file removed, rename failed: the new data is in %s", path, temp)
+                log.error(
+                    "upload of %s: old file removed, rename failed: the new data is in %s",
+                    logs.quote(path),
+                    logs.quote(temp),
+                )
                 return
             with contextlib.suppress(asyncssh.Error, OSError):
                 await sftp.remove(temp)
