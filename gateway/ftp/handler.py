@@ -514,8 +514,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
                 self.respond(f"550 {cmd} is not allowed for this account.")
                 self.log_cmd(cmd, arg, 550, "not allowed on this route")
                 return
-            name = posixpath.basename(arg.rstrip("/"))
-            if cmd in _CREATES_NAME and name and not listing.is_safe_name(name):
+            name = posixpath.basename(arg.rstrip("/")) if cmd in _CREATES_NAME else ""
+            if name and not listing.is_safe_name(name):
                 # A name the listings would hide (a control character in it): creating it
                 # would give the user files nobody sees in LIST, NLST or MLSD.
                 raise BadName("File name not allowed: control characters are refused.")
