@@ -117,11 +117,6 @@ class SessionSlots:
         """Give back a place taken with ``enter_address``."""
         self._by_source.leave(key)
 
-    @property
-    def open(self) -> int:
-        """Sessions counted now."""
-        return self._open
-
 
 class GatewayFTPServer(ThreadedFTPServer):  # type: ignore[misc]
     """pyftpdlib's threaded server with exact session limits, shared between listeners."""
