@@ -12,6 +12,7 @@ import fnmatch
 import itertools
 import stat
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator
 
 from gateway.storage import Attrs, Entry, Kind, is_upload_in_progress
@@ -31,24 +32,50 @@ _MLSX_TYPE = {
 FACTS = ("type", "size", "modify", "perm", "unix.mode", "unix.uid", "unix.gid")
 
 
+#: Unicode categories that are control characters: C0, DEL and C1 (Cc), and the line and
+#: paragraph separators (Zl, Zp), which some clients take for line ends.
+_CONTROL = frozenset({"Cc", "Zl", "Zp"})
+
+
+def _is_raw_byte(ch: str) -> bool:
+    """True for a byte that is not UTF-8, as ``surrogateescape`` decoding carries it."""
+    return 0xDC80 <= ord(ch) <= 0xDCFF
+
+
+def _is_control(ch: str) -> bool:
+    return unicodedata.category(ch) in _CONTROL
+
+
+def is_name_text(text: str) -> bool:
+    """True if ``text`` holds no control character (raw bytes of a non-UTF-8 name are fine).
+
+    Names are bytes (SFTP v3, and vsftpd passes them through untouched): a Latin-1 or cp1252
+    name arrives as raw bytes and leaves as the same bytes. Control characters are what must
+    never reach a reply or a listing line as they are (CR/LF forge replies, bpo-30119; ESC
+    and C1 drive terminals); everything else, a no-break space or a joiner included, is a name.
+    """
+    return text.isprintable() or not any(_is_control(ch) for ch in text)
+
+
 def is_safe_name(name: str) -> bool:
     """True if ``name`` can be written to the control or data channel as it is."""
-    return bool(name) and name.isprintable() and "/" not in name
+    return bool(name) and "/" not in name and is_name_text(name)
+
+
+def _escape(ch: str) -> str:
+    if _is_raw_byte(ch):
+        return f"\\x{ord(ch) - 0xDC00:02x}"
+    return ch.encode("unicode_escape").decode("ascii")
+
+
+def wire_text(text: str) -> str:
+    """``text`` for a reply line: control characters escaped (``\\x1b``), the rest as it is."""
+    return text if is_name_text(text) else "".join(_escape(ch) if _is_control(ch) else ch for ch in text)
 
 
 def printable(text: str) -> str:
-    """Escape control and undecodable characters so ``text`` stays on one line."""
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        if ch.isprintable():
-            out.append(ch)
-        elif 0xDC80 <= ord(ch) <= 0xDCFF:  # surrogateescape'd raw byte
-            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
-        else:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
+    """Everything but printable characters escaped, raw bytes too: one line of text (logs)."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
 
 
 def has_glob(name: str) -> bool:
@@ -123,7 +150,7 @@ def list_line(entry: Entry, now: float, prefix: str = "") -> str:
     owner = a.owner if a.owner and is_safe_name(a.owner) and " " not in a.owner else str(a.uid)
     group = a.group if a.group and is_safe_name(a.group) and " " not in a.group else str(a.gid)
     name = prefix + entry.name
-    if a.kind is Kind.SYMLINK and entry.link_target and entry.link_target.isprintable():
+    if a.kind is Kind.SYMLINK and entry.link_target and is_name_text(entry.link_target):
         name = f"{name} -> {entry.link_target}"
     return (
         f"{_mode_string(a)} {a.nlink:3d} {owner:<8} {group:<8} {a.size:>12d} {_ls_date(a.mtime, now)} {name}"

@@ -2,6 +2,7 @@
 # The test command: installs what the tests need on a fresh Debian machine (OpenSSH server,
 # curl, lftp, ncftp, the classic ftp client; Prometheus and promtool for the metrics and
 # alert-rule checks, openssl for test certificates, HAProxy for the load-balancer test,
+# vsftpd as the reference server of the differential tests,
 # fail2ban (with journal support and systemd-journal-remote to write a journal file) for the
 # README's fail2ban filter; a virtualenv with the project and its test tools), then runs
 # ruff, mypy and pytest. Needs root: the tests create Unix users and start a real sshd.
@@ -19,6 +20,7 @@ command -v ftp >/dev/null || missing+=(inetutils-ftp)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+[ -x /usr/sbin/vsftpd ] || missing+=(vsftpd)
 command -v fail2ban-regex >/dev/null || missing+=(fail2ban)
 /usr/bin/python3 -c 'import systemd.journal' 2>/dev/null || missing+=(python3-systemd)
 [ -x /lib/systemd/systemd-journal-remote ] || missing+=(systemd-journal-remote)

@@ -395,9 +395,11 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         "CSID": {"perm": None, "auth": False, "arg": True, "help": "Syntax: CSID Name=<client>; ..."},
     }
 
-    # Strict decoding: pyftpdlib's default "replace" maps every undecodable byte to U+FFFD,
-    # so two different Latin-1 names would name the same backend file (silent overwrite).
-    unicode_errors = "strict"
+    # Names are bytes: a command line is decoded as UTF-8, and bytes that are not UTF-8 (a
+    # Latin-1 or cp1252 name) are carried as they are (surrogateescape) to the backend and
+    # back, as vsftpd does. pyftpdlib's default "replace" would map every such byte to
+    # U+FFFD, so two different Latin-1 names would name the same file (silent overwrite).
+    unicode_errors = "surrogateescape"
 
     def __init__(self, conn: Any, server: Any, ioloop: Any = None) -> None:
         # Set up before pyftpdlib's __init__, which may close() at once (client already gone).
@@ -472,8 +474,12 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         # or log (terminal escapes, CR/LF injection: bpo-30119). The CRLFs between the
         # lines of a multi-line reply are the server's own and stay.
         if not resp.isprintable():
-            resp = "\r\n".join(listing.printable(line) for line in resp.split("\r\n"))
+            resp = "\r\n".join(listing.wire_text(line) for line in resp.split("\r\n"))
         super().respond(resp, logfun)
+
+    def push(self, data: str) -> None:
+        # Raw bytes of non-UTF-8 names go out as the bytes they came in as (surrogateescape).
+        super(FTPHandler, self).push(data.encode(self.encoding, self.unicode_errors))
 
     def found_terminator(self) -> None:
         logs.bind_session(self._log_fields)  # this thread serves this session only
@@ -484,14 +490,6 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         if self._login_delay is not None:  # a failed login's 530 is due first (handle_auth_failed)
             self._held.append(b"".join(self._in_buffer))
             self._in_buffer, self._in_buffer_len = [], 0
-            return
-        # pyftpdlib answers an undecodable line with 501 but keeps it in its input buffer,
-        # so every later command would fail too: drop the line here instead.
-        try:
-            b"".join(self._in_buffer).decode(self.encoding)
-        except UnicodeDecodeError:
-            self._in_buffer, self._in_buffer_len = [], 0
-            self.respond("501 Can't decode command: the gateway speaks UTF-8.")
             return
         super().found_terminator()
 

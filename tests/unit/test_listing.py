@@ -55,10 +55,20 @@ def test_names_with_spaces_and_utf8_survive():
 
 
 def test_unsafe_names_are_skipped_everywhere():
-    entries = [entry("ok"), entry("evil\r\n226 fake"), entry("a\nb"), entry("tab\tname"), entry("bad\udcff")]
+    unsafe = ["evil\r\n226 fake", "a\nb", "tab\tname", "esc\x1b[2J", "c1\x85", "sep\u2028x", "del\x7f"]
+    entries = [entry("ok"), *(entry(name) for name in unsafe)]
     assert [line.split()[-1] for line in listing.list_lines(entries, NOW)] == ["ok"]
     assert list(listing.nlst_names(entries)) == ["ok"]
     assert [line.split(" ", 1)[1] for line in listing.mlsd_lines(entries, "elr", listing.FACTS)] == ["ok"]
+
+
+def test_names_are_bytes_raw_bytes_and_unusual_characters_are_listed():
+    # r\xe9sum\xe9 in Latin-1, as surrogateescape decoding carries it; a no-break space, a joiner
+    names = ["r\udce9sum\udce9.txt", "a\xa0b", "x\u200dy", "\u202eevil"]
+    entries = [entry(name) for name in names]
+    assert list(listing.nlst_names(entries)) == names
+    assert listing.printable("r\udce9") == "r\\xe9"  # logs: escaped
+    assert listing.wire_text('257 "/r\udce9\x1b"') == '257 "/r\udce9\\x1b"'  # replies: bytes kept, ESC not
 
 
 def test_mlsx_facts():

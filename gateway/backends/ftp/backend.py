@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import ftplib
 import logging
 import socket
@@ -17,6 +18,38 @@ from gateway.listing import printable
 from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.ftp_backend")
+
+#: The codec the legacy FTP connection speaks: UTF-8, with bytes that are not UTF-8 carried as
+#: they are (surrogateescape), as the gateway's own control channel does. A legacy server
+#: full of Latin-1 names (vsftpd is byte-transparent) then gets back the very bytes it listed.
+#: ftplib takes only an encoding name and applies it with strict errors (its socket files,
+#: putline): this codec makes surrogateescape its default.
+NAMES_CODEC = "utf-8-names"
+
+
+class _NamesDecoder(codecs.BufferedIncrementalDecoder):
+    def _buffer_decode(self, data: Any, errors: str, final: bool) -> tuple[str, int]:
+        return codecs.utf_8_decode(data, "surrogateescape", final)
+
+
+class _NamesEncoder(codecs.IncrementalEncoder):
+    def encode(self, text: str, final: bool = False) -> bytes:
+        return codecs.utf_8_encode(text, "surrogateescape")[0]
+
+
+def _find_codec(name: str) -> codecs.CodecInfo | None:
+    if name != NAMES_CODEC.replace("-", "_"):
+        return None
+    return codecs.CodecInfo(
+        name=NAMES_CODEC,
+        encode=lambda text, errors="strict": codecs.utf_8_encode(text, "surrogateescape"),
+        decode=lambda data, errors="strict": codecs.utf_8_decode(data, "surrogateescape", True),
+        incrementalencoder=_NamesEncoder,
+        incrementaldecoder=_NamesDecoder,
+    )
+
+
+codecs.register(_find_codec)
 
 
 class _FTPTLS(ftplib.FTP_TLS):
@@ -59,10 +92,10 @@ class FTPBackend:
     def _client(self) -> ftplib.FTP:
         timeout = self.cfg.operation_timeout
         if self.cfg.tls is None:
-            return ftplib.FTP(timeout=timeout, encoding="utf-8")
+            return ftplib.FTP(timeout=timeout, encoding=NAMES_CODEC)
         context = ssl.create_default_context(cafile=self.cfg.ca_file)
         cls = _ImplicitFTPTLS if self.cfg.tls == "implicit" else _FTPTLS
-        return cls(context=context, timeout=timeout, encoding="utf-8")
+        return cls(context=context, timeout=timeout, encoding=NAMES_CODEC)
 
     def login(self, username: str, password: str | None = None, key_file: str | None = None) -> FTPStorage:
         """Log in as ``username`` (FTP has no keys); LoginRefused or BackendUnavailable."""
