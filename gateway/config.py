@@ -73,6 +73,13 @@ class ListenConfig:
 
 
 @dataclass(frozen=True)
+class ListingConfig:
+    """How LIST and NLST show a directory."""
+
+    dotfiles: str = "hidden"  # hidden (as vsftpd and ls: only with -a) | shown
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Session limits and timeouts (seconds)."""
 
@@ -251,6 +258,7 @@ class GatewayConfig:
     users: dict[str, LocalUser] = field(default_factory=dict)
     external_auth: ExternalAuthConfig | None = None
     report: ReportConfig = field(default_factory=ReportConfig)
+    listing: ListingConfig = field(default_factory=ListingConfig)
     workers: int = 1
 
 
@@ -921,6 +929,15 @@ def _metrics(data: Any, problems: list[str], base_dir: Path) -> MetricsConfig:
     return cfg
 
 
+def _listing(data: Any, problems: list[str]) -> ListingConfig:
+    s = _Section(data, "listing", problems)
+    cfg = ListingConfig(
+        dotfiles=s.typed("dotfiles", str, ListingConfig.dotfiles, _one_of(("hidden", "shown")))
+    )
+    s.finish()
+    return cfg
+
+
 def _report(data: Any, problems: list[str], base_dir: Path) -> ReportConfig:
     s = _Section(data, "report", problems)
     d = ReportConfig()
@@ -956,6 +973,7 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
         users=_users(top.raw("users", None), problems, base),
         external_auth=_external_auth(top.raw("external_auth", None), problems, base),
         report=_report(top.raw("report", None), problems, base),
+        listing=_listing(top.raw("listing", None), problems),
         workers=top.typed("workers", int, 1, _at_least(1, 64)),
     )
     for name in cfg.users:

@@ -18,13 +18,27 @@ from collections.abc import Iterable, Iterator
 from gateway.storage import Attrs, Entry, Kind, is_upload_in_progress
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_SIX_MONTHS = 180 * 24 * 3600
-_TYPE_CHAR = {Kind.FILE: "-", Kind.DIR: "d", Kind.SYMLINK: "l", Kind.OTHER: "-"}
+_SIX_MONTHS = 182 * 24 * 3600  # vsftpd's "six months"
+#: The type letter ``ls -l`` shows: clients skip what is not "-" when they fetch wildcards.
+_TYPE_CHAR = {
+    Kind.FILE: "-",
+    Kind.DIR: "d",
+    Kind.SYMLINK: "l",
+    Kind.FIFO: "p",
+    Kind.SOCKET: "s",
+    Kind.CHAR_DEVICE: "c",
+    Kind.BLOCK_DEVICE: "b",
+    Kind.OTHER: "?",
+}
 
 _MLSX_TYPE = {
     Kind.FILE: "file",
     Kind.DIR: "dir",
     Kind.SYMLINK: "OS.unix=symlink",
+    Kind.FIFO: "OS.unix=fifo",
+    Kind.SOCKET: "OS.unix=socket",
+    Kind.CHAR_DEVICE: "OS.unix=chr",
+    Kind.BLOCK_DEVICE: "OS.unix=blk",
     Kind.OTHER: "OS.unix=other",
 }
 
@@ -83,14 +97,21 @@ def has_glob(name: str) -> bool:
     return any(ch in name for ch in "*?[")
 
 
-def glob_filter(entries: Iterable[Entry], pattern: str) -> Iterator[Entry]:
+def glob_filter(entries: Iterable[Entry], pattern: str, dotfiles: bool = True) -> Iterator[Entry]:
     """Entries whose name matches a shell pattern (one path component, case-sensitive).
 
     Not in RFC 959, but vsftpd, ProFTPD and Pure-FTPd expand wildcards in LIST/NLST and
     legacy scripts rely on it (``mget *.csv`` sends ``NLST *.csv``). fnmatch compiles to a
     regular expression without catastrophic backtracking (CPython >= 3.9, bpo-40480).
+    Without ``dotfiles``, as in a shell, a leading "." must be matched by the pattern's own
+    leading "." (``*`` leaves ``.keep`` out, ``.*`` takes it).
     """
-    return (e for e in entries if fnmatch.fnmatchcase(e.name, pattern))
+    explicit_dot = dotfiles or pattern.startswith(".")
+    return (
+        e
+        for e in entries
+        if (explicit_dot or not e.name.startswith(".")) and fnmatch.fnmatchcase(e.name, pattern)
+    )
 
 
 def safe_entries(entries: Iterable[Entry]) -> Iterator[Entry]:
@@ -135,11 +156,15 @@ def _mode_string(attrs: Attrs) -> str:
 
 
 def _ls_date(mtime: int | None, now: float) -> str:
-    """``Mon DD HH:MM`` within six months of now, else ``Mon DD  YYYY`` (as ls does), UTC."""
+    """``Mon DD HH:MM`` for the past six months, else ``Mon DD  YYYY``, UTC.
+
+    A time in the future shows its year too, as vsftpd and GNU ls do: clients that read
+    ``Mon DD HH:MM`` as this year or the last (ftputil) would date it a year back.
+    """
     ts = 0 if mtime is None else mtime
     t = time.gmtime(ts)
     month = _MONTHS[t.tm_mon - 1]
-    if abs(now - ts) < _SIX_MONTHS:
+    if 0 <= now - ts < _SIX_MONTHS:
         return f"{month} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}"
     return f"{month} {t.tm_mday:2d}  {t.tm_year}"
 

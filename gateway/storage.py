@@ -30,6 +30,10 @@ class Kind(enum.Enum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
+    FIFO = "fifo"
+    SOCKET = "socket"
+    CHAR_DEVICE = "char"
+    BLOCK_DEVICE = "block"
     OTHER = "other"
 
 
@@ -44,6 +48,8 @@ class Attrs:
     uid: int = 0
     gid: int = 0
     nlink: int = 1
+    #: Owner and group names, where the backend gives them as its listings show them (a
+    #: legacy FTP server's); None: the numbers are shown, as vsftpd does by default.
     owner: str | None = None
     group: str | None = None
 

@@ -65,7 +65,7 @@ def _governing_verb(cmd: str, arg: str) -> str:
     STAT with a path lists it on the control channel (RFC 959): the same information as
     LIST, so it takes LIST's permission; plain STAT (the server's status) is always allowed.
     """
-    return "LIST" if cmd == "STAT" and strip_ls_options(arg) else cmd
+    return "LIST" if cmd == "STAT" and ls_options(arg)[1] else cmd
 
 
 #: pyftpdlib's limit on a command line (longer ones get "500 Command too long.").
@@ -123,12 +123,25 @@ class _LineProducer:
         return bytes(chunk)
 
 
-def strip_ls_options(arg: str) -> str:
-    """Drop leading ``-x`` style words from a LIST/NLST/STAT argument."""
-    words = arg.split(" ")
-    while words and len(words[0]) > 1 and words[0][0] == "-" and words[0][1:].isalnum():
-        words.pop(0)
-    return " ".join(words).strip()
+def ls_options(arg: str) -> tuple[frozenset[str], str]:
+    """(option letters, path) of a LIST/NLST/STAT argument: ``-la`` style words first, as ls takes them.
+
+    The path is the rest as the client sent it: blanks at its ends may be part of a name.
+    """
+    letters: set[str] = set()
+    rest = arg
+    while len(rest) > 1 and rest[0] == "-":
+        word, _, after = rest.partition(" ")
+        if not word[1:].isalnum():
+            break
+        letters.update(word[1:])
+        rest = after
+    return frozenset(letters), rest if rest.strip() else ""
+
+
+def _nlst_prefix(directory: str) -> str:
+    """What NLST puts before each name listed from ``directory`` (as the client named it)."""
+    return directory.rstrip("/") + "/" if directory else ""
 
 
 class _CountedDataConnection:
@@ -368,6 +381,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     #: idem: peers (load balancers) whose connections start with a PROXY protocol header.
     proxy_trusted: tuple[Network, ...] = ()
     proxy_timeout = 5.0  # idem: seconds to wait for that header
+    show_dotfiles = False  # idem: listing.dotfiles is "shown"
     fs: GatewayFS  # None before login (pyftpdlib checks authenticated first)
     _in_dtp_queue: Any  # pyftpdlib: (file, cmd) of an upload waiting for its data connection
     _out_dtp_queue: Any  # pyftpdlib: (data, isproducer, file, cmd) of a download waiting
@@ -405,6 +419,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         # Set up before pyftpdlib's __init__, which may close() at once (client already gone).
         self.authorizer = SessionAuthorizer(type(self).authenticate)
         self._listing_arg = ""  # argument of the current LIST/NLST/STAT, options removed
+        self._ls_flags: frozenset[str] = frozenset()  # ... and its options (``-la``: a, l)
         self._retired: list[Login] = []  # logins replaced by REIN/USER during a transfer
         self.session_id = secrets.token_hex(4)  # in every log line of the session
         self.route = "-"  # route name once logged in, for the logs
@@ -519,8 +534,10 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
                 raise BadName("File name not allowed: control characters are refused.")
             if cmd in _CANCELS_QUEUED_TRANSFER:
                 self._drop_queued_transfer()
+            self._ls_flags = frozenset()
             if cmd in _LS_COMMANDS:
-                arg = self._listing_arg = strip_ls_options(arg)
+                self._ls_flags, arg = ls_options(arg)
+                self._listing_arg = arg
             super().pre_process_command(line, cmd, arg)
         except GatewayError as err:
             if not err.fatal and self.authenticated and not self.storage.alive:
@@ -785,36 +802,75 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
 
     # --- listings (READDIR attrs, sanitised names; see gateway.listing)
 
-    def _entries(self, path: str, glob: bool = False) -> tuple[bool, Iterator[Entry], str]:
-        """(is_directory, entries, name prefix) for a directory, a file or (``glob``) a pattern."""
+    def _entries(
+        self, path: str, glob: bool = False, everything: bool = False
+    ) -> tuple[bool, Iterator[Entry], str]:
+        """(is_directory, entries, their directory as the client named it) for a directory, a
+        file or (``glob``) a pattern.
+
+        As vsftpd and ``ls``: names starting with "." are left out unless asked for (``-a``,
+        ``everything``, a pattern starting with ".", or ``listing.dotfiles: shown``); ``-a``
+        adds "." and "..". A pick-up-and-delete job (``mget *; mdelete *``) must not take
+        ``.keep`` or ``.config`` along.
+        """
+        dotfiles = everything or "a" in self._ls_flags or self.show_dotfiles
+        arg = self._listing_arg
         try:
             if self.fs.attrs(path).kind is Kind.DIR:
-                return True, listing.sorted_if_small(self.storage.list_dir(path)), ""
-            return False, iter([Entry(posixpath.basename(path), self.fs.attrs(path, follow=False))]), ""
+                entries: Iterable[Entry] = self.storage.list_dir(path)
+                if not dotfiles:
+                    entries = (e for e in entries if not e.name.startswith("."))
+                if everything or "a" in self._ls_flags:
+                    entries = itertools.chain(self._dot_entries(path), entries)
+                return True, listing.sorted_if_small(entries), arg
+            return (
+                False,
+                iter([Entry(posixpath.basename(path), self.fs.attrs(path, follow=False))]),
+                posixpath.dirname(arg),
+            )
         except NotFound:
             pattern = posixpath.basename(path)
             if not (glob and listing.has_glob(pattern)):
                 raise
-        matches = listing.glob_filter(self.storage.list_dir(posixpath.dirname(path)), pattern)
+        matches = listing.glob_filter(self.storage.list_dir(posixpath.dirname(path)), pattern, dotfiles)
         # Matches are named as the client wrote the pattern's directory (``mget sub/*.csv``
         # then RETRs ``sub/a.csv``); that text passed paths.check_argument already.
-        client_dir = posixpath.dirname(self._listing_arg)
-        return False, listing.sorted_if_small(matches), f"{client_dir}/" if client_dir else ""
+        return False, listing.sorted_if_small(matches), posixpath.dirname(arg)
+
+    def _dot_entries(self, path: str) -> list[Entry]:
+        """The "." and ".." entries of directory ``path`` (".." of the root is the root)."""
+        parent = posixpath.dirname(path) if self.fs.validpath(posixpath.dirname(path)) else path
+        return [Entry(".", self.fs.attrs(path)), Entry("..", self.fs.attrs(parent))]
+
+    def _listing_or_nothing(self, path: str) -> tuple[Iterator[Entry], str]:
+        """Entries and directory for LIST/NLST; none for a path or pattern that matches nothing.
+
+        vsftpd answers such a listing with 226 and no lines, and scripts rely on it (ftplib's
+        ``nlst("*.csv")`` returns an empty list when no file waits): not 550.
+        """
+        try:
+            _, entries, directory = self._entries(path, glob=True)
+        except NotFound:
+            return iter(()), ""
+        return entries, directory
 
     def _push_lines(self, lines: Iterable[str], cmd: str) -> None:
         encoded = (f"{line}\r\n".encode(self.encoding, self.unicode_errors) for line in lines)
         self.push_dtp_data(_LineProducer(encoded), isproducer=True, cmd=cmd)
 
     def ftp_LIST(self, path: str) -> str:
-        """LIST: ``ls -l`` lines for a directory, a single file or a wildcard pattern."""
-        _, entries, prefix = self._entries(path, glob=True)
-        self._push_lines(listing.list_lines(entries, prefix=prefix), "LIST")
+        """LIST: ``ls -l`` lines (bare names) for a directory, a single file or a wildcard pattern."""
+        entries, _ = self._listing_or_nothing(path)
+        self._push_lines(listing.list_lines(entries), "LIST")
         return path
 
     def ftp_NLST(self, path: str) -> str:
-        """NLST: names in a directory, of a file, or matching a wildcard pattern."""
-        _, entries, prefix = self._entries(path, glob=True)
-        self._push_lines(listing.nlst_names(entries, prefix), "NLST")
+        """NLST: names usable as they are with RETR (``NLST sub`` gives ``sub/x.csv``); ``-l``: LIST lines."""
+        entries, directory = self._listing_or_nothing(path)
+        if "l" in self._ls_flags:
+            self._push_lines(listing.list_lines(entries), "NLST")
+        else:
+            self._push_lines(listing.nlst_names(entries, _nlst_prefix(directory)), "NLST")
         return path
 
     def ftp_MLSD(self, path: str) -> str | None:
@@ -840,7 +896,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         """STAT: server status without argument, else a listing on the control channel (capped)."""
         if not path:
             return super().ftp_STAT(path)  # type: ignore[no-any-return]
-        _, entries, _ = self._entries(path)  # pyftpdlib refuses wildcards in STAT already
+        _, entries, _ = self._entries(path, everything=True)  # as vsftpd; no wildcards (pyftpdlib)
         lines = list(itertools.islice(listing.list_lines(entries), STAT_MAX_LINES + 1))
         self.push(f'213-Status of "{self.fs.fs2ftp(path)}":\r\n')
         self.push("".join(f" {line}\r\n" for line in lines[:STAT_MAX_LINES]))

@@ -74,6 +74,7 @@ def handler_class(
         "masquerade_address": cfg.listen.masquerade_address,
         "proxy_trusted": cfg.listen.proxy_protocol.trusted,
         "proxy_timeout": cfg.listen.proxy_protocol.header_timeout,
+        "show_dotfiles": cfg.listing.dotfiles == "shown",
         "timeout": cfg.limits.idle_timeout,
         "max_login_attempts": cfg.limits.max_login_attempts,
         "auth_failed_timeout": cfg.limits.failed_login_delay,

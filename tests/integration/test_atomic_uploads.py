@@ -61,7 +61,7 @@ def test_an_upload_in_progress_is_in_no_listing(gw, ftp, user):
     assert ftp.nlst("*.csv") == ["done.csv"]
     lines: list[str] = []
     ftp.retrlines("LIST -a", lines.append)
-    assert [line.split()[-1] for line in lines] == ["done.csv"]
+    assert [line.split()[-1] for line in lines] == [".", "..", "done.csv"]
     assert [name for name, _ in ftp.mlsd()] == ["done.csv"]
     assert finish(uploader, data).startswith("226")
     assert ftp.nlst("*.csv") == ["done.csv", "incoming.csv"]

@@ -84,7 +84,7 @@ def test_root_template_and_banner(gateway_factory, sshd, user, user2):
     reply = ftp.login(user.name, user.password)
     assert reply == "230 Welcome; FTP retires on 2027-03-31."
     assert ftp.nlst() == ["inside.txt"]
-    assert ftp.nlst("..") == ["inside.txt"]
+    assert ftp.nlst("..") == ["../inside.txt"]
     with pytest.raises(ftplib.error_perm, match=r"^550"):
         ftp.sendcmd("SIZE ../outside.txt")
     other = gw.login(user2)

@@ -29,6 +29,7 @@ def test_example_config_is_valid_and_matches_defaults(known_hosts):
     assert cfg.listen == config.ListenConfig()
     assert cfg.limits == config.LimitsConfig()
     assert cfg.guard == config.GuardConfig()
+    assert cfg.listing == config.ListingConfig()
     assert cfg.tls == config.TLSConfig()  # commented out in the example: plain FTP
     assert cfg.report == config.ReportConfig()  # no database: nothing recorded
     assert cfg.backends["main"].known_hosts == known_hosts
@@ -401,3 +402,12 @@ def test_the_walkthrough_config_records_usage_next_to_itself(known_hosts, tmp_pa
     doc["backends"]["main"]["known_hosts"] = known_hosts
     cfg = config.parse(doc, tmp_path)
     assert cfg.report == config.ReportConfig(str(tmp_path / "usage.sqlite"), 90, 0)
+
+
+def test_listing_section(known_hosts):
+    doc = _with_metrics(known_hosts)
+    doc["listing"] = {"dotfiles": "shown"}
+    assert config.parse(doc).listing.dotfiles == "shown"
+    doc["listing"] = {"dotfiles": "sometimes"}
+    with pytest.raises(config.ConfigError, match=r"listing\.dotfiles: must be one of hidden, shown"):
+        config.parse(doc)

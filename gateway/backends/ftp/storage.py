@@ -74,13 +74,24 @@ def parse_mlsx(facts: dict[str, str]) -> Attrs:
     return Attrs(kind, size, mtime, mode, owner=facts.get("unix.owner"), group=facts.get("unix.group"))
 
 
+_KIND_BY_LETTER = {
+    "-": Kind.FILE,
+    "d": Kind.DIR,
+    "l": Kind.SYMLINK,
+    "p": Kind.FIFO,
+    "s": Kind.SOCKET,
+    "c": Kind.CHAR_DEVICE,
+    "b": Kind.BLOCK_DEVICE,
+}
+
+
 def parse_list_line(line: str, now: float | None = None) -> Entry | None:
     """An Entry from one Unix ``ls -l`` style LIST line (what vsftpd, ProFTPD, pure-ftpd send)."""
     fields = line.split(None, 8)
     if len(fields) < 9 or fields[0][0] not in "-dlbcps" or not fields[4].isdigit():
         return None
     perms, nlink, owner, group, size, month, day, clock, name = fields
-    kind = {"-": Kind.FILE, "d": Kind.DIR, "l": Kind.SYMLINK}.get(perms[0], Kind.OTHER)
+    kind = _KIND_BY_LETTER.get(perms[0], Kind.OTHER)
     target = None
     if kind is Kind.SYMLINK and " -> " in name:
         name, target = name.split(" -> ", 1)

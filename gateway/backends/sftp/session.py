@@ -48,6 +48,10 @@ _KIND_BY_TYPE = {
     fx.FILEXFER_TYPE_REGULAR: Kind.FILE,
     fx.FILEXFER_TYPE_DIRECTORY: Kind.DIR,
     fx.FILEXFER_TYPE_SYMLINK: Kind.SYMLINK,
+    fx.FILEXFER_TYPE_SOCKET: Kind.SOCKET,
+    fx.FILEXFER_TYPE_CHAR_DEVICE: Kind.CHAR_DEVICE,
+    fx.FILEXFER_TYPE_BLOCK_DEVICE: Kind.BLOCK_DEVICE,
+    fx.FILEXFER_TYPE_FIFO: Kind.FIFO,
 }
 _MAX_BLOCK = 256 * 1024
 _LIST_BATCH = 512  # directory entries fetched per round trip to the loop
@@ -96,6 +100,10 @@ def _kind(a: asyncssh.SFTPAttrs) -> Kind:
         (statmod.S_ISREG, Kind.FILE),
         (statmod.S_ISDIR, Kind.DIR),
         (statmod.S_ISLNK, Kind.SYMLINK),
+        (statmod.S_ISFIFO, Kind.FIFO),
+        (statmod.S_ISSOCK, Kind.SOCKET),
+        (statmod.S_ISCHR, Kind.CHAR_DEVICE),
+        (statmod.S_ISBLK, Kind.BLOCK_DEVICE),
     ):
         if test(mode):
             return kind
@@ -103,9 +111,9 @@ def _kind(a: asyncssh.SFTPAttrs) -> Kind:
 
 
 def to_attrs(a: asyncssh.SFTPAttrs, longname: str = "") -> Attrs:
-    """Storage attrs from SFTP attrs; owner/group names from an OpenSSH ``ls -l`` longname."""
+    """Storage attrs from SFTP attrs; the link count from an OpenSSH ``ls -l`` longname (v3 has none)."""
     fields = longname.split(None, 8)
-    from_longname = len(fields) == 9
+    links = fields[1] if len(fields) == 9 and fields[1].isdigit() else "1"
     return Attrs(
         kind=_kind(a),
         size=a.size or 0,
@@ -113,9 +121,7 @@ def to_attrs(a: asyncssh.SFTPAttrs, longname: str = "") -> Attrs:
         mode=(a.permissions or 0) & 0o7777,
         uid=a.uid or 0,
         gid=a.gid or 0,
-        nlink=a.nlink or (int(fields[1]) if from_longname and fields[1].isdigit() else 1),
-        owner=fields[2] if from_longname else a.owner,
-        group=fields[3] if from_longname else a.group,
+        nlink=a.nlink or int(links),
     )
 
 
