@@ -135,7 +135,7 @@ class Storage(Protocol):
         ...
 
     def open_write(self, path: str, mode: str) -> WriteStream:
-        """Open for upload: mode "w" truncates, "a" appends, "r+" resumes (seek follows)."""
+        """Open for upload: "w" truncates, "a" appends, "r+" resumes (seek follows; ends with the data)."""
         ...
 
     def create_unique(self, directory: str, prefix: str) -> WriteStream:

@@ -279,6 +279,7 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
     ac_in_buffer_size = 255 * 1024
     ac_out_buffer_size = 256 * 1024
     transfer_finished: bool
+    _had_cr: bool  # pyftpdlib: TYPE A upload, the last chunk ended with CR (held back)
     _clean_eof = False
 
     def use_sendfile(self) -> bool:
@@ -343,6 +344,8 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
                 fobj.abort()
             else:
                 try:
+                    if self._had_cr:  # TYPE A: a CR at the very end is data, not half a CRLF
+                        fobj.write(b"\r")
                     fobj.close()  # the backend confirms the whole file, or 226 is not sent
                 except GatewayError as err:
                     self._fail(err)
@@ -407,6 +410,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         **FTPHandler.proto_cmds,
         "CLNT": {"perm": None, "auth": False, "arg": True, "help": "Syntax: CLNT <client name>."},
         "CSID": {"perm": None, "auth": False, "arg": True, "help": "Syntax: CSID Name=<client>; ..."},
+        # lftp, FileZilla and Windows ftp.exe send OPTS UTF8 ON before logging in (vsftpd: 200).
+        "OPTS": {**FTPHandler.proto_cmds["OPTS"], "auth": False},
     }
 
     # Names are bytes: a command line is decoded as UTF-8, and bytes that are not UTF-8 (a
@@ -558,6 +563,31 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     def ftp_CSID(self, line: str) -> None:
         """CSID: as CLNT, in Serv-U's form; the gateway has no identity to offer back."""
         self.respond("200 Noted.")
+
+    def ftp_TYPE(self, line: str) -> None:
+        """TYPE A, A N, A T (ASCII; N and T are the RFC 959 format controls), I and L 8."""
+        words = line.upper().split()
+        if words in (["A"], ["A", "N"], ["A", "T"]):
+            self._current_type = "a"
+            self.respond("200 Switching to ASCII mode.")
+        elif words in (["I"], ["L", "8"]):
+            self._current_type = "i"
+            self.respond("200 Switching to Binary mode.")
+        else:
+            self.respond(f"504 TYPE {' '.join(words)} not implemented.")
+
+    def ftp_EPSV(self, line: str) -> None:
+        """EPSV; ``EPSV ALL`` answers 200 (RFC 2428 4) and refuses other data commands from then on."""
+        if line.strip().upper() == "ALL":
+            self._epsvall = True
+            self.respond("200 EPSV ALL ok.")
+            return
+        super().ftp_EPSV(line)
+
+    def ftp_REIN(self, line: str) -> None:
+        """REIN: log out, keep the connection (RFC 959: 220, as after connecting)."""
+        self.flush_account()
+        self.respond("220 Ready for new user.")
 
     def ftp_PORT(self, line: str) -> None:
         self.active_command = "PORT"

@@ -59,6 +59,9 @@ class VsftpdServer:
             "pasv_max_port": self.passive[1],
             "seccomp_sandbox": "NO",
             "utf8_filesystem": "YES",
+            # TYPE A converts line ends, as the gateway does (Debian's default leaves data as is).
+            "ascii_upload_enable": "YES",
+            "ascii_download_enable": "YES",
             "use_localtime": "NO",
             "xferlog_enable": "NO",
             "vsftpd_log_file": self.log,

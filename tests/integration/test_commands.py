@@ -185,7 +185,7 @@ def test_changes_by_other_backend_users_are_visible_at_once(ftp, user):
 def test_rein_and_user_switch(gw, user, user2):
     ftp = gw.login(user)
     seed(user2, "only-user2.txt", "x")
-    assert ftp.sendcmd("REIN").startswith("230")
+    assert ftp.sendcmd("REIN").startswith("220")
     assert reply_code(ftp.sendcmd, "PWD") == "530"
     ftp.login(user2.name, user2.password)
     assert ftp.nlst() == ["only-user2.txt"]

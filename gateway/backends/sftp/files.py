@@ -253,9 +253,13 @@ class SFTPWriteStream(_Handle):
         report: Report = no_report,
         commit: Callable[[], Coroutine[Any, Any, None]] | None = None,
         discard: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        truncate: bool = False,
     ) -> None:
         super().__init__(loop, fh, name, timeout, report)
         self._offset, self._block = offset, block
+        # A resumed upload (REST + STOR) ends the file where its data ends: what was past it
+        # belongs to another version of the file (a resume of a changed file).
+        self._truncate = truncate
         self._window = _Window(budget, depth)
         self._refine = refine
         self._buffer = bytearray()
@@ -302,13 +306,17 @@ class SFTPWriteStream(_Handle):
             if self._buffer:
                 self._submit(bytes(self._buffer))
                 self._buffer.clear()
-            # The CLOSE goes out with the last writes: the backend must process requests on
-            # one handle in order (draft-ietf-secsh-filexfer-02, 3. "Request Synchronization
-            # and Reordering"), so it still means "after every write". Saves a round trip.
+            # The CLOSE (and a resume's truncation) go out with the last writes: the backend
+            # must process requests on one handle in order (draft-ietf-secsh-filexfer-02, 3.
+            # "Request Synchronization and Reordering"), so they still mean "after every
+            # write". Saves a round trip.
             self.closed = True
+            truncating = self.loop.submit(self.fh.truncate(self._offset)) if self._truncate else None
             closing = self.loop.submit(self._close())
             try:
                 self._reap(block=True)
+                if truncating is not None:
+                    self._wait("truncate", truncating)
             except GatewayError:
                 self._settle("close", closing)
                 raise

@@ -369,7 +369,7 @@ class SFTPStorage:
             if (found := self._lstat_or_none(path)) is not None and found.kind is Kind.DIR:
                 raise errors.IsADirectory() from None
             raise
-        return self._writer(fh, path, offset)
+        return self._writer(fh, path, offset, truncate=mode == "r+")
 
     def _check_resume(self, path: str, mode: str) -> None:
         """Refuse a resume onto the version a failed atomic upload of ``path`` left there.
@@ -394,6 +394,7 @@ class SFTPStorage:
         offset: int,
         commit: Callable[[], Coroutine[Any, Any, None]] | None = None,
         discard: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        truncate: bool = False,
     ) -> SFTPWriteStream:
         return SFTPWriteStream(
             self._loop,
@@ -407,6 +408,7 @@ class SFTPStorage:
             report=self._observe,
             commit=commit,
             discard=discard,
+            truncate=truncate,
         )
 
     def _open_atomic(self, path: str) -> SFTPWriteStream | None:
