@@ -15,6 +15,7 @@ import errno
 import itertools
 import logging
 import posixpath
+import re
 import secrets
 import socket
 import time
@@ -54,6 +55,10 @@ _CANCELS_QUEUED_TRANSFER = frozenset(
     }
 )
 
+
+#: Telnet commands at the start of a line (RFC 854): IAC followed by a command byte, or by
+#: WILL/WONT/DO/DONT and an option byte.
+_TELNET_COMMANDS = re.compile(rb"^(?:\xff[\xfb-\xfe][\x00-\xff]|\xff[\xf0-\xfa])+")
 
 #: Commands that create a name from their argument's last component (STOU: a prefix).
 _CREATES_NAME = frozenset({"STOR", "APPE", "STOU", "MKD", "XMKD", "RNTO"})
@@ -511,6 +516,13 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self._held.append(b"".join(self._in_buffer))
             self._in_buffer, self._in_buffer_len = [], 0
             return
+        line = b"".join(self._in_buffer)
+        if line[:1] == b"\xff":
+            # RFC 959 4.1.3: a client interrupting a transfer (Ctrl-C in BSD-style clients)
+            # sends Telnet IAC IP, then IAC DM as urgent data (read inline: SO_OOBINLINE),
+            # then ABOR. The Telnet commands are signals, not part of the command: dropped,
+            # so the ABOR is acted on at once. Only before the verb: a name may hold 0xFF.
+            self._in_buffer = [_TELNET_COMMANDS.sub(b"", line)]
         super().found_terminator()
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:

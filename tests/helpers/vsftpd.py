@@ -62,6 +62,8 @@ class VsftpdServer:
             # TYPE A converts line ends, as the gateway does (Debian's default leaves data as is).
             "ascii_upload_enable": "YES",
             "ascii_download_enable": "YES",
+            # ABOR during a transfer (Ctrl-C in BSD-style clients) acted on at once.
+            "async_abor_enable": "YES",
             "use_localtime": "NO",
             "xferlog_enable": "NO",
             "vsftpd_log_file": self.log,
