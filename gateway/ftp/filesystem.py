@@ -26,6 +26,8 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         super().__init__(root, cmd_channel)
         self.storage: Storage = cmd_channel.storage
         self._attrs: dict[tuple[str, bool], Attrs] = {}
+        #: SITE UMASK: the bits new files and directories leave out (None: the backend decides).
+        self.umask: int | None = None
 
     def forget(self) -> None:
         """Drop attrs cached during the previous command (no stale state across commands)."""
@@ -61,12 +63,19 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         self.forget()
         if mode == "rb":
             return self.storage.open_read(filename)
-        return self.storage.open_write(filename, mode.replace("b", ""))
+        new = self.umask is not None and not self.lexists(filename)
+        stream = self.storage.open_write(filename, mode.replace("b", ""))
+        return self._with_umask(stream, 0o666) if new else stream
 
     def mkstemp(
         self, suffix: str = "", prefix: str = "", dir: str | None = None, mode: str = "wb"
     ) -> WriteStream:
-        return self.storage.create_unique(dir or self.root, prefix)
+        return self._with_umask(self.storage.create_unique(dir or self.root, prefix), 0o666)
+
+    def _with_umask(self, stream: WriteStream, base: int) -> WriteStream:
+        if self.umask is None:
+            return stream
+        return _ModeOnClose(stream, self.storage, base & ~self.umask)
 
     # --- directories and names
 
@@ -77,6 +86,8 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
 
     def mkdir(self, path: str) -> None:
         self.storage.mkdir(path)
+        if self.umask is not None:
+            self.storage.chmod(path, 0o777 & ~self.umask)
 
     def rmdir(self, path: str) -> None:
         self.storage.rmdir(path)
@@ -128,3 +139,31 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         if mtime is None:
             raise errors.BackendFailure("Modification time not available.")
         return float(mtime)
+
+
+class _ModeOnClose:
+    """A new file's upload that sets the file's mode (SITE UMASK) once the backend has it whole.
+
+    The backend applies its own umask when it creates a file; vsftpd creates files with
+    0666 and directories with 0777 minus the session's umask, so the mode is set explicitly,
+    before the client hears 226.
+    """
+
+    def __init__(self, stream: WriteStream, storage: Storage, mode: int) -> None:
+        self._stream, self._storage, self._mode = stream, storage, mode
+        self.name, self.closed = stream.name, False
+
+    def write(self, data: bytes) -> int:
+        return self._stream.write(data)
+
+    def seek(self, offset: int) -> None:
+        self._stream.seek(offset)
+
+    def close(self) -> None:
+        self.closed = True
+        self._stream.close()
+        self._storage.chmod(self.name, self._mode)
+
+    def abort(self) -> None:
+        self.closed = True
+        self._stream.abort()

@@ -10,6 +10,7 @@ a control character.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import errno
 import itertools
@@ -29,7 +30,7 @@ from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY
 from pyftpdlib.log import logger as ftplog
 
-from gateway import listing, logs, paths, proxy_protocol
+from gateway import listing, logs, modes, paths, proxy_protocol
 from gateway.config import Network
 from gateway.errors import BadName, Banned, GatewayError, NoPassivePort, NotFound, Retired
 from gateway.ftp.authorizer import SessionAuthorizer
@@ -59,6 +60,9 @@ _CANCELS_QUEUED_TRANSFER = frozenset(
 #: Telnet commands at the start of a line (RFC 854): IAC followed by a command byte, or by
 #: WILL/WONT/DO/DONT and an option byte.
 _TELNET_COMMANDS = re.compile(rb"^(?:\xff[\xfb-\xfe][\x00-\xff]|\xff[\xf0-\xfa])+")
+
+#: A time argument: YYYYMMDDhhmm[ss] (UTC).
+_TIMESTAMP = re.compile(r"\d{12}(\d\d)?")
 
 #: Commands that create a name from their argument's last component (STOU: a prefix).
 _CREATES_NAME = frozenset({"STOR", "APPE", "STOU", "MKD", "XMKD", "RNTO"})
@@ -417,6 +421,9 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         "CSID": {"perm": None, "auth": False, "arg": True, "help": "Syntax: CSID Name=<client>; ..."},
         # lftp, FileZilla and Windows ftp.exe send OPTS UTF8 ON before logging in (vsftpd: 200).
         "OPTS": {**FTPHandler.proto_cmds["OPTS"], "auth": False},
+        # vsftpd's SITE UMASK and ProFTPD's SITE UTIME; their paths are checked by the handler.
+        "SITE UMASK": {"perm": None, "auth": True, "arg": None, "help": "Syntax: SITE UMASK [<octal mask>]."},
+        "SITE UTIME": {"perm": None, "auth": True, "arg": True, "help": "Syntax: SITE UTIME <time> <path>."},
     }
 
     # Names are bytes: a command line is decoded as UTF-8, and bytes that are not UTF-8 (a
@@ -528,6 +535,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         if self.fs is not None:
             self.fs.forget()
+        cmd, arg = self._set_mtime_alias(cmd, arg)
         if cmd != "QUIT" and self._end_if_draining():
             return
         try:
@@ -567,6 +575,58 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self.log_cmd(cmd, arg, err.code, err.text)
             if err.fatal:
                 self.close_when_done()
+
+    # --- vsftpd's and ProFTPD's SITE commands and time setting
+
+    def ftp_SITE_UMASK(self, line: str) -> None:
+        """SITE UMASK [mask]: the bits later uploads and MKDs of this session leave out (vsftpd)."""
+        if not line:
+            self.respond(f"200 Your current UMASK is 0{self.fs.umask or 0:o}.")
+            return
+        try:
+            self.fs.umask = modes.parse_octal(line.strip(), 0o777)
+        except ValueError:
+            self.respond("501 SITE UMASK needs an octal mask such as 022.")
+            return
+        self.respond(f"200 UMASK set to 0{self.fs.umask:o}.")
+
+    def ftp_SITE_CHMOD(self, path: str, mode: str) -> tuple[str, int] | None:
+        """SITE CHMOD octal or symbolic (``u+x``, ``go-w``, as ProFTPD and chmod(1))."""
+        try:
+            bits = modes.apply(mode, self.fs.attrs(path).mode, self.fs.isdir(path))
+        except ValueError:
+            self.respond("501 SITE CHMOD needs an octal (755) or symbolic (u+x) mode.")
+            return None
+        self.fs.chmod(path, bits)
+        self.respond("200 SITE CHMOD command successful.")
+        return path, bits
+
+    def ftp_SITE_UTIME(self, line: str) -> str | None:
+        """SITE UTIME as ProFTPD takes it: ``TIME PATH``, or ``PATH ATIME MTIME CTIME UTC`` (sets MTIME)."""
+        words = line.split(" ")
+        five = len(words) >= 5 and words[-1].upper() == "UTC"
+        if five and all(_TIMESTAMP.fullmatch(w) for w in words[-4:-1]):
+            stamp, name = words[-3], " ".join(words[:-4])
+        elif len(words) >= 2 and _TIMESTAMP.fullmatch(words[0]):
+            stamp, name = words[0], " ".join(words[1:])
+        else:
+            self.respond("501 Syntax: SITE UTIME YYYYMMDDhhmm[ss] path (or path atime mtime ctime UTC).")
+            return None
+        path = self.fs.ftp2fs(name)
+        if not self.authorizer.has_perm(self.username, "T", path):
+            self.respond("550 Not enough privileges.")
+            return None
+        when = calendar.timegm(time.strptime(stamp.ljust(14, "0"), "%Y%m%d%H%M%S"))
+        self.fs.utime(path, when)
+        self.respond("200 SITE UTIME command successful.")
+        return path
+
+    def _set_mtime_alias(self, cmd: str, arg: str) -> tuple[str, str]:
+        """vsftpd's ``MDTM YYYYMMDDhhmmss path`` sets the time: it is MFMT (and governed as MFMT)."""
+        stamp, _, name = arg.partition(" ")
+        if cmd == "MDTM" and name and _TIMESTAMP.fullmatch(stamp) and len(stamp) == 14:
+            return "MFMT", arg
+        return cmd, arg
 
     def ftp_CLNT(self, line: str) -> None:
         """CLNT: the client's name for itself (kept for the usage report)."""
