@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from gateway import auth_external, config, errors, logs
+from gateway import auth_external, config, errors, logs, paths
 from gateway.backends.ftp.backend import FTPBackend
 from gateway.backends.sftp.backend import SFTPBackend, key_problem, known_hosts_problem
 from gateway.backends.sftp.files import Budget
@@ -125,22 +125,29 @@ class Logins:
         if route.phase == "shadow":
             storage = self._shadowed(route, user, storage, (account, secret, key), problems)
         root = storage.home() if on_legacy else render_root(route.root, user, storage.home())
-        try:
-            if storage.stat(root).kind is not Kind.DIR:
-                raise errors.NotADirectory()
-        except errors.StorageError as err:
-            storage.close()
-            log.error(
-                "route %s: root %s of user %s unusable on backend %s: %s",
-                route.name,
-                logs.quote(root),
-                logs.quote(user),
-                backend_name,
-                err.text,
-            )
-            if err.fatal:
-                raise
-            raise _RootUnusable() from err
+        # The login directory: "/" of the tree, or the route's home inside it (a server that
+        # logged users in at /home/u without a chroot: root "/", home "~").
+        home = root if on_legacy or route.home is None else render_root(route.home, user, storage.home())
+        for what, path in (("root", root), ("home", home)):
+            try:
+                if paths.to_virtual(root, path) is None:
+                    raise errors.NotFound("outside the route's root")
+                if storage.stat(path).kind is not Kind.DIR:
+                    raise errors.NotADirectory()
+            except errors.StorageError as err:
+                storage.close()
+                log.error(
+                    "route %s: %s %s of user %s unusable on backend %s: %s",
+                    route.name,
+                    what,
+                    logs.quote(path),
+                    logs.quote(user),
+                    backend_name,
+                    err.text,
+                )
+                if err.fatal:
+                    raise
+                raise _RootUnusable() from err
         return Login(
             storage,
             root,
@@ -151,6 +158,7 @@ class Logins:
             route.commands,
             route.phase,
             problems,
+            home=home,
         )
 
     def _credentials(

@@ -150,6 +150,7 @@ class RouteConfig:
     backend: str
     auth: str = "passthrough"
     root: str = "~"
+    home: str | None = None  # the login directory inside root (None: root itself)
     banner: str | None = None  # the 230 text: `notice` (or its older name `banner`)
     phase: str = "sftp"  # legacy | shadow | sftp | retired (see PHASES)
     legacy: str | None = None  # the legacy FTP backend (phases legacy and shadow)
@@ -660,6 +661,7 @@ def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) 
                 backend=backend,
                 auth=s.typed("auth", str, "passthrough", _one_of(AUTH_MODES)),
                 root=s.typed("root", str, "~", _root_template),
+                home=s.optional_str("home", _root_template),
                 banner=_notice(s),
                 phase=_phase(s, backends),
                 legacy=s.optional_str("legacy"),

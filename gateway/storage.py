@@ -185,6 +185,8 @@ class Login:
     phase: str = "sftp"  # the route's migration phase (config.PHASES)
     #: Shadow phase: one entry per SFTP copy that failed or differed (the usage report counts them).
     shadow_problems: list[str] = field(default_factory=list)
+    #: The backend directory a session starts in (inside ``root``; "": ``root`` itself).
+    home: str = ""
 
 
 #: How the FTP side logs a user in: (user, password, client_ip, tls) -> Login.

@@ -794,6 +794,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self.log(f"USER {logs.quote(self.username)} logged in.")
         self.authenticated, self.password, self.attempted_logins = True, "", 0
         self.fs = self.abstracted_fs(home, self)
+        if login is not None and login.home:  # the route's login directory inside its root
+            self.fs.cwd = self.fs.fs2ftp(login.home)
         self.on_login(self.username)
 
     def ftp_STOU(self, line: str) -> Any:

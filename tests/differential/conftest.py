@@ -26,6 +26,14 @@ def vsftpd() -> Iterator[VsftpdServer]:
     server.stop()
 
 
+@pytest.fixture
+def vsftpd_unchrooted() -> Iterator[VsftpdServer]:
+    """vsftpd without chroot: users log in at their home directory, absolute paths are real."""
+    server = VsftpdServer(BASE / "vsftpd-unchrooted", passive=(41550, 41559), chroot=False).start()
+    yield server
+    server.stop()
+
+
 @dataclass
 class Server:
     """An FTP server under comparison: its name ("vsftpd" or "gateway") and address."""

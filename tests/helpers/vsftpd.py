@@ -28,6 +28,7 @@ class VsftpdServer:
     workdir: Path
     passive: tuple[int, int]
     port: int = field(default_factory=free_port)
+    chroot: bool = True  # False: users log in at their home and see the whole file system
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -50,7 +51,7 @@ class VsftpdServer:
             "local_enable": "YES",
             "write_enable": "YES",
             "local_umask": "022",
-            "chroot_local_user": "YES",
+            "chroot_local_user": "YES" if self.chroot else "NO",
             "allow_writeable_chroot": "YES",
             "pam_service_name": PAM_SERVICE,
             "secure_chroot_dir": empty,
