@@ -19,6 +19,7 @@ from gateway.backends.ftp.backend import FTPBackend
 from gateway.backends.sftp.backend import SFTPBackend, key_problem, known_hosts_problem
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
+from gateway.checksums import Limits
 from gateway.config import BackendConfig, GatewayConfig, RouteConfig
 from gateway.ftp.server import METRIC_COMMANDS, build_server, share_limits
 from gateway.ftp.tls import session_reuse_supported
@@ -248,11 +249,14 @@ class Gateway(Logins):
         self.config_path, self._adapt = config_path, adapt  # for reloads (adapt: a worker's share)
         self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
         self.guard = Guard(cfg.guard)
-        self.server = build_server(cfg, self.authenticate, sock, self.metrics, self.guard, False, record)
+        sums = Limits(cfg.limits.checksum_max_mib * 2**20, cfg.limits.checksums_at_once)
+        self.server = build_server(
+            cfg, self.authenticate, sock, self.metrics, self.guard, False, record, sums
+        )
         self.servers = [self.server]
         if cfg.tls.enabled and cfg.tls.implicit_port is not None:
             implicit = build_server(
-                cfg, self.authenticate, implicit_sock, self.metrics, self.guard, True, record
+                cfg, self.authenticate, implicit_sock, self.metrics, self.guard, True, record, sums
             )
             self.servers.append(implicit)
             share_limits(self.servers)

@@ -91,6 +91,8 @@ class LimitsConfig:
     failed_login_delay: float = 3.0
     transfer_buffer_mib: int = 128
     drain_timeout: float = 30.0
+    checksum_max_mib: int = 16384  # HASH/XSHA*: the most a checksum reads (MiB)
+    checksums_at_once: int = 2  # ... and how many the process computes at once
     #: A regular expression every login name must match whole (see gateway.routing).
     user_names: str = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 
@@ -486,6 +488,8 @@ def _limits(data: Any, problems: list[str]) -> LimitsConfig:
         failed_login_delay=s.typed("failed_login_delay", float, d.failed_login_delay, _delay),
         transfer_buffer_mib=s.typed("transfer_buffer_mib", int, d.transfer_buffer_mib, _at_least(1, 1 << 20)),
         drain_timeout=s.typed("drain_timeout", float, d.drain_timeout, _delay),
+        checksum_max_mib=s.typed("checksum_max_mib", int, d.checksum_max_mib, _at_least(0, 1 << 24)),
+        checksums_at_once=s.typed("checksums_at_once", int, d.checksums_at_once, _at_least(1, 64)),
         user_names=s.typed("user_names", str, d.user_names, _user_names),
     )
     s.finish()

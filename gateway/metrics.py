@@ -132,6 +132,12 @@ class Metrics:
             registry=r,
         )
         self.guard_bans = Counter("ftpgw_guard_bans", "Client addresses banned by the guard", registry=r)
+        self.checksums = Counter(
+            "ftpgw_checksums",
+            "HASH and XSHA256/XSHA1/XMD5/XCRC requests by algorithm and result (ok, busy, too_big, ...)",
+            ["algorithm", "result"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "ftpgw_config_reloads", "Configuration reloads by result", ["result"], registry=r
         )

@@ -30,7 +30,7 @@ from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY
 from pyftpdlib.log import logger as ftplog
 
-from gateway import listing, logs, modes, paths, proxy_protocol
+from gateway import checksums, listing, logs, modes, paths, proxy_protocol
 from gateway.config import Network
 from gateway.errors import BadName, Banned, GatewayError, NoPassivePort, NotFound, Retired
 from gateway.ftp.authorizer import SessionAuthorizer
@@ -394,6 +394,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     proxy_trusted: tuple[Network, ...] = ()
     proxy_timeout = 5.0  # idem: seconds to wait for that header
     show_dotfiles = False  # idem: listing.dotfiles is "shown"
+    checksum_limits = checksums.Limits(16384 * 2**20, 2)  # idem: shared by the process's sessions
     fs: GatewayFS  # None before login (pyftpdlib checks authenticated first)
     _in_dtp_queue: Any  # pyftpdlib: (file, cmd) of an upload waiting for its data connection
     _out_dtp_queue: Any  # pyftpdlib: (data, isproducer, file, cmd) of a download waiting
@@ -421,6 +422,13 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         "CSID": {"perm": None, "auth": False, "arg": True, "help": "Syntax: CSID Name=<client>; ..."},
         # lftp, FileZilla and Windows ftp.exe send OPTS UTF8 ON before logging in (vsftpd: 200).
         "OPTS": {**FTPHandler.proto_cmds["OPTS"], "auth": False},
+        # Checksums (draft-bryan-ftpext-hash, ProFTPD's mod_digest): HASH takes a path; the
+        # X-commands a path and an optional byte range, checked by the handler.
+        "HASH": {"perm": "r", "auth": True, "arg": True, "help": "Syntax: HASH <path>."},
+        **{
+            verb: {"perm": None, "auth": True, "arg": True, "help": f"Syntax: {verb} <path> [<start> <end>]."}
+            for verb in checksums.X_COMMANDS
+        },
         # vsftpd's SITE UMASK and ProFTPD's SITE UTIME; their paths are checked by the handler.
         "SITE UMASK": {"perm": None, "auth": True, "arg": None, "help": "Syntax: SITE UMASK [<octal mask>]."},
         "SITE UTIME": {"perm": None, "auth": True, "arg": True, "help": "Syntax: SITE UTIME <time> <path>."},
@@ -463,7 +471,13 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         super().__init__(conn, server, ioloop=ioloop)
         if self.usage is not None:
             self.usage.client_ip = getattr(self, "remote_ip", "-")
-        self._extra_feats: list[str] = [*self._extra_feats, "CLNT"]  # lftp names itself when this is listed
+        self._hash = checksums.ALGORITHMS[0]  # HASH's algorithm (OPTS HASH)
+        self._extra_feats: list[str] = [
+            *self._extra_feats,
+            "CLNT",  # lftp names itself when this is listed
+            *(verb for verb in checksums.X_COMMANDS if verb != "XSHA"),
+            self._hash_feature(),
+        ]
         self._available_facts = list(listing.FACTS)
         self._current_facts = ["type", "size", "modify", "perm", "unix.mode"]
 
@@ -620,6 +634,89 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self.fs.utime(path, when)
         self.respond("200 SITE UTIME command successful.")
         return path
+
+    # --- checksums (gateway.checksums): replies as ProFTPD's mod_digest gives them
+
+    def _hash_feature(self) -> str:
+        """FEAT's HASH line, the selected algorithm starred."""
+        return "HASH " + ";".join(a + ("*" if a == self._hash else "") for a in checksums.ALGORITHMS)
+
+    def ftp_OPTS(self, line: str) -> None:
+        """OPTS HASH [algorithm] selects (or names) HASH's algorithm; other options as pyftpdlib."""
+        option, _, value = line.strip().partition(" ")
+        if option.upper() != "HASH":
+            super().ftp_OPTS(line)
+            return
+        if value:
+            chosen = value.strip().upper()
+            if chosen not in checksums.ALGORITHMS:
+                self.respond(f"501 {value.strip()}: Unsupported algorithm.")
+                return
+            self._extra_feats.remove(self._hash_feature())
+            self._hash = chosen
+            self._extra_feats.append(self._hash_feature())
+        self.respond(f"200 {self._hash}")
+
+    def ftp_HASH(self, path: str) -> str | None:
+        """HASH: the selected algorithm over the whole file (213 ALGO 0-SIZE HEX PATH)."""
+        virtual = self.fs.fs2ftp(path)
+        digest = self._checksum(path, self._hash)
+        size = self.fs.attrs(path).size
+        self.push(f"213-Computing {self._hash} digest\r\n")
+        self.respond(f"213 {self._hash} 0-{size} {digest} {virtual}")
+        return path
+
+    def _x_checksum(self, line: str, algorithm: str) -> str | None:
+        """XSHA256/XSHA1/XMD5/XCRC <path> [<start> <end>]: 250 and the digest in upper case."""
+        words = line.split(" ")
+        start, end = 0, None
+        if len(words) >= 3 and words[-1].isdigit() and words[-2].isdigit():
+            start, end, words = int(words[-2]), int(words[-1]), words[:-2]
+        path = self.fs.ftp2fs(" ".join(words))
+        if not self.authorizer.has_perm(self.username, "r", path):
+            self.respond("550 Not enough privileges.")
+            return None
+        digest = self._checksum(path, algorithm, start, end, not_a_file=550)
+        self.push(f"250-Computing {algorithm} digest\r\n")
+        self.respond(f"250 {digest.upper()}")
+        return path
+
+    def _checksum(
+        self, path: str, algorithm: str, start: int = 0, end: int | None = None, not_a_file: int = 553
+    ) -> str:
+        result = "ok"
+        try:
+            return self.checksum_limits.compute(self.storage, path, algorithm, start, end)
+        except checksums.NotAFile as err:
+            result = "not_a_file"
+            raise checksums.NotAFile(code=not_a_file) from err
+        except checksums.Busy:
+            result = "busy"
+            raise
+        except checksums.TooBig:
+            result = "too_big"
+            raise
+        except GatewayError:
+            result = "failed"
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.checksums.labels(algorithm, result).inc()
+
+    def ftp_XSHA256(self, line: str) -> str | None:
+        return self._x_checksum(line, "SHA-256")
+
+    def ftp_XSHA1(self, line: str) -> str | None:
+        return self._x_checksum(line, "SHA-1")
+
+    def ftp_XSHA(self, line: str) -> str | None:
+        return self._x_checksum(line, "SHA-1")
+
+    def ftp_XMD5(self, line: str) -> str | None:
+        return self._x_checksum(line, "MD5")
+
+    def ftp_XCRC(self, line: str) -> str | None:
+        return self._x_checksum(line, "CRC32")
 
     def _set_mtime_alias(self, cmd: str, arg: str) -> tuple[str, str]:
         """vsftpd's ``MDTM YYYYMMDDhhmmss path`` sets the time: it is MFMT (and governed as MFMT)."""

@@ -15,6 +15,7 @@ from typing import Any
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
+from gateway.checksums import Limits
 from gateway.config import GatewayConfig
 from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
 from gateway.ftp.tls import GatewayImplicitTLSHandler, GatewayTLSDTPHandler, GatewayTLSHandler, ssl_context
@@ -41,6 +42,7 @@ def handler_class(
     guard: Guard | None = None,
     implicit: bool = False,
     record_usage: Callable[[list[Record]], None] | None = None,
+    checksum_limits: Limits | None = None,
 ) -> type[GatewayHandler]:
     """A GatewayHandler subclass carrying this configuration (FTPS ones when TLS is on)."""
     low, high = cfg.listen.passive_ports
@@ -75,6 +77,7 @@ def handler_class(
         "proxy_trusted": cfg.listen.proxy_protocol.trusted,
         "proxy_timeout": cfg.listen.proxy_protocol.header_timeout,
         "show_dotfiles": cfg.listing.dotfiles == "shown",
+        **({"checksum_limits": checksum_limits} if checksum_limits is not None else {}),
         "timeout": cfg.limits.idle_timeout,
         "max_login_attempts": cfg.limits.max_login_attempts,
         "auth_failed_timeout": cfg.limits.failed_login_delay,
@@ -173,6 +176,7 @@ def build_server(
     guard: Guard | None = None,
     implicit: bool = False,
     record_usage: Callable[[list[Record]], None] | None = None,
+    checksum_limits: Limits | None = None,
 ) -> GatewayFTPServer:
     """A ThreadedFTPServer (one thread per session) listening as configured, or on ``sock``.
 
@@ -182,7 +186,7 @@ def build_server(
         address: Any = sock
     else:
         address = (cfg.listen.address, cfg.tls.implicit_port if implicit else cfg.listen.port)
-    handler = handler_class(cfg, authenticate, metrics, guard, implicit, record_usage)
+    handler = handler_class(cfg, authenticate, metrics, guard, implicit, record_usage, checksum_limits)
     # Own IOLoop and stop flag: pyftpdlib's defaults (IOLoop.instance(), class-level _exit
     # and _lock) are process-wide, so stopping one server would stop every other one.
     server = GatewayFTPServer(address, handler, ioloop=IOLoop())

@@ -4,13 +4,15 @@ Verdicts (first that applies):
 
 * ``retired``: the user's latest login was refused because the route is retired.
 * ``blocked``: something the SFTP path cannot do or did badly: SITE subcommands other than
-  CHMOD/HELP, shadow copies that failed or differed, more than 5 % of transfers over SFTP failed.
+  CHMOD/HELP/UMASK/UTIME, shadow copies that failed or differed, more than 5 % of transfers
+  over SFTP failed.
 * ``ready``: at least one clean file transfer over SFTP (phase sftp, or uploads replayed in
   phase shadow) and nothing blocking.
 * ``not proven``: nothing blocking, but no transfer over SFTP yet either.
 
 Warnings never change the verdict: plain FTP, active mode only, TYPE A (on binary data or
-at all), commands the gateway does not implement (500/502), a few failed SFTP transfers.
+at all), checksum commands (HASH, XSHA256, ...), commands the gateway does not implement
+(500/502), a few failed SFTP transfers.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from itertools import groupby
 from gateway.usage.session import Totals
 from gateway.usage.store import Row
 
-#: SITE subcommands the SFTP path honours (SITE CHMOD is an SFTP setstat).
-HONOURED_SITE = frozenset({"CHMOD", "HELP"})
+#: SITE subcommands the SFTP path honours (CHMOD, UMASK and UTIME become SFTP setstats).
+HONOURED_SITE = frozenset({"CHMOD", "HELP", "UMASK", "UTIME"})
+#: Commands that ask the server for a file's checksum: the gateway computes it, an SFTP
+#: server (OpenSSH) offers none, so the client must verify its transfers another way there.
+CHECKSUM_COMMANDS = ("HASH", "XSHA256", "XSHA1", "XSHA", "XMD5", "XCRC")
 #: Above this share of failed transfers over SFTP, a user is blocked.
 MAX_FAILURE_RATE = 0.05
 VERDICTS = ("ready", "not proven", "blocked", "retired")
@@ -182,6 +187,12 @@ def _judge(r: UserReport, latest: Row, sftp_since: float, now: float) -> None:
         r.warnings.append(f"TYPE A used ({text}): line endings converted; an SFTP client would not")
     if unknown:
         r.warnings.append(f"commands the gateway does not implement: {_counted(unknown)}")
+    sums = Counter({verb: n for verb in CHECKSUM_COMMANDS if (n := t.commands.get(verb, 0))})
+    if sums:
+        r.warnings.append(
+            f"verifies transfers with checksums ({_counted(sums)}): an SFTP server (OpenSSH) computes "
+            "none, so over SFTP the client must check its files another way"
+        )
 
     if latest.key.outcome == "retired":
         r.verdict = "retired"

@@ -777,8 +777,17 @@ def test_site_recfm_blocks_and_site_chmod_does_not():
     r = one([row(NOW - DAY, NOW, downloads=2, site=Counter({"RECFM": 2, "CHMOD": 1}))])
     assert (r.verdict, r.reasons) == ("blocked", ["uses SITE RECFM (2x): SFTP has no equivalent"])
     assert r.untranslatable == ["SITE RECFM"]
-    r = one([row(NOW - DAY, NOW, downloads=2, site=Counter({"CHMOD": 3, "HELP": 1}))])
+    r = one([row(NOW - DAY, NOW, downloads=2, site=Counter({"CHMOD": 3, "HELP": 1, "UMASK": 1, "UTIME": 2}))])
     assert (r.verdict, r.untranslatable) == ("ready", [])
+
+
+def test_checksum_users_are_warned_that_sftp_computes_none():
+    r = one([row(NOW - DAY, NOW, downloads=2, commands=Counter({"HASH": 2, "XMD5": 1, "RETR": 2}))])
+    assert r.verdict == "ready"
+    assert r.warnings == [
+        "verifies transfers with checksums (HASH (2x), XMD5 (1x)): an SFTP server (OpenSSH) computes none, "
+        "so over SFTP the client must check its files another way"
+    ]
 
 
 def test_shadow_problems_block():
