@@ -80,6 +80,13 @@ Backend = SFTPBackend | FTPBackend
 Credentials = tuple[str, str | None, str | None]
 
 
+def _serving(route: RouteConfig) -> str:
+    """The backend that serves the route's users in its phase: the legacy one in legacy and shadow."""
+    if route.phase in ("legacy", "shadow") and route.legacy:
+        return route.legacy
+    return route.backend
+
+
 class Logins:
     """The backends and how a routed user logs in to them (no listeners, no guard)."""
 
@@ -116,8 +123,8 @@ class Logins:
         account, secret, key = credentials or self._credentials(route, user, password, decision)
         # phase legacy: the organisation's FTP server still serves this route, in the
         # user's FTP home there; shadow: the same, with every write replayed on SFTP.
-        on_legacy = route.phase in ("legacy", "shadow") and route.legacy is not None
-        backend_name = route.legacy if on_legacy and route.legacy else route.backend
+        on_legacy = route.legacy is not None and _serving(route) == route.legacy
+        backend_name = _serving(route)
         backend = self.backends.get(backend_name)
         if backend is None:  # removed by a reload while this login was under way
             raise errors.BackendUnavailable()
@@ -376,11 +383,11 @@ class Gateway(Logins):
         except errors.GatewayError as err:
             result = _LOGIN_RESULTS.get(type(err), "refused")
             refused = isinstance(err, errors.LoginRefused)
-            detail = "" if refused else f"backend={route.backend} error={err.text!r}"
+            detail = "" if refused else f"backend={_serving(route)} error={err.text!r}"
             self._refused(client_ip, user, result, route.name, label, detail)
             raise
         self.metrics.logins.labels("ok", route.name, label).inc()
-        detail = f"backend={route.backend} root={logs.quote(login.root)}"
+        detail = f"backend={login.backend_name} root={logs.quote(login.root)}"  # the one that served
         logs.login_audit(client_ip, user, "ok", route.name, detail)
         return login
 

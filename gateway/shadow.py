@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gateway import errors
-from gateway.storage import Attrs, Entry, Storage, WriteStream
+from gateway.storage import Attrs, Entry, Passthrough, Storage, WriteStream
 
 #: Called with (operation, backend path, what went wrong) when the SFTP copy diverges.
 Report = Callable[[str, str, str], None]
@@ -41,6 +41,18 @@ class ShadowStorage:
             self._report(op, path, f"SFTP {err.code} {err.text}")
 
     # --- reads: the legacy server
+
+    def site(self, command: str) -> tuple[int, list[str]]:
+        """SITE commands go to the legacy server, which serves this phase."""
+        if not isinstance(self.legacy, Passthrough):
+            raise errors.Unsupported()
+        return self.legacy.site(command)
+
+    def raw_listing(self, command: str, directory: str) -> list[str]:
+        """Listings come from the legacy server, which serves this phase."""
+        if not isinstance(self.legacy, Passthrough):
+            raise errors.Unsupported()
+        return self.legacy.raw_listing(command, directory)
 
     @property
     def alive(self) -> bool:

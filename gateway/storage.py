@@ -11,7 +11,7 @@ import enum
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 #: An atomic upload in progress is written to ``.ftpgw-upload-<8 hex>-<name>`` in the
 #: directory of its target (cut to 255 bytes) and renamed over the target at the end.
@@ -102,6 +102,23 @@ class WriteStream(Protocol):
 
     def abort(self) -> None:
         """Give up the upload: release the handle without claiming success."""
+        ...
+
+
+@runtime_checkable
+class Passthrough(Protocol):
+    """A legacy FTP session that relays listings and SITE commands as its server answers them.
+
+    In the legacy and shadow phases the user is still served by the organisation's FTP
+    server: its LIST lines and its SITE commands (``SITE RECFM=FB``) are what scripts rely on.
+    """
+
+    def site(self, command: str) -> tuple[int, list[str]]:
+        """``SITE command`` on the legacy server: its reply code and lines, as they came."""
+        ...
+
+    def raw_listing(self, command: str, directory: str) -> list[str]:
+        """The lines of ``command`` (LIST or NLST with the client's options and path) run in ``directory``."""
         ...
 
 

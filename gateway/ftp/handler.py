@@ -38,7 +38,7 @@ from gateway.ftp.filesystem import GatewayFS
 from gateway.ftp.proxy import NoHeader, read_header
 from gateway.guard import Guard
 from gateway.metrics import Metrics
-from gateway.storage import Authenticate, Entry, Kind, Login, Storage
+from gateway.storage import Authenticate, Entry, Kind, Login, Passthrough, Storage
 from gateway.usage.session import FILE_TRANSFERS, Record, SessionUsage
 
 log = logging.getLogger("gateway.ftp")
@@ -445,6 +445,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self.authorizer = SessionAuthorizer(type(self).authenticate)
         self._listing_arg = ""  # argument of the current LIST/NLST/STAT, options removed
         self._ls_flags: frozenset[str] = frozenset()  # ... and its options (``-la``: a, l)
+        self._ls_options = ""  # ... as the client wrote them
         self._retired: list[Login] = []  # logins replaced by REIN/USER during a transfer
         self.session_id = secrets.token_hex(4)  # in every log line of the session
         self.route = "-"  # route name once logged in, for the logs
@@ -575,8 +576,12 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
                 self._drop_queued_transfer()
             self._ls_flags = frozenset()
             if cmd in _LS_COMMANDS:
+                options = arg
                 self._ls_flags, arg = ls_options(arg)
                 self._listing_arg = arg
+                self._ls_options = options[: len(options) - len(arg)].strip() if arg else options.strip()
+            if cmd == "SITE" and self._relay_site(arg):
+                return
             super().pre_process_command(line, cmd, arg)
         except GatewayError as err:
             if not err.fatal and self.authenticated and not self.storage.alive:
@@ -1059,14 +1064,64 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         encoded = (f"{line}\r\n".encode(self.encoding, self.unicode_errors) for line in lines)
         self.push_dtp_data(_LineProducer(encoded), isproducer=True, cmd=cmd)
 
+    # --- the legacy phases: the legacy server's own listings and SITE commands
+
+    def _passthrough(self) -> Passthrough | None:
+        """The legacy FTP session that serves this login (phases legacy, shadow), if any."""
+        login = self.authorizer.login
+        return login.storage if login is not None and isinstance(login.storage, Passthrough) else None
+
+    def _relay_listing(self, verb: str) -> bool:
+        """LIST/NLST in a legacy phase: the legacy server's lines as they are (True if relayed).
+
+        Its format, owners, dotfile rules and NLST prefixes are what the user's scripts were
+        written against. The client's options and path go as written (absolute paths mapped
+        under the route's root), run in the client's directory there.
+        """
+        relay = self._passthrough()
+        if relay is None:
+            return False
+        path = self._listing_arg
+        where = self.fs.ftp2fs(path) if path.startswith("/") else path
+        command = " ".join(word for word in (verb, self._ls_options, where) if word)
+        lines = relay.raw_listing(command, self.fs.ftp2fs(self.fs.cwd))
+        self._push_lines((line for line in lines if listing.is_name_text(line)), verb)
+        return True
+
+    def _relay_site(self, arg: str) -> bool:
+        """SITE in a legacy phase: the legacy server answers (True if relayed).
+
+        SITE CHMOD and UTIME stay the gateway's (route permissions, the shadow phase's replay);
+        any other subcommand (``SITE RECFM=FB``, ``SITE UMASK``, ``SITE HELP``) is the legacy
+        server's to answer. A read-only route refuses them: what they change is not known here.
+        """
+        relay = self._passthrough() if self.authenticated and arg else None
+        sub = arg.split(" ", 1)[0].upper()
+        if relay is None or sub in ("CHMOD", "UTIME"):
+            return False
+        login = self.authorizer.login
+        if login is not None and login.read_only:
+            self.respond(f"550 SITE {sub} is not allowed for this account.")
+            self.log_cmd("SITE", arg, 550, "read-only route")
+            return True
+        code, lines = relay.site(arg)
+        self.push("".join(f"{listing.wire_text(line)}\r\n" for line in lines[:-1]))
+        self.respond(lines[-1])
+        self.log_cmd("SITE", arg, code, lines[-1][4:])
+        return True
+
     def ftp_LIST(self, path: str) -> str:
         """LIST: ``ls -l`` lines (bare names) for a directory, a single file or a wildcard pattern."""
+        if self._relay_listing("LIST"):
+            return path
         entries, _ = self._listing_or_nothing(path)
         self._push_lines(listing.list_lines(entries), "LIST")
         return path
 
     def ftp_NLST(self, path: str) -> str:
         """NLST: names usable as they are with RETR (``NLST sub`` gives ``sub/x.csv``); ``-l``: LIST lines."""
+        if self._relay_listing("NLST"):
+            return path
         entries, directory = self._listing_or_nothing(path)
         if "l" in self._ls_flags:
             self._push_lines(listing.list_lines(entries), "NLST")

@@ -279,6 +279,31 @@ class FTPStorage:
         """The FTP login directory on the legacy server."""
         return str(self._home)
 
+    # --- pass-through (gateway.storage.Passthrough): the legacy server's own answers
+
+    def site(self, command: str) -> tuple[int, list[str]]:
+        """``SITE command`` as the legacy server answers it (any code: its reply is the answer)."""
+        try:
+            reply = self._call(self.ftp.sendcmd, f"SITE {command}")
+        except errors.GatewayError as err:
+            if not isinstance(err.__cause__, ftplib.error_reply | ftplib.error_temp | ftplib.error_perm):
+                raise
+            reply = str(err.__cause__)
+        lines = reply.splitlines()
+        return int(lines[-1][:3]), lines
+
+    def raw_listing(self, command: str, directory: str) -> list[str]:
+        """The lines of LIST/NLST ``command`` run in ``directory``, as the legacy server sends them."""
+        self._call(self.ftp.cwd, directory)  # relative arguments as the client wrote them
+        try:
+            self._call(self.ftp.voidcmd, "TYPE A")
+            lines: list[str] = []
+            self._call(self.ftp.retrlines, command, lines.append)
+            return lines
+        finally:
+            with contextlib.suppress(errors.GatewayError):
+                self._call(self.ftp.cwd, self._home)
+
     # --- metadata
 
     def stat(self, path: str) -> Attrs:
