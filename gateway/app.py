@@ -100,7 +100,7 @@ class Logins:
     def _make_backend(self, cfg: BackendConfig) -> Backend:
         if cfg.type == "ftp":
             return FTPBackend(cfg, self.metrics)
-        return SFTPBackend(self.loop, cfg, self.budget, self.metrics)
+        return SFTPBackend(self.loop, cfg, self.budget, self.metrics, self.cfg.uploads.partial_ttl)
 
     def close_backends(self) -> None:
         """Close every backend (also those a reload replaced) and stop the background loop."""
@@ -128,7 +128,7 @@ class Logins:
         backend = self.backends.get(backend_name)
         if backend is None:  # removed by a reload while this login was under way
             raise errors.BackendUnavailable()
-        storage: Storage = backend.login(account, secret, key)
+        storage: Storage = backend.login(account, secret, key, owner=user)
         problems: list[str] = []
         if route.phase == "shadow":
             storage = self._shadowed(route, user, storage, (account, secret, key), problems)
@@ -167,6 +167,8 @@ class Logins:
             route.phase,
             problems,
             home=home,
+            # In the legacy phases the legacy server has the clients' own bytes: no translation.
+            name_encoding=None if on_legacy else route.name_encoding,
         )
 
     def _credentials(
@@ -217,7 +219,7 @@ class Logins:
                 "login", route.root, f"SFTP login failed: {err.code} {err.text}; this session is not shadowed"
             )
             return legacy
-        return ShadowStorage(legacy, legacy.home(), sftp, sftp_root, report)
+        return ShadowStorage(legacy, legacy.home(), sftp, sftp_root, report, route.name_encoding)
 
 
 def open_pair(
@@ -470,7 +472,7 @@ class Gateway(Logins):
         """Re-read the config file: new logins use it, running sessions keep their route.
 
         An invalid file is refused (logged, counted) and the running config kept. Settings
-        of the listeners, limits, TLS, metrics, log and workers need a restart.
+        of the listeners, limits, TLS, metrics, log, report, uploads and workers need a restart.
         """
         if self.config_path is None:
             log.warning("reload: this gateway was not started from a config file")
@@ -487,7 +489,7 @@ class Gateway(Logins):
             self.metrics.config_reloads.labels("failed").inc()
             log.exception("reload failed, the running config stays")
             return False
-        fixed = ("listen", "limits", "tls", "metrics", "log", "report", "workers")
+        fixed = ("listen", "limits", "tls", "metrics", "log", "report", "uploads", "workers")
         if stale := [name for name in fixed if getattr(new, name) != getattr(self.cfg, name)]:
             log.warning("reload: changes to %s take effect after a restart", ", ".join(stale))
         backends = {}

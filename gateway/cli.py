@@ -214,7 +214,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print(f"\r\x1b[K{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
     try:
-        summary = sync(legacy.storage, legacy.root, sftp.storage, sftp.root, args.dry_run, progress)
+        summary = sync(
+            legacy.storage, legacy.root, sftp.storage, sftp.root, args.dry_run, progress, route.name_encoding
+        )
     finally:
         legacy.storage.close()
         sftp.storage.close()

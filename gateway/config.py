@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from gateway import passwords
+from gateway import names, passwords
 
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -77,6 +77,14 @@ class ListingConfig:
     """How LIST and NLST show a directory."""
 
     dotfiles: str = "hidden"  # hidden (as vsftpd and ls: only with -a) | shown
+
+
+@dataclass(frozen=True)
+class UploadsConfig:
+    """What happens to uploads that did not complete."""
+
+    #: Seconds a cut upload's data stays on the backend for a resume (SIZE, REST, APPE).
+    partial_ttl: int = 86400
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,9 @@ class RouteConfig:
     networks: tuple[Network, ...] = ()  # match client addresses
     read_only: bool = False
     commands: frozenset[str] | None = None  # allowed FTP verbs (None: all)
+    #: The clients' encoding of names, translated to the UTF-8 names of the SFTP backend
+    #: (gateway.names); None: names are bytes, passed as they are.
+    name_encoding: str | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +273,7 @@ class GatewayConfig:
     external_auth: ExternalAuthConfig | None = None
     report: ReportConfig = field(default_factory=ReportConfig)
     listing: ListingConfig = field(default_factory=ListingConfig)
+    uploads: UploadsConfig = field(default_factory=UploadsConfig)
     workers: int = 1
 
 
@@ -673,6 +685,7 @@ def _routes(data: Any, backends: dict[str, BackendConfig], problems: list[str]) 
                 networks=networks,
                 read_only=read_only,
                 commands=commands,
+                name_encoding=s.optional_str("name_encoding", names.encoding_problem),
             )
         )
         s.finish()
@@ -944,6 +957,17 @@ def _listing(data: Any, problems: list[str]) -> ListingConfig:
     return cfg
 
 
+def _uploads(data: Any, problems: list[str]) -> UploadsConfig:
+    s = _Section(data, "uploads", problems)
+    # At least a minute: a shorter time would remove data of uploads that are still running
+    # slowly; at most 30 days (kept partials hold backend disk space).
+    cfg = UploadsConfig(
+        partial_ttl=s.typed("partial_ttl", int, UploadsConfig.partial_ttl, _at_least(60, 30 * 86400))
+    )
+    s.finish()
+    return cfg
+
+
 def _report(data: Any, problems: list[str], base_dir: Path) -> ReportConfig:
     s = _Section(data, "report", problems)
     d = ReportConfig()
@@ -980,6 +1004,7 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
         external_auth=_external_auth(top.raw("external_auth", None), problems, base),
         report=_report(top.raw("report", None), problems, base),
         listing=_listing(top.raw("listing", None), problems),
+        uploads=_uploads(top.raw("uploads", None), problems),
         workers=top.typed("workers", int, 1, _at_least(1, 64)),
     )
     for name in cfg.users:

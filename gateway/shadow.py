@@ -14,7 +14,7 @@ import posixpath
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gateway import errors
+from gateway import errors, names
 from gateway.storage import Attrs, Entry, Passthrough, Storage, WriteStream
 
 #: Called with (operation, backend path, what went wrong) when the SFTP copy diverges.
@@ -25,13 +25,20 @@ class ShadowStorage:
     """Legacy storage with its writes replayed on an SFTP storage (implements Storage)."""
 
     def __init__(
-        self, legacy: Storage, legacy_root: str, sftp: Storage, sftp_root: str, report: Report
+        self,
+        legacy: Storage,
+        legacy_root: str,
+        sftp: Storage,
+        sftp_root: str,
+        report: Report,
+        name_encoding: str | None = None,
     ) -> None:
         self.legacy, self.sftp, self._report = legacy, sftp, report
         self._legacy_root, self._sftp_root = legacy_root, sftp_root
+        self._name_encoding = name_encoding  # the route's: SFTP names are what the bytes mean
 
     def _mirror(self, path: str) -> str:
-        relative = posixpath.relpath(path, self._legacy_root)
+        relative = names.recode(posixpath.relpath(path, self._legacy_root), self._name_encoding)
         return posixpath.normpath(posixpath.join(self._sftp_root, "" if relative == "." else relative))
 
     def _replay(self, op: str, path: str, action: Callable[[], Any]) -> None:
@@ -81,8 +88,8 @@ class ShadowStorage:
 
     # --- writes: legacy first (its result is the client's), then SFTP
 
-    def open_write(self, path: str, mode: str) -> ShadowWriteStream:
-        """Upload to both; the legacy one decides, the SFTP one is compared."""
+    def open_write(self, path: str, mode: str, resumable: bool = False) -> ShadowWriteStream:
+        """Upload to both; the legacy one decides, the SFTP one is compared (and not kept if cut)."""
         primary = self.legacy.open_write(path, mode)
         mirror = self._mirror(path)
         return ShadowWriteStream(self, primary, self._open_copy(mirror, mode), mirror, mode)
@@ -138,6 +145,10 @@ class ShadowStorage:
         self.legacy.rename(src, dst)
         mirror = self._mirror(dst)
         self._replay("rename", mirror, lambda: self.sftp.rename(self._mirror(src), mirror))
+
+    def partial_size(self, path: str) -> int | None:
+        """None: the legacy server keeps a cut upload under its final name."""
+        return None
 
     def chmod(self, path: str, mode: int) -> None:
         """SITE CHMOD on both."""

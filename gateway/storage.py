@@ -8,6 +8,7 @@ backend paths and raises only ``gateway.errors.StorageError`` subclasses.
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,12 +17,30 @@ from typing import Protocol, runtime_checkable
 #: An atomic upload in progress is written to ``.ftpgw-upload-<8 hex>-<name>`` in the
 #: directory of its target (cut to 255 bytes) and renamed over the target at the end.
 UPLOAD_TEMP_PREFIX = ".ftpgw-upload-"
-_UPLOAD_TEMP = re.compile(re.escape(UPLOAD_TEMP_PREFIX) + "[0-9a-f]{8}-")
+#: A cut upload's data is kept as ``.ftpgw-partial-<8 hex of the user>-<name>`` until it is
+#: resumed (and renamed over the target once complete) or expires (``uploads.partial_ttl``).
+PARTIAL_PREFIX = ".ftpgw-partial-"
+_UPLOAD_TEMP = re.compile(r"\.ftpgw-(?:upload|partial)-[0-9a-f]{8}-")
+_NAME_MAX = 255  # bytes in one name on POSIX file systems
 
 
 def is_upload_in_progress(name: str) -> bool:
-    """True if ``name`` is an atomic upload's temporary name (listings leave it out)."""
+    """True if ``name`` is an atomic upload's temporary name or a kept partial (listings leave them out)."""
     return _UPLOAD_TEMP.match(name) is not None
+
+
+def partial_name(path: str, owner: str) -> str | None:
+    """Where ``owner``'s cut upload of ``path`` is kept; None if the name is too long for it.
+
+    The name is never cut: two long names sharing their first 231 bytes would share one
+    partial, and a resume of one would continue the other.
+    """
+    directory, _, name = path.rpartition("/")
+    tag = hashlib.sha256(owner.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    kept = f"{PARTIAL_PREFIX}{tag}-{name}"
+    if len(kept.encode("utf-8", "surrogateescape")) > _NAME_MAX:
+        return None
+    return f"{directory}/{kept}"
 
 
 class Kind(enum.Enum):
@@ -151,8 +170,17 @@ class Storage(Protocol):
         """Open a regular file for download; NotRegularFile for anything else."""
         ...
 
-    def open_write(self, path: str, mode: str) -> WriteStream:
-        """Open for upload: "w" truncates, "a" appends, "r+" resumes (seek follows; ends with the data)."""
+    def open_write(self, path: str, mode: str, resumable: bool = False) -> WriteStream:
+        """Open for upload: "w" truncates, "a" appends, "r+" resumes (seek follows; ends with the data).
+
+        ``resumable``: the bytes sent are the client's file as it is (a binary upload): if
+        the upload fails, what reached the backend may be kept for a resume. "a" and "r+"
+        continue this user's kept partial of ``path`` when there is one.
+        """
+        ...
+
+    def partial_size(self, path: str) -> int | None:
+        """The size of this user's kept partial upload of ``path`` (None: none to resume)."""
         ...
 
     def create_unique(self, directory: str, prefix: str) -> WriteStream:
@@ -204,6 +232,8 @@ class Login:
     shadow_problems: list[str] = field(default_factory=list)
     #: The backend directory a session starts in (inside ``root``; "": ``root`` itself).
     home: str = ""
+    #: The codec of names on the FTP wire (gateway.names); None: names are bytes as they are.
+    name_encoding: str | None = None
 
 
 #: How the FTP side logs a user in: (user, password, client_ip, tls) -> Login.

@@ -15,7 +15,7 @@ import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from gateway import errors
+from gateway import errors, names
 from gateway.storage import Kind, Storage
 
 _BLOCK = 256 * 1024
@@ -64,9 +64,18 @@ def sha256_of(storage: Storage, path: str) -> str:
 
 
 def sync(
-    source: Storage, source_root: str, target: Storage, target_root: str, dry_run: bool, progress: Progress
+    source: Storage,
+    source_root: str,
+    target: Storage,
+    target_root: str,
+    dry_run: bool,
+    progress: Progress,
+    name_encoding: str | None = None,
 ) -> Summary:
-    """Copy every file of ``source_root`` that ``target_root`` lacks or has differently."""
+    """Copy every file of ``source_root`` that ``target_root`` lacks or has differently.
+
+    ``name_encoding``: the route's; a target name is what the source name's bytes mean in it.
+    """
     summary = Summary()
     tree = list(walk(source, source_root))
     total = sum(1 for relative, _ in tree if not relative.endswith("/"))
@@ -75,7 +84,7 @@ def sync(
         progress(summary.files, total, relative, action)
 
     for relative, size in tree:
-        dst = posixpath.join(target_root, relative.rstrip("/"))
+        dst = posixpath.join(target_root, names.recode(relative.rstrip("/"), name_encoding))
         if relative.endswith("/"):
             if not dry_run and _kind(target, dst) is None:
                 target.mkdir(dst)

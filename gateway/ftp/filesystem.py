@@ -28,10 +28,12 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         self._attrs: dict[tuple[str, bool], Attrs] = {}
         #: SITE UMASK: the bits new files and directories leave out (None: the backend decides).
         self.umask: int | None = None
+        self._resuming: str | None = None  # the path the current REST+STOR or APPE resumes
 
     def forget(self) -> None:
         """Drop attrs cached during the previous command (no stale state across commands)."""
         self._attrs.clear()
+        self._resuming = None
 
     def attrs(self, path: str, follow: bool = True) -> Attrs:
         """stat/lstat of a backend path, cached for the current command only."""
@@ -64,7 +66,12 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         if mode == "rb":
             return self.storage.open_read(filename)
         new = self.umask is not None and not self.lexists(filename)
-        stream = self.storage.open_write(filename, mode.replace("b", ""))
+        # TYPE I: the bytes are the client's file as it is, so a cut upload can be resumed
+        # from what arrived (TYPE A changed line ends: sizes are not the client's).
+        binary = self.cmd_channel._current_type == "i"
+        stream = self.storage.open_write(filename, mode.replace("b", ""), resumable=binary)
+        if mode != "wb":
+            self._resuming = filename
         return self._with_umask(stream, 0o666) if new else stream
 
     def mkstemp(
@@ -132,7 +139,20 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         return self._kind(path, follow=False) is not None
 
     def getsize(self, path: str) -> int:
+        # pyftpdlib checks a REST position against the size of what STOR resumes: the
+        # user's kept partial upload of the file when there is one.
+        if path == self._resuming:
+            return self.resume_size(path)
         return self.attrs(path).size
+
+    def resume_size(self, path: str) -> int:
+        """The size an upload of ``path`` resumes from: this user's kept partial's, else the file's."""
+        kept = self.storage.partial_size(path)
+        return kept if kept is not None else self.attrs(path).size
+
+    def partial_size(self, path: str) -> int | None:
+        """The size of this user's kept partial upload of ``path`` (None: none)."""
+        return self.storage.partial_size(path)
 
     def getmtime(self, path: str) -> float:
         mtime = self.attrs(path).mtime

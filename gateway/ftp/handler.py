@@ -30,7 +30,7 @@ from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY
 from pyftpdlib.log import logger as ftplog
 
-from gateway import checksums, listing, logs, modes, paths, proxy_protocol
+from gateway import checksums, listing, logs, modes, names, paths, proxy_protocol
 from gateway.config import Network
 from gateway.errors import BadName, Banned, GatewayError, NoPassivePort, NotFound, Retired
 from gateway.ftp.authorizer import SessionAuthorizer
@@ -396,6 +396,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     show_dotfiles = False  # idem: listing.dotfiles is "shown"
     checksum_limits = checksums.Limits(16384 * 2**20, 2)  # idem: shared by the process's sessions
     fs: GatewayFS  # None before login (pyftpdlib checks authenticated first)
+    _restart_position: int  # pyftpdlib: the REST position for the next transfer
     _in_dtp_queue: Any  # pyftpdlib: (file, cmd) of an upload waiting for its data connection
     _out_dtp_queue: Any  # pyftpdlib: (data, isproducer, file, cmd) of a download waiting
     active_command = "PORT"  # PORT or EPRT, whichever started the active connection
@@ -438,7 +439,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     # Latin-1 or cp1252 name) are carried as they are (surrogateescape) to the backend and
     # back, as vsftpd does. pyftpdlib's default "replace" would map every such byte to
     # U+FFFD, so two different Latin-1 names would name the same file (silent overwrite).
-    unicode_errors = "surrogateescape"
+    encoding = names.DEFAULT_ENCODING
+    unicode_errors = names.DEFAULT_ERRORS
 
     def __init__(self, conn: Any, server: Any, ioloop: Any = None) -> None:
         # Set up before pyftpdlib's __init__, which may close() at once (client already gone).
@@ -661,6 +663,27 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self._hash = chosen
             self._extra_feats.append(self._hash_feature())
         self.respond(f"200 {self._hash}")
+
+    def ftp_STOR(self, file: str, mode: str = "w") -> str | None:
+        """STOR (and APPE): a REST position past what there is to resume gets 554 before
+        anything is opened. pyftpdlib checks it after opening and then closes the file,
+        which for an upload means storing it: an empty resume would cut the file there."""
+        rest = self._restart_position
+        if rest:
+            with contextlib.suppress(GatewayError):  # no such file: STOR's own error
+                if rest > (size := self.fs.resume_size(file)):
+                    self._restart_position = 0
+                    self.respond(f"554 REST position ({rest}) > file size ({size})")
+                    return None
+        return super().ftp_STOR(file, mode)  # type: ignore[no-any-return]
+
+    def ftp_SIZE(self, path: str) -> str | None:
+        """SIZE: while this user has a cut upload of the file kept, its size (what a resume
+        continues: curl -C -, lftp put -c); else the file's (RFC 3659)."""
+        if self._current_type != "a" and (kept := self.fs.partial_size(path)) is not None:
+            self.respond(f"213 {kept}")
+            return path
+        return super().ftp_SIZE(path)  # type: ignore[no-any-return]
 
     def ftp_HASH(self, path: str) -> str | None:
         """HASH: the selected algorithm over the whole file (213 ALGO 0-SIZE HEX PATH)."""
@@ -895,6 +918,9 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self.respond("230 ")
         self.log(f"USER {logs.quote(self.username)} logged in.")
         self.authenticated, self.password, self.attempted_logins = True, "", 0
+        if login is not None and login.name_encoding:
+            # routes[].name_encoding: names on the wire are in the clients' codec from now on.
+            self.encoding, self.unicode_errors = login.name_encoding, names.WIRE_ERRORS
         self.fs = self.abstracted_fs(home, self)
         if login is not None and login.home:  # the route's login directory inside its root
             self.fs.cwd = self.fs.fs2ftp(login.home)
@@ -955,6 +981,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self._record_usage(logout=self.data_channel is None)
         super().flush_account()
         self.fs = None  # type: ignore[assignment]
+        self.encoding, self.unicode_errors = names.DEFAULT_ENCODING, names.DEFAULT_ERRORS
         login = self.authorizer.detach()
         if login is not None and self.data_channel is not None:
             # RFC 959: REIN and USER let a running transfer finish; its backend session

@@ -1,9 +1,10 @@
 """Atomic uploads (backends.NAME.atomic_uploads, on by default): a STOR writes a hidden
 temporary file in the same directory (``.ftpgw-upload-<8 hex>-<name>``) and renames it over
 the final name only after the backend confirmed the close. Until then the final name shows
-nothing or the previous version; an aborted or cut upload leaves neither. Resumed uploads
-(REST+STOR, APPE) write in place, as do uploads where a rename cannot be used, except onto
-the previous version that a failed upload left in place.
+nothing or the previous version; an aborted or cut upload leaves neither (its data is kept
+hidden for a resume: tests/integration/test_resume.py). Resumed uploads without such a
+partial (REST+STOR, APPE) write in place, as do uploads where a rename cannot be used,
+except onto the previous version that a failed upload left in place.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from tests.conftest import base_config, seed, start_upload, wait_for
 
 TEMP = re.compile(r"^\.ftpgw-upload-[0-9a-f]{8}-(?P<name>.+)$")
+PARTIAL = re.compile(r"^\.ftpgw-partial-[0-9a-f]{8}-(?P<name>.+)$")
 
 
 def temps(directory) -> dict[str, int]:
@@ -83,11 +85,12 @@ def test_a_replaced_file_keeps_its_old_content_until_the_end_and_its_mode(gw, us
 
 
 @pytest.mark.parametrize("how", ["ABOR", "reset"])
-def test_an_aborted_or_cut_upload_leaves_nothing(gw, user, how):
+def test_an_aborted_or_cut_upload_leaves_nothing_under_the_final_name(gw, user, how):
+    """What arrived is kept hidden, as the user's partial; listings show the old state."""
     seed(user, "kept.txt", b"previous\n")
     for name in ("fresh.bin", "kept.txt"):
         ftp, data, _ = start_upload(gw.port, user, name)
-        assert wait_for(lambda: temps(user.home) != {})
+        assert wait_for(lambda: sum(temps(user.home).values()) > 0)  # data reached the backend
         if how == "ABOR":
             # 426 for the transfer, then 226; or 225 alone when no data had arrived yet.
             reply = ftp.abort()
@@ -104,6 +107,9 @@ def test_an_aborted_or_cut_upload_leaves_nothing(gw, user, how):
         assert wait_for(lambda: temps(user.home) == {}), temps(user.home)
     assert not (user.home / "fresh.bin").exists()
     assert (user.home / "kept.txt").read_bytes() == b"previous\n"
+    kept = [PARTIAL.match(name)["name"] for name in os.listdir(user.home) if PARTIAL.match(name)]
+    assert sorted(kept) == ["fresh.bin", "kept.txt"]
+    assert gw.login(user).nlst("-a") == [".", "..", "kept.txt"]
 
 
 def test_resumed_uploads_write_in_place(ftp, user):
@@ -118,10 +124,14 @@ def test_resumed_uploads_write_in_place(ftp, user):
 
 def test_a_resume_onto_the_version_a_failed_upload_left_is_refused(gw, ftp, user):
     """A plain FTP server leaves the partial new file after a cut STOR; the gateway leaves the
-    old one. A resume from SIZE would glue the new file's tail to the old head: refused (554
-    after REST, 550 for APPE), from any session, until the file has changed."""
+    old one, and keeps no partial of a TYPE A upload (its line ends were changed). A resume
+    from SIZE would glue the new file's tail to the old head: refused (554 after REST, 550
+    for APPE), from any session, until the file has changed."""
     old = seed(user, "big.csv", b"old,version\n" * 1000).read_bytes()
-    uploader, data, _ = start_upload(gw.port, user, "big.csv")
+    uploader = gw.login(user)
+    uploader.voidcmd("TYPE A")
+    data = uploader.transfercmd("STOR big.csv")
+    data.sendall(b"new,version\r\n" * 100_000)
     assert wait_for(lambda: sum(temps(user.home).values()) > 0)
     reset(data)
     with pytest.raises(ftplib.error_temp, match=r"^42[56]"):

@@ -411,3 +411,29 @@ def test_listing_section(known_hosts):
     doc["listing"] = {"dotfiles": "sometimes"}
     with pytest.raises(config.ConfigError, match=r"listing\.dotfiles: must be one of hidden, shown"):
         config.parse(doc)
+
+
+def test_uploads_section(known_hosts):
+    doc = _with_metrics(known_hosts)
+    assert config.parse(doc).uploads.partial_ttl == 86400
+    doc["uploads"] = {"partial_ttl": 3600}
+    assert config.parse(doc).uploads.partial_ttl == 3600
+    doc["uploads"] = {"partial_ttl": 5}
+    with pytest.raises(config.ConfigError, match=r"uploads\.partial_ttl: must be from 60 to 2592000"):
+        config.parse(doc)
+    doc["uploads"] = {"partial_tl": 3600}
+    with pytest.raises(config.ConfigError, match=r"uploads\.partial_tl"):
+        config.parse(doc)
+
+
+def test_route_name_encoding(known_hosts):
+    doc = _with_metrics(known_hosts)
+    assert config.parse(doc).routes[0].name_encoding is None  # names are bytes, as they are
+    doc["routes"][0]["name_encoding"] = "cp1252"
+    assert config.parse(doc).routes[0].name_encoding == "cp1252"
+    doc["routes"][0]["name_encoding"] = "klingon"
+    with pytest.raises(config.ConfigError, match=r"routes\[0\]\.name_encoding: unknown encoding 'klingon'"):
+        config.parse(doc)
+    doc["routes"][0]["name_encoding"] = "utf-16"
+    with pytest.raises(config.ConfigError, match=r"routes\[0\]\.name_encoding: 'utf-16' does not keep ASCII"):
+        config.parse(doc)

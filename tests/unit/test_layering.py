@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[2] / "gateway"
-CORE = ["config", "paths", "routing", "listing", "errors", "storage", "logs", "proxy_protocol"]
+CORE = [
+    *("config", "paths", "routing", "listing", "errors", "storage", "logs", "proxy_protocol"),
+    *("names", "modes", "checksums", "guard", "shadow", "sync"),
+]
 FORBIDDEN = {
     "core": ("pyftpdlib", "asyncssh", "gateway.ftp", "gateway.backends", "gateway.app", "gateway.cli"),
     "ftp": ("asyncssh", "gateway.backends", "gateway.app", "gateway.cli"),

@@ -97,8 +97,11 @@ class FTPBackend:
         cls = _ImplicitFTPTLS if self.cfg.tls == "implicit" else _FTPTLS
         return cls(context=context, timeout=timeout, encoding=NAMES_CODEC)
 
-    def login(self, username: str, password: str | None = None, key_file: str | None = None) -> FTPStorage:
-        """Log in as ``username`` (FTP has no keys); LoginRefused or BackendUnavailable."""
+    def login(
+        self, username: str, password: str | None = None, key_file: str | None = None, owner: str = ""
+    ) -> FTPStorage:
+        """Log in as ``username`` (FTP has no keys; ``owner`` does not matter: the legacy
+        server keeps cut uploads under their final name); LoginRefused or BackendUnavailable."""
         if key_file is not None or password is None:
             log.error("backend %s: a legacy FTP server takes passwords only", self.cfg.name)
             raise errors.BackendUnavailable()

@@ -353,8 +353,9 @@ class FTPStorage:
         self._call(self.ftp.voidcmd, "TYPE I")
         return FTPReadStream(self, path)
 
-    def open_write(self, path: str, mode: str) -> FTPWriteStream:
-        """Open for upload: "w" STOR, "a" APPE, "r+" STOR after REST."""
+    def open_write(self, path: str, mode: str, resumable: bool = False) -> FTPWriteStream:
+        """Open for upload: "w" STOR, "a" APPE, "r+" STOR after REST (the legacy server keeps
+        a cut upload under its final name, ``resumable`` or not)."""
         self._call(self.ftp.voidcmd, "TYPE I")
         return FTPWriteStream(self, path, "APPE" if mode == "a" else "STOR")
 
@@ -385,6 +386,10 @@ class FTPStorage:
     def rename(self, src: str, dst: str) -> None:
         """RNFR + RNTO."""
         self._call(self.ftp.rename, src, dst)
+
+    def partial_size(self, path: str) -> int | None:
+        """None: a legacy server keeps a cut upload under its final name, where SIZE finds it."""
+        return None
 
     def chmod(self, path: str, mode: int) -> None:
         """SITE CHMOD (where the legacy server has it)."""

@@ -129,8 +129,16 @@ def known_hosts_problem(cfg: BackendConfig) -> str | None:
 class SFTPBackend:
     """One configured SFTP server; ``login`` leases a session for an FTP user from the pool."""
 
-    def __init__(self, loop: BackgroundLoop, cfg: BackendConfig, budget: Budget, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        loop: BackgroundLoop,
+        cfg: BackendConfig,
+        budget: Budget,
+        metrics: Metrics,
+        partial_ttl: float = 86400.0,
+    ) -> None:
         self.loop, self.cfg, self.budget, self.metrics = loop, cfg, budget, metrics
+        self.partial_ttl = partial_ttl  # uploads.partial_ttl
         # An empty known_hosts (not None, which would turn checking off) when only pinned
         # fingerprints are configured: every key then goes through validate_host_public_key.
         self._known_hosts = asyncssh.read_known_hosts(cfg.known_hosts) if cfg.known_hosts else _NO_HOSTS
@@ -189,9 +197,12 @@ class SFTPBackend:
             window=SSH_WINDOW,
         )
 
-    def login(self, username: str, password: str | None = None, key_file: str | None = None) -> SFTPStorage:
+    def login(
+        self, username: str, password: str | None = None, key_file: str | None = None, owner: str = ""
+    ) -> SFTPStorage:
         """Open an SFTP session as ``username`` with a password or a private key file.
 
+        ``owner``: the FTP login the session serves (whose kept partial uploads it resumes).
         LoginRefused or BackendUnavailable on failure.
         """
         try:
@@ -213,6 +224,8 @@ class SFTPBackend:
             relogin=functools.partial(self._lease, username, credential, verifier, "reconnect"),
             atomic_uploads=self.cfg.atomic_uploads,
             failed=self.failed_replacements,
+            owner=owner,
+            partial_ttl=self.partial_ttl,
         )
 
     def _lease(self, username: str, credential: Credential, verifier: bytes, op: str) -> Lease:

@@ -19,7 +19,7 @@ import asyncssh
 
 from gateway.backends.sftp.errors import translate
 from gateway.backends.sftp.loop import BackgroundLoop, wait
-from gateway.errors import BackendTimeout, GatewayError
+from gateway.errors import BackendTimeout, GatewayError, NoSpace, QuotaExceeded
 
 T = TypeVar("T")
 
@@ -58,7 +58,10 @@ class Budget:
 
 
 class _Window:
-    """Requests in flight, oldest first: at most ``depth``, all but the first paid from the budget."""
+    """Requests in flight, oldest first: at most ``depth``, all but the first paid from the budget.
+
+    Each carries an offset: where a read starts, where a write ends.
+    """
 
     def __init__(self, budget: Budget, depth: int) -> None:
         self._budget, self._depth = budget, depth
@@ -95,6 +98,9 @@ class _Window:
 
 #: Observes one backend operation: (op, seconds or None if not timed, error or None).
 Report = Callable[[str, float | None, GatewayError | None], None]
+#: Disposes of a failed atomic upload's file: (bytes to keep for a resume or None to remove
+#: it, whether the connection stalled). Runs on the session thread.
+Discard = Callable[[int | None, bool], None]
 
 
 def no_report(op: str, seconds: float | None, err: GatewayError | None) -> None:
@@ -237,6 +243,10 @@ class SFTPWriteStream(_Handle):
     Explicit offsets (not FXF_APPEND) keep pipelined writes in order on every server. The
     session thread blocks when the window is full, so TCP pushes back on the FTP client.
     The first backend error is raised by the next ``write`` or at the latest by ``close``.
+
+    ``confirmed`` is where the data the backend acknowledged ends: every byte before it is
+    on the backend, in order. A failed upload keeps exactly that much for a resume (later
+    writes may have landed after a gap left by a failed one).
     """
 
     def __init__(
@@ -252,36 +262,50 @@ class SFTPWriteStream(_Handle):
         refine: Callable[[GatewayError], GatewayError] = lambda err: err,
         report: Report = no_report,
         commit: Callable[[], Coroutine[Any, Any, None]] | None = None,
-        discard: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        discard: Discard | None = None,
         truncate: bool = False,
+        resumable: bool = False,
     ) -> None:
         super().__init__(loop, fh, name, timeout, report)
         self._offset, self._block = offset, block
+        self.confirmed = offset
         # A resumed upload (REST + STOR) ends the file where its data ends: what was past it
         # belongs to another version of the file (a resume of a changed file).
         self._truncate = truncate
+        self._positioned = not truncate  # a resume must be told where it starts (seek)
         self._window = _Window(budget, depth)
         self._refine = refine
         self._buffer = bytearray()
         # An atomic upload: commit() renames the temporary file into place after the close
-        # succeeded; discard() removes it when the upload fails or is aborted.
+        # succeeded; discard() removes it, or keeps it for a resume, when the upload fails.
         self._commit, self._discard = commit, discard
+        # A binary upload: its bytes are the client's file, so what arrived may be resumed.
+        self._resumable = resumable
+        self._failure: GatewayError | None = None
 
     def seek(self, offset: int) -> None:
         """Start writing at ``offset`` (REST); only before the first write."""
-        self._offset = offset
+        self._offset = self.confirmed = offset
+        self._positioned = True
+
+    def _collect(self) -> None:
+        """Wait for the oldest write (the window holds its end offset)."""
+        end, future = self._window.pop()
+        self._wait("write", future)
+        self.confirmed = end
 
     def _reap(self, block: bool) -> None:
         """Collect finished writes (all of them if ``block``), raising the first error."""
         while self._window and (block or self._window.oldest_done()):
-            self._wait("write", self._window.pop()[1])
+            self._collect()
 
     def _submit(self, data: bytes) -> None:
         self._reap(block=False)
         while (charge := self._window.admit(len(data))) is None:
-            self._wait("write", self._window.pop()[1])  # window full: TCP pushes back meanwhile
-        self._window.push(self._offset, self.loop.submit(self._write(data, self._offset)), charge)
-        self._offset += len(data)
+            self._collect()  # window full: TCP pushes back meanwhile
+        end = self._offset + len(data)
+        self._window.push(end, self.loop.submit(self._write(data, self._offset)), charge)
+        self._offset = end
 
     def write(self, data: bytes) -> int:
         """Queue ``data``; raise the first backend error seen so far."""
@@ -295,12 +319,19 @@ class SFTPWriteStream(_Handle):
                 del self._buffer[: self._block]
                 self._submit(chunk)
         except GatewayError as err:
-            raise self._refine(err) from err
+            self._failure = self._refine(err)
+            raise self._failure from err
         return len(data)
 
     def close(self) -> None:
         """Flush, wait for every write, close the handle: raise unless all of it succeeded."""
         if self.closed:
+            return
+        if not self._positioned:
+            # A resume closed before it started (its REST position was refused): nothing
+            # to store, and no truncation at offset 0.
+            self._commit = self._discard = None
+            self.close_handle()
             return
         try:
             if self._buffer:
@@ -325,8 +356,9 @@ class SFTPWriteStream(_Handle):
                 self._wait("rename", self.loop.submit(self._committed(self._commit)))
                 self._discard = None
         except GatewayError as err:
+            self._failure = self._refine(err)
             self.abort()
-            raise self._refine(err) from err
+            raise self._failure from err
 
     async def _committed(self, commit: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
@@ -335,10 +367,24 @@ class SFTPWriteStream(_Handle):
             raise self._failed("rename", exc) from exc
 
     def abort(self) -> None:
-        """Drop the upload: forget queued data, release the handle, remove a temporary file."""
+        """Drop the upload: forget queued data, release the handle, and remove the temporary
+        file or keep its confirmed part for a resume. A backend out of space keeps nothing:
+        the partial would hold the space the resume needs."""
+        keep = self._resumable and not isinstance(self._failure, NoSpace | QuotaExceeded)
+        if keep and self._discard is not None and not self.closed:
+            self._settle_writes()
         self._buffer.clear()
         self._window.drain()
         self.close_handle()
         discard, self._discard = self._discard, None
         if discard is not None:
-            self._settle("remove", self.loop.submit(discard()))
+            discard(self.confirmed if keep else None, self.stalled)
+
+    def _settle_writes(self) -> None:
+        """Send what is buffered and wait for the writes in flight, unless the connection
+        failed or stalled: every byte that reached the gateway counts for a resume."""
+        with contextlib.suppress(GatewayError):
+            if self._buffer and self._failure is None:
+                self._submit(bytes(self._buffer))
+            while self._window and not self.stalled:
+                self._collect()

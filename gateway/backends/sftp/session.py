@@ -13,8 +13,11 @@ connection suspect: the next operation starts on a new one.
 
 Uploads with STOR are atomic by default: the data goes to a hidden name in the same
 directory and is renamed over the final name only after the backend confirmed the close,
-so a failed or aborted upload never leaves a truncated file under the final name. Resumed
-uploads (REST+STOR, APPE) and STOU write in place: their target is partial by definition.
+so a failed or aborted upload never leaves a truncated file under the final name. What a
+failed binary upload got onto the backend is kept under a hidden name of its user (the
+partial, gateway.storage.partial_name) for ``partial_ttl`` seconds: SIZE, REST+STOR and
+APPE of that name continue it, and it is renamed over the final name once complete.
+Resumed uploads without a partial, and STOU, write in place.
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ from asyncssh import constants as fx
 
 from gateway import errors, logs
 from gateway.backends.sftp.errors import translate
-from gateway.backends.sftp.files import Budget, Report, SFTPReadStream, SFTPWriteStream, no_report
+from gateway.backends.sftp.files import Budget, Discard, Report, SFTPReadStream, SFTPWriteStream, no_report
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.backends.sftp.pool import Lease
 from gateway.backends.sftp.replacements import FailedReplacements, Version
-from gateway.storage import UPLOAD_TEMP_PREFIX, Attrs, Entry, Kind
+from gateway.storage import UPLOAD_TEMP_PREFIX, Attrs, Entry, Kind, is_upload_in_progress, partial_name
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.sftp")
@@ -73,8 +76,24 @@ async def _drop(sftp: asyncssh.SFTPClient, fh: asyncssh.SFTPClientFile, temp: st
     """Close and remove a temporary upload file (best effort)."""
     with contextlib.suppress(asyncssh.Error, OSError):
         await fh.close()
+    await _remove_quietly(sftp, temp)
+
+
+async def _remove_quietly(sftp: asyncssh.SFTPClient, path: str) -> None:
+    """Remove ``path`` if it is there and may be removed (best effort)."""
     with contextlib.suppress(asyncssh.Error, OSError):
-        await sftp.remove(temp)
+        await sftp.remove(path)
+
+
+async def _replace(sftp: asyncssh.SFTPClient, src: str, dst: str) -> None:
+    """Rename ``src`` over ``dst``: atomic with posix-rename@openssh.com, else remove + rename."""
+    try:
+        await sftp.posix_rename(src, dst)
+    except asyncssh.SFTPOpUnsupported:
+        # Plain SFTPv3 RENAME refuses an existing target (not atomic, like rename()).
+        with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+            await sftp.remove(dst)
+        await sftp.rename(src, dst)
 
 
 def _may_replace(old: asyncssh.SFTPAttrs, new: asyncssh.SFTPAttrs) -> bool:
@@ -139,10 +158,14 @@ class SFTPStorage:
         relogin: Callable[[], Lease] | None = None,
         atomic_uploads: bool = True,
         failed: FailedReplacements | None = None,
+        owner: str = "",
+        partial_ttl: float = 86400.0,
     ) -> None:
         self._loop, self._timeout, self._release, self._budget = loop, timeout, release, budget
         self._report, self._relogin, self._atomic = report, relogin, atomic_uploads
         self._failed = failed if failed is not None else FailedReplacements()
+        # Whose partials this session continues (the FTP login: backend accounts may be shared).
+        self._owner, self._partial_ttl = owner, partial_ttl
         self._user = lease.owner.user
         self._use(lease)
         self._block = min(_MAX_BLOCK, self._sftp.limits.max_read_len or 32768)
@@ -289,6 +312,10 @@ class SFTPStorage:
                     found.append((filename, to_attrs(name.attrs, str(name.longname or ""))))
                     if len(found) >= _LIST_BATCH:
                         break
+            # Uploads left behind when a backend or the gateway died mid-transfer, and
+            # partials nobody resumed in time: removed when seen.
+            expired = [n for n, a in found if is_upload_in_progress(n) and self._expired(a)]
+            await asyncio.gather(*(_remove_quietly(self._sftp, f"{base}/{n}") for n in expired))
             # Symlink targets for the whole batch at once: pipelined, one round trip.
             links = [n for n, a in found if a.kind is Kind.SYMLINK]
             targets = dict(zip(links, await asyncio.gather(*map(target, links)), strict=True))
@@ -340,16 +367,20 @@ class SFTPStorage:
             report=self._observe,
         )
 
-    def open_write(self, path: str, mode: str) -> SFTPWriteStream:
+    def open_write(self, path: str, mode: str, resumable: bool = False) -> SFTPWriteStream:
         """Open for upload: "w" truncates, "a" appends at the current size, "r+" resumes.
 
-        "w" is atomic when configured (see the module docstring).
+        "w" is atomic when configured, "a" and "r+" continue a kept partial (see the module
+        docstring).
         """
         if mode == "w" and self._atomic:
-            stream = self._open_atomic(path)
+            stream = self._open_atomic(path, resumable)
             if stream is not None:
                 return stream
         elif self._atomic:
+            stream = self._continue_partial(path, mode, resumable)
+            if stream is not None:
+                return stream
             self._check_resume(path, mode)
 
         async def opened() -> tuple[asyncssh.SFTPClientFile, int]:
@@ -370,6 +401,86 @@ class SFTPStorage:
                 raise errors.IsADirectory() from None
             raise
         return self._writer(fh, path, offset, truncate=mode == "r+")
+
+    # --- partials: a failed upload's data, kept for a resume
+
+    def _partial(self, path: str) -> str | None:
+        """Where this user's partial of ``path`` is kept (None: partials are not kept here)."""
+        return partial_name(path, self._owner) if self._atomic else None
+
+    def _expired(self, attrs: Attrs | asyncssh.SFTPAttrs) -> bool:
+        """True if an upload's file has not been written to for ``partial_ttl`` seconds."""
+        return attrs.mtime is not None and attrs.mtime < time.time() - self._partial_ttl
+
+    def partial_size(self, path: str) -> int | None:
+        """The size of this user's partial of ``path``; None if there is none (an expired one is removed)."""
+        kept = self._partial(path)
+        if kept is None or (found := self._lstat_or_none(kept)) is None or found.kind is not Kind.FILE:
+            return None
+        if self._expired(found):
+            self._run("remove", lambda: _remove_quietly(self._sftp, kept), retry=False)
+            return None
+        return found.size
+
+    def _continue_partial(self, path: str, mode: str, resumable: bool) -> SFTPWriteStream | None:
+        """A resume (REST+STOR: "r+", APPE: "a") of this user's partial of ``path``, renamed
+        over ``path`` once complete; None if there is no partial to resume.
+
+        The file now at ``path`` must be one the rename may replace, as for any atomic
+        upload (``_may_replace``); if it is not (someone else's file appeared meanwhile),
+        the partial is dropped and the resume refused: the client sends the whole file.
+        """
+        kept = self._partial(path)
+        if kept is None:
+            return None
+
+        async def opened() -> tuple[asyncssh.SFTPClientFile, int] | None:
+            sftp = self._sftp
+            partial, target = await asyncio.gather(sftp.lstat(kept), sftp.lstat(path), return_exceptions=True)
+            if isinstance(partial, asyncssh.SFTPNoSuchFile):
+                return None
+            if isinstance(partial, BaseException):
+                raise partial
+            if _kind(partial) is not Kind.FILE:
+                return None
+            if self._expired(partial):
+                await _remove_quietly(sftp, kept)
+                return None
+            if not isinstance(target, asyncssh.SFTPNoSuchFile):
+                if isinstance(target, BaseException):
+                    raise target
+                if _kind(target) is not Kind.FILE or not _may_replace(target, partial):
+                    await _remove_quietly(sftp, kept)
+                    raise errors.ResumeRefused(code=554 if mode == "r+" else 550)
+            fh = await sftp.open(kept, fx.FXF_WRITE, encoding=None, block_size=None)
+            return fh, (partial.size or 0) if mode == "a" else 0
+
+        found = self._run("open", opened)
+        if found is None:
+            return None
+        fh, offset = found
+        sftp, user, failed = self._sftp, self._user, self._failed
+
+        async def commit() -> None:
+            await _replace(sftp, kept, path)
+            failed.forget(user, path)
+
+        def discard(keep: int | None, stalled: bool) -> None:
+            if keep is not None:
+                self._dispose(stalled, "setstat", lambda: self._sftp.truncate(kept, keep))
+            else:
+                self._dispose(stalled, "remove", lambda: _remove_quietly(self._sftp, kept))
+
+        return self._writer(fh, path, offset, commit, discard, truncate=mode == "r+", resumable=resumable)
+
+    def _dispose(self, stalled: bool, op: str, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a failed upload's clean-up: on a new connection if the old one was lost; not
+        waited for if it stalled (the client hears of its failed upload at once)."""
+        if stalled:
+            self._loop.submit(make())
+            return
+        with contextlib.suppress(errors.GatewayError):
+            self._run(op, make, retry=False)
 
     def _check_resume(self, path: str, mode: str) -> None:
         """Refuse a resume onto the version a failed atomic upload of ``path`` left there.
@@ -393,8 +504,9 @@ class SFTPStorage:
         path: str,
         offset: int,
         commit: Callable[[], Coroutine[Any, Any, None]] | None = None,
-        discard: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        discard: Discard | None = None,
         truncate: bool = False,
+        resumable: bool = False,
     ) -> SFTPWriteStream:
         return SFTPWriteStream(
             self._loop,
@@ -409,9 +521,10 @@ class SFTPStorage:
             commit=commit,
             discard=discard,
             truncate=truncate,
+            resumable=resumable,
         )
 
-    def _open_atomic(self, path: str) -> SFTPWriteStream | None:
+    def _open_atomic(self, path: str, resumable: bool) -> SFTPWriteStream | None:
         """A write stream to a temporary name renamed to ``path`` on close, or None when the
         upload has to go straight to ``path`` (a symlink, special file, read-only file or
         file of another owner or group there, or a directory the user may not create files
@@ -461,13 +574,16 @@ class SFTPStorage:
         if fh is None:
             return None
         sftp = self._sftp  # the connection the data goes over; it must also do the rename
-        user, failed = self._user, self._failed
+        user, failed, kept = self._user, self._failed, self._partial(path)
         only_copy = False  # the target is gone and the rename did not happen: keep the data
 
         async def commit() -> None:
             nonlocal only_copy
+            # The whole file is stored: a partial of an earlier attempt is obsolete (SIZE
+            # would show its size). Its removal goes out with the rename: one round trip.
+            obsolete = _remove_quietly(sftp, kept) if kept is not None else asyncio.sleep(0)
             try:
-                await sftp.posix_rename(temp, path)
+                await asyncio.gather(sftp.posix_rename(temp, path), obsolete)
             except asyncssh.SFTPOpUnsupported:
                 # Plain SFTPv3 RENAME refuses an existing target (not atomic, like rename()).
                 with contextlib.suppress(asyncssh.SFTPNoSuchFile):
@@ -477,8 +593,10 @@ class SFTPStorage:
                 only_copy = False
             failed.forget(user, path)
 
-        async def discard() -> None:
+        def discard(keep: int | None, stalled: bool) -> None:
             if replaced is not None:
+                # Also when the partial is kept: should it go (expired, removed), a
+                # resume must still not glue the new file's end to the old version.
                 failed.remember(user, path, replaced)
             if only_copy:
                 log.error(
@@ -486,11 +604,25 @@ class SFTPStorage:
                     logs.quote(path),
                     logs.quote(temp),
                 )
-                return
-            with contextlib.suppress(asyncssh.Error, OSError):
-                await sftp.remove(temp)
+            elif kept is not None and keep:
+                self._dispose(stalled, "rename", lambda: self._keep(temp, kept, keep))
+            else:
+                self._dispose(stalled, "remove", lambda: self._forget_upload(temp, kept))
 
-        return self._writer(fh, path, 0, commit, discard)
+        return self._writer(fh, path, 0, commit, discard, resumable=resumable)
+
+    async def _keep(self, temp: str, kept: str, size: int) -> None:
+        """Keep the first ``size`` bytes of a failed upload as its partial (replacing an older one)."""
+        sftp = self._sftp
+        await sftp.truncate(temp, size)
+        await _replace(sftp, temp, kept)
+
+    async def _forget_upload(self, temp: str, kept: str | None) -> None:
+        """Remove a failed upload's temporary file and the partial of an earlier attempt."""
+        await asyncio.gather(
+            _remove_quietly(self._sftp, temp),
+            _remove_quietly(self._sftp, kept) if kept is not None else asyncio.sleep(0),
+        )
 
     def create_unique(self, directory: str, prefix: str) -> SFTPWriteStream:
         """Create a new, uniquely named file in ``directory`` (O_EXCL on the backend)."""

@@ -1,0 +1,173 @@
+"""An FTP relay between a client and the gateway that can cut an upload's data connection.
+
+The control connection is relayed as it is, except that PASV (227) and EPSV (229) replies
+are rewritten to a port of the relay, so the data connections pass through it too. That
+lets a test count exactly the bytes a client sends (how much a resume sends again) and
+end an upload after a given number of bytes as a broken link would: the data and control
+connections are reset and new ones refused until ``reopen()`` (so a client that retries
+by itself gives up, and the test resumes with a second run).
+Passive mode only (curl's and lftp's default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import struct
+import threading
+
+_PASV = re.compile(rb"^227 .*\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)")
+_EPSV = re.compile(rb"^229 .*\(\|\|\|(\d+)\|\)")
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close ``sock`` with a TCP RST."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _close(*socks: socket.socket) -> None:
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+class FTPRelay:
+    """Relays 127.0.0.1:``port`` to an FTP server on 127.0.0.1:``target``."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self._lock = threading.Lock()
+        self._cut_after: int | None = None
+        self.uploaded: list[int] = []  # client-to-server bytes of each data connection, in order
+        self.cuts = 0
+        self._controls: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, args=(self._listener,), daemon=True).start()
+
+    def reopen(self) -> None:
+        """The link is back: accept new connections again."""
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._serve, args=(self._listener,), daemon=True).start()
+
+    def _link_down(self) -> None:
+        """Reset every control connection and refuse new ones."""
+        _close(self._listener)
+        with self._lock:
+            controls, self._controls = self._controls, []
+        for sock in controls:
+            _reset(sock)
+
+    def cut_upload_after(self, nbytes: int) -> None:
+        """Reset the next data connection that carries ``nbytes`` from the client, right there."""
+        with self._lock:
+            self._cut_after = nbytes
+
+    @property
+    def sent(self) -> int:
+        """Bytes the client sent on all data connections so far."""
+        with self._lock:
+            return sum(self.uploaded)
+
+    def close(self) -> None:
+        _close(self._listener)
+
+    # --- control connections
+
+    def _serve(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+            server.settimeout(None)
+            with self._lock:
+                self._controls += [client, server]
+            threading.Thread(target=self._commands, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._replies, args=(server, client), daemon=True).start()
+
+    def _commands(self, client: socket.socket, server: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                server.sendall(data)
+        except OSError:
+            pass
+        _close(client, server)
+
+    def _replies(self, server: socket.socket, client: socket.socket) -> None:
+        reader = server.makefile("rb")
+        try:
+            for line in reader:
+                client.sendall(self._rewrite(line))
+        except OSError:
+            pass
+        _close(client, server)
+
+    def _rewrite(self, line: bytes) -> bytes:
+        """A passive-mode reply pointing at a new data listener of the relay instead."""
+        if match := _PASV.match(line):
+            port = self._data_listener(int(match[5]) * 256 + int(match[6]))
+            return b"227 Entering Passive Mode (127,0,0,1,%d,%d).\r\n" % (port // 256, port % 256)
+        if match := _EPSV.match(line):
+            port = self._data_listener(int(match[1]))
+            return b"229 Entering extended passive mode (|||%d|).\r\n" % port
+        return line
+
+    # --- data connections
+
+    def _data_listener(self, target: int) -> int:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(30)
+        threading.Thread(target=self._data, args=(listener, target), daemon=True).start()
+        return int(listener.getsockname()[1])
+
+    def _data(self, listener: socket.socket, target: int) -> None:
+        try:
+            client, _ = listener.accept()
+        except OSError:
+            return
+        finally:
+            listener.close()
+        client.settimeout(None)
+        server = socket.create_connection(("127.0.0.1", target), timeout=10)
+        server.settimeout(None)
+        with self._lock:
+            index = len(self.uploaded)
+            self.uploaded.append(0)
+        threading.Thread(target=self._download, args=(server, client), daemon=True).start()
+        try:
+            while data := client.recv(65536):
+                with self._lock:
+                    done, limit = self.uploaded[index], self._cut_after
+                    cut = limit is not None and done + len(data) >= limit
+                    if cut:
+                        assert limit is not None
+                        data = data[: limit - done]
+                        self._cut_after = None
+                        self.cuts += 1
+                    self.uploaded[index] += len(data)
+                server.sendall(data)
+                if cut:  # bytes still in flight are lost, as on a broken link
+                    _reset(server)
+                    _reset(client)
+                    self._link_down()
+                    return
+        except OSError:
+            pass
+        _close(client, server)
+
+    def _download(self, server: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := server.recv(65536):
+                client.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_WR)
