@@ -146,9 +146,10 @@ class ShadowStorage:
         mirror = self._mirror(dst)
         self._replay("rename", mirror, lambda: self.sftp.rename(self._mirror(src), mirror))
 
-    def partial_size(self, path: str) -> int | None:
-        """None: the legacy server keeps a cut upload under its final name."""
-        return None
+    def stat_for_resume(self, path: str) -> tuple[Attrs | None, int | None]:
+        """The legacy file's attributes; never a partial: the legacy server keeps a cut
+        upload under its final name."""
+        return self.legacy.stat_for_resume(path)
 
     def chmod(self, path: str, mode: int) -> None:
         """SITE CHMOD on both."""

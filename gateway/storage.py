@@ -179,8 +179,9 @@ class Storage(Protocol):
         """
         ...
 
-    def partial_size(self, path: str) -> int | None:
-        """The size of this user's kept partial upload of ``path`` (None: none to resume)."""
+    def stat_for_resume(self, path: str) -> tuple[Attrs | None, int | None]:
+        """Attributes of ``path`` (None if it is absent or hidden from this user) and the
+        size of this user's kept partial upload of it (None: none), in one round trip."""
         ...
 
     def create_unique(self, directory: str, prefix: str) -> WriteStream:

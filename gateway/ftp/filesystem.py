@@ -147,12 +147,16 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
 
     def resume_size(self, path: str) -> int:
         """The size an upload of ``path`` resumes from: this user's kept partial's, else the file's."""
-        kept = self.storage.partial_size(path)
+        kept = self.partial_size(path)
         return kept if kept is not None else self.attrs(path).size
 
     def partial_size(self, path: str) -> int | None:
-        """The size of this user's kept partial upload of ``path`` (None: none)."""
-        return self.storage.partial_size(path)
+        """The size of this user's kept partial upload of ``path`` (None: none); the file's
+        own attributes, fetched in the same round trip, serve the rest of the command."""
+        attrs, kept = self.storage.stat_for_resume(path)
+        if attrs is not None:
+            self._attrs[(path, True)] = attrs
+        return kept
 
     def getmtime(self, path: str) -> float:
         mtime = self.attrs(path).mtime

@@ -387,9 +387,13 @@ class FTPStorage:
         """RNFR + RNTO."""
         self._call(self.ftp.rename, src, dst)
 
-    def partial_size(self, path: str) -> int | None:
-        """None: a legacy server keeps a cut upload under its final name, where SIZE finds it."""
-        return None
+    def stat_for_resume(self, path: str) -> tuple[Attrs | None, int | None]:
+        """The file's attributes; never a partial: a legacy server keeps a cut upload under
+        its final name, where SIZE finds it."""
+        try:
+            return self.stat(path), None
+        except (errors.NotFound, errors.PermissionDenied):
+            return None, None
 
     def chmod(self, path: str, mode: int) -> None:
         """SITE CHMOD (where the legacy server has it)."""

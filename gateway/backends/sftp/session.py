@@ -85,6 +85,18 @@ async def _remove_quietly(sftp: asyncssh.SFTPClient, path: str) -> None:
         await sftp.remove(path)
 
 
+async def _absent_is_none(request: Awaitable[asyncssh.SFTPAttrs]) -> asyncssh.SFTPAttrs | None:
+    """The attributes a stat returns, None if there is no such file or it is not the user's to see."""
+    try:
+        return await request
+    except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPPermissionDenied):
+        return None
+
+
+async def _nothing() -> None:
+    """An awaitable with no result (a request not sent)."""
+
+
 async def _replace(sftp: asyncssh.SFTPClient, src: str, dst: str) -> None:
     """Rename ``src`` over ``dst``: atomic with posix-rename@openssh.com, else remove + rename."""
     try:
@@ -412,15 +424,26 @@ class SFTPStorage:
         """True if an upload's file has not been written to for ``partial_ttl`` seconds."""
         return attrs.mtime is not None and attrs.mtime < time.time() - self._partial_ttl
 
-    def partial_size(self, path: str) -> int | None:
-        """The size of this user's partial of ``path``; None if there is none (an expired one is removed)."""
+    def stat_for_resume(self, path: str) -> tuple[Attrs | None, int | None]:
+        """The attributes of ``path`` and the size of this user's partial of it, both
+        requests in one round trip (SIZE asks for both: a partial is rare, SIZE is not).
+        An expired partial is removed and counts as none."""
         kept = self._partial(path)
-        if kept is None or (found := self._lstat_or_none(kept)) is None or found.kind is not Kind.FILE:
-            return None
-        if self._expired(found):
-            self._run("remove", lambda: _remove_quietly(self._sftp, kept), retry=False)
-            return None
-        return found.size
+
+        async def both() -> tuple[asyncssh.SFTPAttrs | None, asyncssh.SFTPAttrs | None]:
+            sftp = self._sftp
+            found, partial = await asyncio.gather(
+                _absent_is_none(sftp.stat(path)),
+                _absent_is_none(sftp.lstat(kept)) if kept is not None else _nothing(),
+            )
+            if partial is not None and kept is not None and self._expired(partial):
+                await _remove_quietly(sftp, kept)
+                partial = None
+            return found, partial
+
+        found, partial = self._run("stat", both)
+        size = (partial.size or 0) if partial is not None and _kind(partial) is Kind.FILE else None
+        return (to_attrs(found) if found is not None else None), size
 
     def _continue_partial(self, path: str, mode: str, resumable: bool) -> SFTPWriteStream | None:
         """A resume (REST+STOR: "r+", APPE: "a") of this user's partial of ``path``, renamed
