@@ -147,6 +147,10 @@ class ResumeRefused(StorageError):
     text = "Resume refused: the last upload of this file failed and was not kept; send the whole file."
 
 
+#: ResumeRefused's text when the kept upload is not the one SIZE told the client about.
+RESUME_UNKNOWN = "Resume refused: the kept upload of this file has changed since SIZE; ask SIZE again."
+
+
 class Unsupported(StorageError):
     code = 502
     text = "Operation not supported by the backend."

@@ -88,7 +88,9 @@ class ShadowStorage:
 
     # --- writes: legacy first (its result is the client's), then SFTP
 
-    def open_write(self, path: str, mode: str, resumable: bool = False) -> ShadowWriteStream:
+    def open_write(
+        self, path: str, mode: str, resumable: bool = False, told: int | None = None
+    ) -> ShadowWriteStream:
         """Upload to both; the legacy one decides, the SFTP one is compared (and not kept if cut)."""
         primary = self.legacy.open_write(path, mode)
         mirror = self._mirror(path)

@@ -170,12 +170,16 @@ class Storage(Protocol):
         """Open a regular file for download; NotRegularFile for anything else."""
         ...
 
-    def open_write(self, path: str, mode: str, resumable: bool = False) -> WriteStream:
+    def open_write(
+        self, path: str, mode: str, resumable: bool = False, told: int | None = None
+    ) -> WriteStream:
         """Open for upload: "w" truncates, "a" appends, "r+" resumes (seek follows; ends with the data).
 
         ``resumable``: the bytes sent are the client's file as it is (a binary upload): if
         the upload fails, what reached the backend may be kept for a resume. "a" and "r+"
-        continue this user's kept partial of ``path`` when there is one.
+        continue this user's kept partial of ``path`` when there is one; ``told`` is its
+        size as SIZE gave it to the client in this session, if it did: APPE continues the
+        partial only at the size the client knows (ResumeRefused otherwise).
         """
         ...
 

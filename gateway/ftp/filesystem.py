@@ -29,6 +29,8 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         #: SITE UMASK: the bits new files and directories leave out (None: the backend decides).
         self.umask: int | None = None
         self._resuming: str | None = None  # the path the current REST+STOR or APPE resumes
+        #: Partial sizes SIZE gave the client in this session, by path (what APPE continues).
+        self.told: dict[str, int] = {}
 
     def forget(self) -> None:
         """Drop attrs cached during the previous command (no stale state across commands)."""
@@ -69,7 +71,8 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         # TYPE I: the bytes are the client's file as it is, so a cut upload can be resumed
         # from what arrived (TYPE A changed line ends: sizes are not the client's).
         binary = self.cmd_channel._current_type == "i"
-        stream = self.storage.open_write(filename, mode.replace("b", ""), resumable=binary)
+        told = self.told.pop(filename, None)
+        stream = self.storage.open_write(filename, mode.replace("b", ""), resumable=binary, told=told)
         if mode != "wb":
             self._resuming = filename
         return self._with_umask(stream, 0o666) if new else stream

@@ -680,7 +680,9 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     def ftp_SIZE(self, path: str) -> str | None:
         """SIZE: while this user has a cut upload of the file kept, its size (what a resume
         continues: curl -C -, lftp put -c); else the file's (RFC 3659)."""
+        self.fs.told.pop(path, None)
         if self._current_type != "a" and (kept := self.fs.partial_size(path)) is not None:
+            self.fs.told[path] = kept  # an APPE continues the partial at this size only
             self.respond(f"213 {kept}")
             return path
         return super().ftp_SIZE(path)  # type: ignore[no-any-return]

@@ -121,6 +121,28 @@ def test_appe_continues_the_partial_and_a_short_rest_rewrites_its_end(gw, ftp, u
     assert partials(user.home) == {}
 
 
+def test_appe_continues_a_partial_only_at_the_size_size_gave(gw, ftp, user):
+    """APPE names no offset: the client sends from the size it was told. A SIZE answered
+    before the cut session had kept its data (the old size) must not lead to the new file's
+    tail being appended to the partial, nor an APPE without SIZE to the whole file."""
+    seed(user, "r.bin", OLD)
+    ftp.voidcmd("TYPE I")
+    assert ftp.size("r.bin") == len(OLD)  # the old version: no partial yet
+    sent = cut_upload(gw, user, "r.bin")
+    ((name, size),) = partials(user.home).items()
+    with pytest.raises(ftplib.error_perm, match=r"^550 Resume refused: the kept upload .* has changed"):
+        ftp.storbinary("APPE r.bin", io.BytesIO(sent[len(OLD) :]))
+    fresh = gw.login(user)
+    fresh.voidcmd("TYPE I")
+    with pytest.raises(ftplib.error_perm, match=r"^550 Resume refused"):
+        fresh.storbinary("APPE r.bin", io.BytesIO(sent))  # no SIZE at all
+    assert partials(user.home) == {name: size} and (user.home / "r.bin").read_bytes() == OLD
+    assert fresh.size("r.bin") == size
+    assert fresh.storbinary("APPE r.bin", io.BytesIO(b"-end")).startswith("226")
+    assert (user.home / "r.bin").read_bytes() == sent[:size] + b"-end"
+    fresh.quit()
+
+
 def test_a_rest_past_the_end_leaves_the_file_whole(ftp, user):
     """pyftpdlib checks the REST position after opening the file and then closes it, which
     for a resumed upload had cut the file at 0 (a 554 reply, an empty file)."""

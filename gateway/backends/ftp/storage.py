@@ -353,7 +353,9 @@ class FTPStorage:
         self._call(self.ftp.voidcmd, "TYPE I")
         return FTPReadStream(self, path)
 
-    def open_write(self, path: str, mode: str, resumable: bool = False) -> FTPWriteStream:
+    def open_write(
+        self, path: str, mode: str, resumable: bool = False, told: int | None = None
+    ) -> FTPWriteStream:
         """Open for upload: "w" STOR, "a" APPE, "r+" STOR after REST (the legacy server keeps
         a cut upload under its final name, ``resumable`` or not)."""
         self._call(self.ftp.voidcmd, "TYPE I")

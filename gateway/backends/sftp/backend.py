@@ -144,7 +144,8 @@ class SFTPBackend:
         self._known_hosts = asyncssh.read_known_hosts(cfg.known_hosts) if cfg.known_hosts else _NO_HOSTS
         # A pooled connection that cannot open a channel within connect_timeout is replaced.
         self.pool = SFTPPool(cfg.pool, self._connect, cfg.connect_timeout)
-        self.failed_replacements = FailedReplacements()  # shared by this backend's sessions
+        # Shared by this backend's sessions; remembered as long as a partial could be kept.
+        self.failed_replacements = FailedReplacements(ttl=max(3600.0, partial_ttl))
 
     async def _connect(
         self, username: str, credential: Credential

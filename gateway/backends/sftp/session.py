@@ -85,12 +85,19 @@ async def _remove_quietly(sftp: asyncssh.SFTPClient, path: str) -> None:
         await sftp.remove(path)
 
 
-async def _absent_is_none(request: Awaitable[asyncssh.SFTPAttrs]) -> asyncssh.SFTPAttrs | None:
-    """The attributes a stat returns, None if there is no such file or it is not the user's to see."""
+async def _absent_is_none(
+    request: Awaitable[asyncssh.SFTPAttrs], hidden_too: bool = True
+) -> asyncssh.SFTPAttrs | None:
+    """The attributes a stat returns, None if there is no such file (or, if ``hidden_too``,
+    it is not the user's to see)."""
     try:
         return await request
-    except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPPermissionDenied):
+    except asyncssh.SFTPNoSuchFile:
         return None
+    except asyncssh.SFTPPermissionDenied:
+        if hidden_too:
+            return None
+        raise
 
 
 async def _nothing() -> None:
@@ -379,7 +386,9 @@ class SFTPStorage:
             report=self._observe,
         )
 
-    def open_write(self, path: str, mode: str, resumable: bool = False) -> SFTPWriteStream:
+    def open_write(
+        self, path: str, mode: str, resumable: bool = False, told: int | None = None
+    ) -> SFTPWriteStream:
         """Open for upload: "w" truncates, "a" appends at the current size, "r+" resumes.
 
         "w" is atomic when configured, "a" and "r+" continue a kept partial (see the module
@@ -390,7 +399,7 @@ class SFTPStorage:
             if stream is not None:
                 return stream
         elif self._atomic:
-            stream = self._continue_partial(path, mode, resumable)
+            stream = self._continue_partial(path, mode, resumable, told)
             if stream is not None:
                 return stream
             self._check_resume(path, mode)
@@ -445,36 +454,48 @@ class SFTPStorage:
         size = (partial.size or 0) if partial is not None and _kind(partial) is Kind.FILE else None
         return (to_attrs(found) if found is not None else None), size
 
-    def _continue_partial(self, path: str, mode: str, resumable: bool) -> SFTPWriteStream | None:
+    def _continue_partial(
+        self, path: str, mode: str, resumable: bool, told: int | None
+    ) -> SFTPWriteStream | None:
         """A resume (REST+STOR: "r+", APPE: "a") of this user's partial of ``path``, renamed
         over ``path`` once complete; None if there is no partial to resume.
 
         The file now at ``path`` must be one the rename may replace, as for any atomic
         upload (``_may_replace``); if it is not (someone else's file appeared meanwhile),
         the partial is dropped and the resume refused: the client sends the whole file.
+
+        REST names its offset; APPE does not, the client sends from the size it was told.
+        An APPE therefore continues the partial only if SIZE gave this session exactly its
+        size (``told``): a SIZE answered just before the failed upload's session had kept
+        it (the client sees the old size or none) would otherwise append the whole file, or
+        its tail from the old size, to the partial. A resume of a partial that SIZE showed
+        and that is gone since (completed elsewhere, expired) is refused too.
         """
         kept = self._partial(path)
+        code = 554 if mode == "r+" else 550
         if kept is None:
             return None
 
         async def opened() -> tuple[asyncssh.SFTPClientFile, int] | None:
             sftp = self._sftp
-            partial, target = await asyncio.gather(sftp.lstat(kept), sftp.lstat(path), return_exceptions=True)
-            if isinstance(partial, asyncssh.SFTPNoSuchFile):
-                return None
-            if isinstance(partial, BaseException):
-                raise partial
-            if _kind(partial) is not Kind.FILE:
-                return None
-            if self._expired(partial):
+            partial, target = await asyncio.gather(
+                _absent_is_none(sftp.lstat(kept), hidden_too=False),
+                _absent_is_none(sftp.lstat(path), hidden_too=False),
+            )
+            if partial is not None and _kind(partial) is not Kind.FILE:
+                partial = None
+            elif partial is not None and self._expired(partial):
                 await _remove_quietly(sftp, kept)
+                partial = None
+            if partial is None:
+                if told is not None:
+                    raise errors.ResumeRefused(errors.RESUME_UNKNOWN, code=code)
                 return None
-            if not isinstance(target, asyncssh.SFTPNoSuchFile):
-                if isinstance(target, BaseException):
-                    raise target
-                if _kind(target) is not Kind.FILE or not _may_replace(target, partial):
-                    await _remove_quietly(sftp, kept)
-                    raise errors.ResumeRefused(code=554 if mode == "r+" else 550)
+            if mode == "a" and told != partial.size:
+                raise errors.ResumeRefused(errors.RESUME_UNKNOWN, code=code)
+            if target is not None and (_kind(target) is not Kind.FILE or not _may_replace(target, partial)):
+                await _remove_quietly(sftp, kept)
+                raise errors.ResumeRefused(code=code)
             fh = await sftp.open(kept, fx.FXF_WRITE, encoding=None, block_size=None)
             return fh, (partial.size or 0) if mode == "a" else 0
 
