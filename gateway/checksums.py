@@ -1,4 +1,4 @@
-"""Checksums of backend files for HASH (draft-bryan-ftpext-hash) and XSHA256/XSHA1/XMD5/XCRC.
+"""Checksums of backend files for HASH (draft-bryan-ftpext-hash) and XSHA256/XSHA512/XSHA1/XMD5/XCRC.
 
 Pure core over the storage interface. OpenSSH's sftp-server has no hash extension, so the
 file is read through the backend and hashed here: bounded in size (``limits.checksum_max_mib``)
@@ -19,9 +19,16 @@ from gateway import errors
 from gateway.storage import Kind, Storage
 
 #: The algorithms in their IANA names (OPTS HASH, the HASH reply) as FEAT lists them.
-ALGORITHMS = ("SHA-256", "SHA-1", "MD5", "CRC32")
+ALGORITHMS = ("SHA-256", "SHA-512", "SHA-1", "MD5", "CRC32")
 #: The older per-algorithm commands (ProFTPD, FileZilla Server, Serv-U).
-X_COMMANDS = {"XSHA256": "SHA-256", "XSHA1": "SHA-1", "XSHA": "SHA-1", "XMD5": "MD5", "XCRC": "CRC32"}
+X_COMMANDS = {
+    "XSHA256": "SHA-256",
+    "XSHA512": "SHA-512",
+    "XSHA1": "SHA-1",
+    "XSHA": "SHA-1",
+    "XMD5": "MD5",
+    "XCRC": "CRC32",
+}
 _CHUNK = 1 << 20
 
 
@@ -46,6 +53,7 @@ class _Crc32:
 
 _NEW: dict[str, Callable[[], _Hash]] = {
     "SHA-256": hashlib.sha256,
+    "SHA-512": hashlib.sha512,
     "SHA-1": hashlib.sha1,
     "MD5": hashlib.md5,
     "CRC32": _Crc32,

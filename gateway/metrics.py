@@ -134,7 +134,7 @@ class Metrics:
         self.guard_bans = Counter("ftpgw_guard_bans", "Client addresses banned by the guard", registry=r)
         self.checksums = Counter(
             "ftpgw_checksums",
-            "HASH and XSHA256/XSHA1/XMD5/XCRC requests by algorithm and result (ok, busy, too_big, ...)",
+            "HASH and XSHA256/XSHA512/XSHA1/XMD5/XCRC requests by algorithm and result (ok, busy, ...)",
             ["algorithm", "result"],
             registry=r,
         )

@@ -4,13 +4,14 @@ Pure core. By default names are bytes, as on vsftpd: a command line is decoded a
 bytes that are not UTF-8 travel as lone surrogates (``surrogateescape``) to the backend and
 back unchanged. A route with ``name_encoding: cp1252`` serves clients that write names in
 that encoding to a backend whose names are UTF-8 (files converted during the move): the
-wire is decoded and encoded with that codec instead, and ``recode`` gives the name a
-legacy server's bytes mean, for ``sync`` and the shadow copies.
+wire is decoded and encoded with that codec instead (``wire``), and ``recode`` gives the
+name a legacy server's bytes mean, for ``sync`` and the shadow copies.
 """
 
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
 
 #: The default: names are bytes (UTF-8 where they are UTF-8).
 DEFAULT_ENCODING = "utf8"
@@ -34,6 +35,38 @@ def _wire_errors(err: UnicodeError) -> tuple[str | bytes, int]:
 
 
 codecs.register_error(WIRE_ERRORS, _wire_errors)
+
+
+def wire(name_encoding: str | None, utf8: bool) -> tuple[str, str]:
+    """The (encoding, errors) of a session's command lines and replies.
+
+    ``utf8``: the client announced UTF-8 (``OPTS UTF8 ON``; lftp, FileZilla and WinSCP send
+    it when FEAT lists UTF8, which the gateway always does). Such a session speaks UTF-8
+    even on a route with a name_encoding (the backend's names are UTF-8 there), and bytes
+    in its commands that are not UTF-8 are read in the route's codec: a client that
+    announces UTF-8 yet types names in its code page still reaches its files.
+    """
+    if name_encoding is None:
+        return DEFAULT_ENCODING, DEFAULT_ERRORS
+    if not utf8:
+        return name_encoding, WIRE_ERRORS
+    errors = f"{WIRE_ERRORS}-utf8-or-{codecs.lookup(name_encoding).name}"
+    try:
+        codecs.lookup_error(errors)
+    except LookupError:
+        codecs.register_error(errors, _utf8_or(name_encoding))
+    return DEFAULT_ENCODING, errors
+
+
+def _utf8_or(name_encoding: str) -> Callable[[UnicodeError], tuple[str | bytes, int]]:
+    """An error handler for UTF-8: bytes that are not UTF-8 are read in ``name_encoding``."""
+
+    def handler(err: UnicodeError) -> tuple[str | bytes, int]:
+        if isinstance(err, UnicodeDecodeError):
+            return err.object[err.start : err.end].decode(name_encoding, WIRE_ERRORS), err.end
+        return _wire_errors(err)
+
+    return handler
 
 
 def encoding_problem(name: str) -> str | None:

@@ -2,7 +2,7 @@
 # The test command: installs what the tests need on a fresh Debian machine (OpenSSH server,
 # curl, lftp, ncftp, the classic ftp client; Prometheus and promtool for the metrics and
 # alert-rule checks, openssl for test certificates, HAProxy for the load-balancer test,
-# vsftpd as the reference server of the differential tests,
+# vsftpd as the reference server of the differential tests (and ProFTPD, unpacked),
 # fail2ban (with journal support and systemd-journal-remote to write a journal file) for the
 # README's fail2ban filter; a virtualenv with the project and its test tools), then runs
 # ruff, mypy and pytest. Needs root: the tests create Unix users and start a real sshd.
@@ -21,6 +21,10 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 [ -x /usr/sbin/vsftpd ] || missing+=(vsftpd)
+# ProFTPD, where vsftpd lacks the feature: its package conflicts with vsftpd's (both are the
+# "ftp-server"), so it is unpacked under /opt/ftpgw-test/proftpd and only its libraries installed.
+proftpd=/opt/ftpgw-test/proftpd
+[ -x $proftpd/usr/sbin/proftpd ] || missing+=(libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3)
 command -v fail2ban-regex >/dev/null || missing+=(fail2ban)
 /usr/bin/python3 -c 'import systemd.journal' 2>/dev/null || missing+=(python3-systemd)
 [ -x /lib/systemd/systemd-journal-remote ] || missing+=(systemd-journal-remote)
@@ -33,6 +37,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ ! -x $proftpd/usr/sbin/proftpd ]; then
+  deb=$(mktemp -d) && chmod 755 "$deb"  # apt downloads as its _apt user
+  (cd "$deb" && apt-get download -qq proftpd-core)
+  mkdir -p $proftpd
+  dpkg-deb -x "$deb"/proftpd-core_*.deb $proftpd
+  rm -rf "$deb"
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

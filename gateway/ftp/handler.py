@@ -446,6 +446,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         # Set up before pyftpdlib's __init__, which may close() at once (client already gone).
         self.authorizer = SessionAuthorizer(type(self).authenticate)
         self._listing_arg = ""  # argument of the current LIST/NLST/STAT, options removed
+        self._arg = ""  # the current command's argument as the client wrote it (HASH names it)
         self._ls_flags: frozenset[str] = frozenset()  # ... and its options (``-la``: a, l)
         self._ls_options = ""  # ... as the client wrote them
         self._retired: list[Login] = []  # logins replaced by REIN/USER during a transfer
@@ -475,6 +476,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         if self.usage is not None:
             self.usage.client_ip = getattr(self, "remote_ip", "-")
         self._hash = checksums.ALGORITHMS[0]  # HASH's algorithm (OPTS HASH)
+        self._utf8 = False  # the client sent OPTS UTF8 ON (names.wire)
+        self._name_encoding: str | None = None  # the login's routes[].name_encoding
         self._extra_feats: list[str] = [
             *self._extra_feats,
             "CLNT",  # lftp names itself when this is listed
@@ -584,6 +587,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
                 self._ls_options = options[: len(options) - len(arg)].strip() if arg else options.strip()
             if cmd == "SITE" and self._relay_site(arg):
                 return
+            self._arg = arg
             super().pre_process_command(line, cmd, arg)
         except GatewayError as err:
             if not err.fatal and self.authenticated and not self.storage.alive:
@@ -649,8 +653,13 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         return "HASH " + ";".join(a + ("*" if a == self._hash else "") for a in checksums.ALGORITHMS)
 
     def ftp_OPTS(self, line: str) -> None:
-        """OPTS HASH [algorithm] selects (or names) HASH's algorithm; other options as pyftpdlib."""
+        """OPTS HASH [algorithm] selects (or names) HASH's algorithm; OPTS UTF8 is noted for
+        names.wire; other options as pyftpdlib."""
         option, _, value = line.strip().partition(" ")
+        if option.upper() in ("UTF8", "UTF-8"):
+            self._utf8 = value.strip().upper() != "OFF"
+            if self._name_encoding is not None:  # FileZilla announces UTF-8 after logging in
+                self.encoding, self.unicode_errors = names.wire(self._name_encoding, self._utf8)
         if option.upper() != "HASH":
             super().ftp_OPTS(line)
             return
@@ -688,16 +697,16 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         return super().ftp_SIZE(path)  # type: ignore[no-any-return]
 
     def ftp_HASH(self, path: str) -> str | None:
-        """HASH: the selected algorithm over the whole file (213 ALGO 0-SIZE HEX PATH)."""
-        virtual = self.fs.fs2ftp(path)
+        """HASH: the selected algorithm over the whole file (213 ALGO 0-SIZE HEX PATH, the
+        path as the client gave it, as ProFTPD)."""
         digest = self._checksum(path, self._hash)
         size = self.fs.attrs(path).size
         self.push(f"213-Computing {self._hash} digest\r\n")
-        self.respond(f"213 {self._hash} 0-{size} {digest} {virtual}")
+        self.respond(f"213 {self._hash} 0-{size} {digest} {self._arg}")
         return path
 
     def _x_checksum(self, line: str, algorithm: str) -> str | None:
-        """XSHA256/XSHA1/XMD5/XCRC <path> [<start> <end>]: 250 and the digest in upper case."""
+        """XSHA256/XSHA512/XSHA1/XMD5/XCRC <path> [<start> <end>]: 250 and the digest in upper case."""
         words = line.split(" ")
         start, end = 0, None
         if len(words) >= 3 and words[-1].isdigit() and words[-2].isdigit():
@@ -707,7 +716,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self.respond("550 Not enough privileges.")
             return None
         digest = self._checksum(path, algorithm, start, end, not_a_file=550)
-        self.push(f"250-Computing {algorithm} digest\r\n")
+        self.push(f"250-Computing {algorithm.replace('-', '')} digest\r\n")  # ProFTPD: "SHA256"
         self.respond(f"250 {digest.upper()}")
         return path
 
@@ -735,6 +744,9 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
 
     def ftp_XSHA256(self, line: str) -> str | None:
         return self._x_checksum(line, "SHA-256")
+
+    def ftp_XSHA512(self, line: str) -> str | None:
+        return self._x_checksum(line, "SHA-512")
 
     def ftp_XSHA1(self, line: str) -> str | None:
         return self._x_checksum(line, "SHA-1")
@@ -921,8 +933,10 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self.log(f"USER {logs.quote(self.username)} logged in.")
         self.authenticated, self.password, self.attempted_logins = True, "", 0
         if login is not None and login.name_encoding:
-            # routes[].name_encoding: names on the wire are in the clients' codec from now on.
-            self.encoding, self.unicode_errors = login.name_encoding, names.WIRE_ERRORS
+            # routes[].name_encoding: names on the wire are in the clients' codec from now on
+            # (UTF-8 for a client that announced it).
+            self._name_encoding = login.name_encoding
+            self.encoding, self.unicode_errors = names.wire(login.name_encoding, self._utf8)
         self.fs = self.abstracted_fs(home, self)
         if login is not None and login.home:  # the route's login directory inside its root
             self.fs.cwd = self.fs.fs2ftp(login.home)
@@ -983,7 +997,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         self._record_usage(logout=self.data_channel is None)
         super().flush_account()
         self.fs = None  # type: ignore[assignment]
-        self.encoding, self.unicode_errors = names.DEFAULT_ENCODING, names.DEFAULT_ERRORS
+        self.encoding, self.unicode_errors = names.wire(None, self._utf8)
+        self._name_encoding = None
         login = self.authorizer.detach()
         if login is not None and self.data_channel is not None:
             # RFC 959: REIN and USER let a running transfer finish; its backend session

@@ -1,4 +1,5 @@
-"""The reference server beside the gateway: vsftpd on local disk, the same users and files.
+"""The reference server beside the gateway: vsftpd on local disk, the same users and files
+(ProFTPD where vsftpd lacks the feature).
 
 A differential test runs one client script against both and compares what a user sees:
 reply codes, listed names, the files on disk. ``servers`` gives both, vsftpd first; between
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import RunningGateway
+from tests.helpers.proftpd import ProftpdServer
 from tests.helpers.sshd import BASE, TestUser, reset_home
 from tests.helpers.vsftpd import VsftpdServer
 
@@ -22,6 +24,13 @@ from tests.helpers.vsftpd import VsftpdServer
 @pytest.fixture(scope="session")
 def vsftpd() -> Iterator[VsftpdServer]:
     server = VsftpdServer(BASE / "vsftpd", passive=(41500, 41549)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def proftpd() -> Iterator[ProftpdServer]:
+    server = ProftpdServer(BASE / "proftpd", passive=(41600, 41619)).start()
     yield server
     server.stop()
 

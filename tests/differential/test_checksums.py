@@ -1,6 +1,6 @@
 """Checksums for FTP clients that verify their transfers (FileZilla, WinSCP, lftp, mod_digest users).
 
-HASH (draft-bryan-ftpext-hash) with OPTS HASH, and XSHA256/XSHA1/XMD5/XCRC with an optional
+HASH (draft-bryan-ftpext-hash) with OPTS HASH, and XSHA256/XSHA512/XSHA1/XMD5/XCRC with an optional
 byte range, answered as ProFTPD's mod_digest answers them (ProFTPD is the reference: vsftpd has
 none). OpenSSH's sftp-server computes no hashes: the gateway reads the file and hashes it.
 """
@@ -24,15 +24,16 @@ DATA = os.urandom(300_000)
 def test_feat_opts_and_hash(ftp, user):
     seed(user, "f.bin", DATA)
     feat = ftp.sendcmd("FEAT").splitlines()
-    assert " HASH SHA-256*;SHA-1;MD5;CRC32" in feat and {" XCRC", " XMD5", " XSHA1", " XSHA256"} <= set(feat)
+    assert " HASH SHA-256*;SHA-512;SHA-1;MD5;CRC32" in feat
+    assert {" XCRC", " XMD5", " XSHA1", " XSHA256", " XSHA512"} <= set(feat)
     assert ftp.sendcmd("OPTS HASH") == "200 SHA-256"
     lines = ftp.sendcmd("HASH f.bin").splitlines()
     assert lines == [
         "213-Computing SHA-256 digest",
-        f"213 SHA-256 0-{len(DATA)} {hashlib.sha256(DATA).hexdigest()} /f.bin",
+        f"213 SHA-256 0-{len(DATA)} {hashlib.sha256(DATA).hexdigest()} f.bin",
     ]
     assert ftp.sendcmd("OPTS HASH md5") == "200 MD5"
-    assert " HASH SHA-256;SHA-1;MD5*;CRC32" in ftp.sendcmd("FEAT").splitlines()
+    assert " HASH SHA-256;SHA-512;SHA-1;MD5*;CRC32" in ftp.sendcmd("FEAT").splitlines()
     assert ftp.sendcmd("HASH f.bin").splitlines()[-1].split()[3] == hashlib.md5(DATA).hexdigest()
     ftp.sendcmd("OPTS HASH CRC32")
     assert ftp.sendcmd("HASH f.bin").splitlines()[-1].split()[3] == f"{zlib.crc32(DATA):08x}"
@@ -42,7 +43,13 @@ def test_feat_opts_and_hash(ftp, user):
 
 @pytest.mark.parametrize(
     ("verb", "new"),
-    [("XSHA256", hashlib.sha256), ("XSHA1", hashlib.sha1), ("XSHA", hashlib.sha1), ("XMD5", hashlib.md5)],
+    [
+        ("XSHA256", hashlib.sha256),
+        ("XSHA512", hashlib.sha512),
+        ("XSHA1", hashlib.sha1),
+        ("XSHA", hashlib.sha1),
+        ("XMD5", hashlib.md5),
+    ],
 )
 def test_x_commands_with_and_without_a_range(ftp, user, verb, new):
     seed(user, "a file.bin", DATA)

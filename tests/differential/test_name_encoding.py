@@ -68,6 +68,38 @@ def test_a_cp1252_client_sees_the_same_names_as_on_the_legacy_server(gateway_fac
     assert "Größe/naïve-2.txt".encode() in disks["gateway"]
 
 
+def test_clients_that_announce_utf8_keep_utf8_names_on_a_cp1252_route(gateway_factory, sshd, user, tmp_path):
+    """lftp (and FileZilla) send OPTS UTF8 ON because FEAT lists UTF8, then write UTF-8
+    names: read as cp1252 they would be stored as mojibake (``rapport_Ã©tÃ©.txt``). A
+    client that announces UTF-8 yet sends cp1252 bytes still reaches its names."""
+    seed(user, "café.txt", b"cafe\n")
+    gw = gateway_factory(cp1252_route(sshd))
+    local = tmp_path / "rapport_été.txt"
+    local.write_text("data\n")
+    out = subprocess.run(
+        [
+            "lftp",
+            "-u",
+            f"{user.name},{user.password}",
+            "-e",
+            f"put {local}; cls -1; bye",
+            f"ftp://{gw.host}:{gw.port}",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.decode().split()) == ["café.txt", "rapport_été.txt"]
+    assert (user.home / "rapport_été.txt").read_bytes() == b"data\n"
+    ftp = Server("gateway", gw.host, gw.port).login(user, "cp1252")
+    assert ftp.sendcmd("OPTS UTF8 ON").startswith("200")
+    assert ftp.storbinary("STOR naïve.txt", io.BytesIO(b"n\n")).startswith("226")  # cp1252 bytes
+    ftp.encoding = "utf-8"
+    assert sorted(ftp.nlst()) == ["café.txt", "naïve.txt", "rapport_été.txt"]
+    ftp.quit()
+    assert (user.home / "naïve.txt").read_bytes() == b"n\n"
+
+
 def test_a_name_the_client_encoding_cannot_write_is_listed_with_question_marks(gateway_factory, sshd, user):
     seed(user, "日本.txt", b"x")
     seed(user, os.fsdecode(b"raw-\x81.bin"), b"y")  # not UTF-8 on the backend: its byte as it is
