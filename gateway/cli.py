@@ -201,7 +201,29 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if route is None or route.legacy is None:
         print(f"sync: no route with a legacy FTP backend for user {args.user!r}", file=sys.stderr)
         return 2
-    password = os.environ.get(args.password_env, "") if args.password_env else _read_password()
+    if route.phase in ("sftp", "retired") and not args.force:
+        # The SFTP side is where this user's data now lives: copying the legacy tree over
+        # it would bring back old versions of files the user has changed since the switch.
+        print(
+            f"sync: route {route.name!r} is in phase {route.phase!r}: its users' data lives on SFTP now; "
+            "sync is for the legacy and shadow phases (--force runs it anyway; conflicts are still kept)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.password_env and args.password_env not in os.environ:
+        print(f"sync: --password-env {args.password_env}: that variable is not set", file=sys.stderr)
+        return 2
+    password = os.environ[args.password_env] if args.password_env else _read_password()
+    journal = None
+    if cfg.report.database is not None:
+        from gateway.usage.journal import SQLiteJournal
+        from gateway.usage.store import StoreError
+
+        try:
+            journal = SQLiteJournal(cfg.report.database, route.name, args.user)
+        except StoreError as err:
+            print(f"sync: {err}", file=sys.stderr)
+            return 2
     try:
         legacy, sftp, close = open_pair(cfg, route, args.user, password)
     except errors.GatewayError as err:
@@ -215,23 +237,37 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     try:
         summary = sync(
-            legacy.storage, legacy.root, sftp.storage, sftp.root, args.dry_run, progress, route.name_encoding
+            legacy.storage,
+            legacy.root,
+            sftp.storage,
+            sftp.root,
+            args.dry_run,
+            progress,
+            route.name_encoding,
+            overwrite=args.overwrite,
+            journal=journal,
         )
     finally:
         legacy.storage.close()
         sftp.storage.close()
         close()
+        if journal is not None:
+            journal.close()
     if tty:
         print(file=sys.stderr)
     verb = "would copy" if args.dry_run else "copied"
-    mismatches, failures = len(summary.mismatches), len(summary.errors)
+    conflicts, mismatches, failures = len(summary.conflicts), len(summary.mismatches), len(summary.errors)
     print(
         f"{summary.files} files: {summary.copied} {verb} ({summary.bytes_copied} bytes), "
-        f"{summary.skipped} already matching, {mismatches} mismatches, {failures} errors"
+        f"{summary.skipped} already matching, {conflicts} conflicts, {mismatches} mismatches, "
+        f"{failures} errors"
     )
-    for problem in summary.errors + [f"{m}: SHA-256 differs after the copy" for m in summary.mismatches]:
+    problems = [f"conflict: {c}" for c in summary.conflicts] + summary.errors
+    for problem in problems + [f"{m}: SHA-256 differs after the copy" for m in summary.mismatches]:
         print(f"  {problem}")
-    return 0 if not (summary.errors or summary.mismatches) else 1
+    if summary.conflicts and journal is None:
+        print("  (report.database is not set: without sync's journal every difference on SFTP is a conflict)")
+    return 0 if not (summary.errors or summary.mismatches or summary.conflicts) else 1
 
 
 _SINCE = re.compile(r"^(\d+)([mhdw])$")
@@ -315,7 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     syncer.add_argument("--config", "-c", required=True, help="YAML config file")
     syncer.add_argument("--user", required=True, help="the FTP user whose tree to copy")
     syncer.add_argument("--route", help="the route (default: the one the user matches)")
-    syncer.add_argument("--dry-run", action="store_true", help="only show what would be copied")
+    syncer.add_argument("--dry-run", action="store_true", help="only say what would be copied")
+    syncer.add_argument(
+        "--overwrite", action="store_true", help="replace SFTP files that changed since sync copied them"
+    )
+    syncer.add_argument("--force", action="store_true", help="run for a route in the sftp or retired phase")
     syncer.add_argument("--password-env", help="environment variable with the password (else asked for)")
     syncer.set_defaults(func=cmd_sync)
     report = sub.add_parser("report", help="migration readiness: who still uses FTP, with what, verdicts")

@@ -39,7 +39,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if [ ! -x $proftpd/usr/sbin/proftpd ]; then
-  deb=$(mktemp -d) && chmod 755 "$deb"  # apt downloads as its _apt user
+  deb=$(mktemp -d)  # apt warns that it downloads there as root: harmless
   (cd "$deb" && apt-get download -qq proftpd-core)
   mkdir -p $proftpd
   dpkg-deb -x "$deb"/proftpd-core_*.deb $proftpd

@@ -29,7 +29,8 @@ from gateway.usage.session import Key, Record, Totals
 
 log = logging.getLogger("gateway.usage")
 
-SCHEMA_VERSION = 1
+#: 2: the sync journal (gateway.usage.journal) joined the usage table.
+SCHEMA_VERSION = 2
 _KEY_COLUMNS = ("day", "user", "route", "phase", "backend", "client_ip", "tls", "client", "outcome")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS usage (
@@ -41,6 +42,12 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 CREATE INDEX IF NOT EXISTS usage_last_seen ON usage (last_seen);
 CREATE INDEX IF NOT EXISTS usage_user ON usage (user, last_seen);
+CREATE TABLE IF NOT EXISTS sync_journal (
+    route TEXT NOT NULL, user TEXT NOT NULL, path TEXT NOT NULL,
+    legacy_size INTEGER NOT NULL, legacy_mtime INTEGER, sha256 TEXT NOT NULL,
+    sftp_size INTEGER NOT NULL, sftp_mtime INTEGER, copied_at REAL NOT NULL,
+    PRIMARY KEY (route, user, path)
+);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 #: Refused logins of retired routes come before any password check, so their user names

@@ -36,6 +36,8 @@ def test_mlsx_facts():
     attrs = parse_mlsx({"type": "file", "size": "12", "modify": "20261125110400", "unix.mode": "0640"})
     assert (attrs.kind, attrs.size, attrs.mode) == (Kind.FILE, 12, 0o640)
     assert parse_mlsx({"type": "OS.unix=slink:/x"}).kind is Kind.SYMLINK
+    assert parse_mlsx({"type": "file", "unix.mode": "0o600"}).mode == 0o600  # pyftpdlib's form
+    assert parse_mlsx({"type": "file", "unix.mode": "rw-"}).mode == 0o644  # not a number: the default
 
 
 def test_reply_codes_become_gateway_errors_with_the_servers_text():

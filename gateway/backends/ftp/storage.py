@@ -68,7 +68,7 @@ def parse_mlsx(facts: dict[str, str]) -> Attrs:
         with contextlib.suppress(ValueError):
             mtime = calendar.timegm(time.strptime(modify[:14], "%Y%m%d%H%M%S"))
     default = 0o755 if kind is Kind.DIR else 0o644  # servers that do not send unix.mode
-    raw_mode = facts.get("unix.mode", "")
+    raw_mode = facts.get("unix.mode", "").lower().removeprefix("0o")  # pyftpdlib sends "0o640"
     mode = int(raw_mode, 8) & 0o7777 if raw_mode and set(raw_mode) <= set("01234567") else default
     size = int(facts["size"]) if facts.get("size", "").isdigit() else 0
     return Attrs(kind, size, mtime, mode, owner=facts.get("unix.owner"), group=facts.get("unix.group"))

@@ -1,0 +1,64 @@
+"""sync's journal in the report database: per route, user and file, what sync last copied.
+
+A second run of ``ftp-sftp-gateway sync`` reads it to tell its own earlier copies (still
+the size and time it left) from files changed on the SFTP side since (see gateway.sync).
+Paths are kept as the gateway reads names (UTF-8, other bytes as surrogate escapes).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from gateway.sync import Copied
+from gateway.usage.store import StoreError, connect
+
+_COLUMNS = "legacy_size, legacy_mtime, sha256, sftp_size, sftp_mtime"
+
+
+def _key(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+class SQLiteJournal:
+    """The journal of one route and user, in the SQLite usage database at ``path``."""
+
+    def __init__(self, path: str, route: str, user: str) -> None:
+        self._conn = connect(path)
+        self._route, self._user = route, user
+
+    def get(self, path: str) -> Copied | None:
+        """The last copy to ``path``, None if sync never copied it."""
+        try:
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM sync_journal WHERE route = ? AND user = ? AND path = ?",
+                (self._route, self._user, _key(path)),
+            ).fetchone()
+        except sqlite3.Error as err:
+            raise StoreError(f"sync journal: {err}") from err
+        return Copied(*row) if row is not None else None
+
+    def put(self, path: str, copied: Copied) -> None:
+        """Remember a copy to ``path`` (committed at once: an interrupted run keeps it)."""
+        try:
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO sync_journal (route, user, path, {_COLUMNS}, copied_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self._route,
+                    self._user,
+                    _key(path),
+                    copied.legacy_size,
+                    copied.legacy_mtime,
+                    copied.sha256,
+                    copied.sftp_size,
+                    copied.sftp_mtime,
+                    time.time(),
+                ),
+            )
+        except sqlite3.Error as err:
+            raise StoreError(f"sync journal: {err}") from err
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._conn.close()
