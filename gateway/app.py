@@ -6,6 +6,7 @@ The only module (besides the CLI) that imports both ``gateway.ftp`` and ``gatewa
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import signal
@@ -28,7 +29,7 @@ from gateway.metrics import Metrics
 from gateway.passwords import verify_password
 from gateway.routing import acceptable_user, match_route, render_root
 from gateway.shadow import ShadowStorage
-from gateway.storage import Kind, Login, Storage
+from gateway.storage import Kind, Login, Refused, Storage
 from gateway.usage.store import UsageStore
 
 log = logging.getLogger("gateway")
@@ -73,6 +74,10 @@ _LOGIN_RESULTS: dict[type[errors.GatewayError], str] = {
     errors.TooManySessions: "too_many_sessions",
 }
 
+
+#: Who hears of a refused login in progress on this thread (``Gateway.authenticate``'s
+#: ``refused``: the session's usage record); a context variable, so each session's own.
+_REFUSED: contextvars.ContextVar[Refused | None] = contextvars.ContextVar("refused", default=None)
 
 #: Either kind of backend: both log users in, probe, count their pooled connections, close.
 Backend = SFTPBackend | FTPBackend
@@ -330,21 +335,30 @@ class Gateway(Logins):
         host, port = self.server.socket.getsockname()[:2]
         return str(host), int(port)
 
-    def authenticate(self, user: str, password: str, client_ip: str, tls: bool = False) -> Login:
-        """Route ``user``, log in on its backend and resolve its root (counted and audited)."""
+    def authenticate(
+        self, user: str, password: str, client_ip: str, tls: bool = False, refused: Refused | None = None
+    ) -> Login:
+        """Route ``user``, log in on its backend and resolve its root (counted and audited).
+
+        ``refused`` is told why, if the login of a user with a route is refused.
+        """
         label = "yes" if tls else "no"
         # The guard first: a banned address never reaches a backend, and attempts in flight
         # count, so parallel sessions cannot outrun it (see gateway.guard).
         if not self.guard.begin_attempt(client_ip):
-            self._refused(client_ip, user, "banned", "-", label)
+            self._refused(client_ip, user, "banned", "-", label)  # before routing, for the metric and audit
+            if refused is not None and (route := self._route_of(user, client_ip)) is not None:
+                refused("banned", route.name, route.phase)  # the usage record of a partner's banned job
             raise errors.Banned()
         failed = False
+        token = _REFUSED.set(refused)
         try:
             return self._attempt(user, password, client_ip, tls, label)
         except errors.LoginRefused as err:
             failed = not isinstance(err, _RootUnusable | errors.Retired)  # a wrong password, user or route
             raise
         finally:
+            _REFUSED.reset(token)
             if banned_for := self.guard.end_attempt(client_ip, failed):
                 self.metrics.guard_bans.inc()
                 logs.audit.warning("ban: client_ip=%s seconds=%d reason=failed_logins", client_ip, banned_for)
@@ -356,8 +370,7 @@ class Gateway(Logins):
             # the catch-all route, a pooled connection, a usage row or a metric of its own.
             self._refused(client_ip, user, "bad_user_name", "-", label)
             raise errors.LoginRefused()
-        local = self.cfg.users.get(user)
-        route = match_route(self.cfg.routes, user, client_ip, local.groups if local else frozenset())
+        route = self._route_of(user, client_ip)
         if route is None:
             # As costly as a password check: with routes chosen by group, only a known
             # user has a route, and a quick refusal would tell unknown names from known.
@@ -401,11 +414,21 @@ class Gateway(Logins):
             refusal.route = route.name
             raise refusal
 
+    def _route_of(self, user: str, client_ip: str) -> RouteConfig | None:
+        """The route ``user`` logs in on, if the name is acceptable and a route matches."""
+        if not acceptable_user(user, self.cfg.limits.user_names):
+            return None
+        local = self.cfg.users.get(user)
+        return match_route(self.cfg.routes, user, client_ip, local.groups if local else frozenset())
+
     def _refused(
         self, client_ip: str, user: str, result: str, route: str, tls: str, detail: str = ""
     ) -> None:
         self.metrics.logins.labels(result, route, tls).inc()
         logs.login_audit(client_ip, user, result, route, detail)
+        phase = next((r.phase for r in self.cfg.routes if r.name == route), None)
+        if phase is not None and (listener := _REFUSED.get()) is not None:
+            listener(result, route, phase)
 
     def _ask_external(
         self, user: str, password: str, client_ip: str, tls: bool, route: str, label: str

@@ -309,6 +309,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 1
     try:
         rows = store.read(database, args.since, args.user)
+        if args.user is not None and not rows and not store.read(database, None, args.user):
+            print(
+                f"report: no session of user {args.user!r} is recorded (names are case-sensitive)",
+                file=sys.stderr,
+            )
+            return 1
     except store.StoreError as err:
         print(str(err), file=sys.stderr)
         return 1

@@ -241,6 +241,18 @@ class Login:
     name_encoding: str | None = None
 
 
-#: How the FTP side logs a user in: (user, password, client_ip, tls) -> Login.
-#: Raises LoginRefused for bad credentials and BackendUnavailable for a dead backend.
-Authenticate = Callable[[str, str, str, bool], Login]
+#: Told (result, route, phase) when the login of a user with a route is refused; result is
+#: the audit line's (``retired``, ``bad_credentials``, ``banned``, ...).
+Refused = Callable[[str, str, str], None]
+
+
+class Authenticate(Protocol):
+    """How the FTP side logs a user in: (user, password, client address, TLS) -> Login.
+
+    Raises LoginRefused for bad credentials and BackendUnavailable for a dead backend;
+    ``refused`` hears why a login of a user with a route was refused.
+    """
+
+    def __call__(
+        self, user: str, password: str, client_ip: str, tls: bool, refused: Refused | None = None
+    ) -> Login: ...

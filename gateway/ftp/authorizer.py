@@ -31,7 +31,9 @@ class SessionAuthorizer:
         """Log in on the backend; AuthenticationFailed (530 after a delay) if refused."""
         self.refusal = None
         try:
-            self.login = self._authenticate(username, password, handler.remote_ip, handler.secure)
+            self.login = self._authenticate(
+                username, password, handler.remote_ip, handler.secure, refused=handler.login_refused
+            )
         except LoginRefused as err:
             self.refusal = err
             raise AuthenticationFailed(err.text) from None

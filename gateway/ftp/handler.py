@@ -949,13 +949,15 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             return None
         return super().ftp_STOU(line)
 
+    def login_refused(self, result: str, route: str, phase: str) -> None:
+        """A login of this session was refused (``result`` as the audit line says it)."""
+        if self.usage is not None:
+            self.usage.refused(self.username, route, phase, result, self.secure)
+
     def handle_auth_failed(self, msg: str, password: str) -> None:
         refusal = self.authorizer.refusal
-        if isinstance(refusal, Retired):  # the user still tries FTP after the migration
-            if self.usage is not None:
-                self.usage.refused_retired(self.username, refusal.route, self.secure)
-            if self.metrics is not None:
-                self.metrics.phase_login("retired", self.secure, self.username)
+        if isinstance(refusal, Retired) and self.metrics is not None:  # still trying FTP after the move
+            self.metrics.phase_login("retired", self.secure, self.username)
         # As pyftpdlib's: the 530 after auth_failed_timeout, the control channel unread
         # meanwhile. Unlike pyftpdlib's, lines the client pipelined behind this PASS (more
         # USER/PASS pairs in one packet) wait for that 530 (found_terminator): each attempt

@@ -3,6 +3,11 @@
 Verdicts (first that applies):
 
 * ``retired``: the user's latest login was refused because the route is retired.
+* ``locked out``: the user logged in before, and every login since a point after that
+  failed (a password that differs on the backend after a phase flip, a host key, a ban):
+  the most likely failure of a switch-over, shown first.
+* ``never logged in``: only failed logins recorded (a wrong password from the start, or a
+  name nobody uses).
 * ``blocked``: something the SFTP path cannot do or did badly: SITE subcommands other than
   CHMOD/HELP/UMASK/UTIME, shadow copies that failed or differed, more than 5 % of transfers
   over SFTP failed.
@@ -18,11 +23,12 @@ at all), checksum commands (HASH, XSHA256, ...), commands the gateway does not i
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from gateway.usage.session import Totals
+from gateway.usage.session import FAILED_LOGINS, Totals
 from gateway.usage.store import Row
 
 #: SITE subcommands the SFTP path honours (CHMOD, UMASK and UTIME become SFTP setstats).
@@ -32,7 +38,7 @@ HONOURED_SITE = frozenset({"CHMOD", "HELP", "UMASK", "UTIME"})
 CHECKSUM_COMMANDS = ("HASH", "XSHA256", "XSHA1", "XSHA", "XMD5", "XCRC")
 #: Above this share of failed transfers over SFTP, a user is blocked.
 MAX_FAILURE_RATE = 0.05
-VERDICTS = ("ready", "not proven", "blocked", "retired")
+VERDICTS = ("ready", "not proven", "blocked", "retired", "locked out", "never logged in")
 
 
 @dataclass
@@ -57,8 +63,10 @@ class UserReport:
     routes: list[RouteUse]
     client_ips: list[str]  # most logins first
     clients: dict[str, int]  # client software -> logins
-    logins: int
+    logins: int  # successful ones
     refused_logins: int  # refused: the route is retired
+    failed_logins: Counter[str]  # by kind (session.FAILED_LOGINS)
+    locked_out_since: float | None  # when the failing logins began (verdict "locked out")
     tls_logins: int
     totals: Totals
     sftp_transfers: int
@@ -70,7 +78,7 @@ class UserReport:
 
     @property
     def tls_share(self) -> float:
-        """Share of logins (and refused attempts) made over TLS."""
+        """Share of logins (and refused attempts of a retired route) made over TLS."""
         attempts = self.logins + self.refused_logins
         return self.tls_logins / attempts if attempts else 0.0
 
@@ -104,11 +112,16 @@ def _user(user: str, rows: list[Row], now: float) -> UserReport:
     routes: dict[tuple[str, str, str], RouteUse] = {}
     ips: Counter[str] = Counter()
     clients: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
     refused = tls = 0
     sftp_transfers = sftp_failed = 0
     sftp_since = now
     for row in rows:
         key, t = row.key, row.totals
+        if key.outcome in FAILED_LOGINS:
+            failed[key.outcome] += t.logins
+            ips.setdefault(key.client_ip, 0)  # listed, after the addresses that logged in
+            continue
         totals.add(t)
         ips[key.client_ip] += t.logins
         clients[key.client] += t.logins
@@ -140,6 +153,8 @@ def _user(user: str, rows: list[Row], now: float) -> UserReport:
         clients=dict(clients.most_common()),
         logins=totals.logins - refused,
         refused_logins=refused,
+        failed_logins=failed,
+        locked_out_since=_locked_out_since(rows),
         tls_logins=tls,
         totals=totals,
         sftp_transfers=sftp_transfers,
@@ -148,11 +163,48 @@ def _user(user: str, rows: list[Row], now: float) -> UserReport:
         verdict="",
         reasons=[],
     )
-    _judge(report, latest, sftp_since, now)
+    _judge(report, rows, sftp_since, now)
     return report
 
 
-def _judge(r: UserReport, latest: Row, sftp_since: float, now: float) -> None:
+def _locked_out_since(rows: list[Row]) -> float | None:
+    """When the failing logins that followed the last successful one began, if the latest
+    attempt failed too (rows are sorted by last_seen); None otherwise."""
+    if rows[-1].key.outcome not in FAILED_LOGINS:
+        return None
+    last_ok = max((r.last_seen for r in rows if r.key.outcome == "ok"), default=None)
+    if last_ok is None:
+        return None
+    since = [r.first_seen for r in rows if r.key.outcome in FAILED_LOGINS and r.last_seen > last_ok]
+    # Rows are daily totals: failures of the day of the last success may have begun before it.
+    return max(min(since), last_ok)
+
+
+def _lockout(r: UserReport, rows: list[Row]) -> str:
+    """The locked-out reason: since when, how many of which kind, before and after."""
+    assert r.locked_out_since is not None
+    since = r.locked_out_since
+    failing = [row for row in rows if row.key.outcome in FAILED_LOGINS and row.last_seen >= since]
+    kinds: Counter[str] = Counter()
+    for row in failing:
+        kinds[row.key.outcome] += row.totals.logins
+    last_ok = max((row for row in rows if row.key.outcome == "ok"), key=lambda row: row.last_seen)
+    latest = rows[-1].key
+    before = last_ok.key.phase
+    moved = f", after the move from {before} to {latest.phase}" if before != latest.phase else ""
+    return (
+        f"every login since {_short(since)} UTC failed{moved}: {_counted(kinds)}; the last successful "
+        f"one was {_short(last_ok.last_seen)} UTC (phase {before}); last attempt from {latest.client_ip} "
+        f"(client: {latest.client}) at {_short(rows[-1].last_seen)} UTC"
+    )
+
+
+def _short(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(when))
+
+
+def _judge(r: UserReport, rows: list[Row], sftp_since: float, now: float) -> None:
+    latest = rows[-1]
     t = r.totals
     site = Counter({sub: n for sub, n in t.site.items() if sub not in HONOURED_SITE})
     unknown = Counter({verb: n for verb, n in t.unknown.items() if verb not in ("CLNT", "CSID")})
@@ -194,11 +246,23 @@ def _judge(r: UserReport, latest: Row, sftp_since: float, now: float) -> None:
             "none, so over SFTP the client must check its files another way"
         )
 
+    attempts = sum(r.failed_logins.values())
+    if attempts and r.locked_out_since is None and r.logins:
+        r.warnings.append(f"{plural(attempts, 'failed login')}: {_counted(r.failed_logins)}")
+
     if latest.key.outcome == "retired":
         r.verdict = "retired"
         r.reasons = [
             f"FTP is off for route {latest.key.route}, yet {plural(r.refused_logins, 'refused login')}, "
             f"the last from {latest.key.client_ip} (client: {latest.key.client})"
+        ]
+    elif r.locked_out_since is not None:
+        r.verdict, r.reasons = "locked out", [_lockout(r, rows)]
+    elif not r.logins and not r.refused_logins:
+        r.verdict = "never logged in"
+        r.reasons = [
+            f"{plural(attempts, 'failed login')} ({_counted(r.failed_logins)}) and none successful, "
+            f"the last from {latest.key.client_ip} at {_short(latest.last_seen)} UTC"
         ]
     elif blockers:
         r.verdict, r.reasons = "blocked", blockers

@@ -1,6 +1,6 @@
 """The readiness report as text: a table for people, JSON and CSV for programs.
 
-The JSON layout is described by ``report.schema.json`` next to this file (version 1); the
+The JSON layout is described by ``report.schema.json`` next to this file (version 2); the
 CSV has one row per user and the header ``CSV_COLUMNS``. Every string in them came through
 ``usage.session.text`` (client-supplied text is escaped before it is stored).
 """
@@ -15,7 +15,8 @@ from typing import Any
 
 from gateway.usage.readiness import UserReport, plural
 
-SCHEMA_VERSION = 1
+#: 2: failed_logins, locked_out_since and the verdicts "locked out" and "never logged in".
+SCHEMA_VERSION = 2
 CSV_COLUMNS = (
     "user",
     "verdict",
@@ -27,6 +28,8 @@ CSV_COLUMNS = (
     "last_seen",
     "logins",
     "refused_logins",
+    "failed_logins",
+    "locked_out_since",
     "tls_share",
     "clients",
     "client_ips",
@@ -73,6 +76,8 @@ def as_data(report: UserReport) -> dict[str, Any]:
         ],
         "logins": report.logins,
         "refused_logins": report.refused_logins,
+        "failed_logins": dict(report.failed_logins.most_common()),
+        "locked_out_since": _maybe(report.locked_out_since),
         "tls_share": round(report.tls_share, 4),
         "clients": report.clients,
         "client_ips": report.client_ips,
@@ -99,6 +104,10 @@ def as_data(report: UserReport) -> dict[str, Any]:
         "error_replies": dict(sorted(t.errors.items())),
         "untranslatable": report.untranslatable,
     }
+
+
+def _maybe(when: float | None) -> str | None:
+    return timestamp(when) if when is not None else None
 
 
 def to_json(reports: list[UserReport], since: float | None, now: float) -> str:
@@ -130,6 +139,8 @@ def to_csv(reports: list[UserReport]) -> str:
         row: dict[str, object] = {
             **{k: d[k] for k in ("user", "verdict", "phase", "first_seen", "last_seen", "logins")},
             "refused_logins": r.refused_logins,
+            "failed_logins": "; ".join(f"{kind} {n}" for kind, n in r.failed_logins.most_common()),
+            "locked_out_since": d["locked_out_since"] or "",
             "reasons": "; ".join(r.reasons),
             "warnings": "; ".join(r.warnings),
             "routes": "; ".join(f"{u.route} ({u.phase})" for u in r.routes),
@@ -154,6 +165,16 @@ def to_csv(reports: list[UserReport]) -> str:
 
 def _short(when: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(when))
+
+
+def _logins(r: UserReport) -> str:
+    """The LOGINS cell: successful logins, then refused (retired route) and failed ones."""
+    failed = sum(r.failed_logins.values())
+    return (
+        f"{r.logins}"
+        + (f" +{r.refused_logins} refused" if r.refused_logins else "")
+        + (f" +{failed} failed" if failed else "")
+    )
 
 
 def to_table(reports: list[UserReport], since: float | None, now: float) -> str:
@@ -182,7 +203,7 @@ def to_table(reports: list[UserReport], since: float | None, now: float) -> str:
                 r.verdict,
                 r.phase,
                 _short(r.last_seen),
-                str(r.logins + r.refused_logins),
+                _logins(r),
                 f"{r.tls_share:.0%}",
                 f"{t.uploads + t.downloads - failed} ok, {failed} failed",
                 ", ".join(r.clients),
@@ -190,7 +211,13 @@ def to_table(reports: list[UserReport], since: float | None, now: float) -> str:
             )
         )
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    out = []
+    out = [  # the switch-over's most likely failure, first
+        f"LOCKED OUT: {r.user} since {_short(r.locked_out_since)} UTC, see below"
+        for r in reports
+        if r.locked_out_since is not None
+    ]
+    if out:
+        out.append("")
     for row, report in zip([header, *lines], [None, *reports], strict=True):
         out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if report is not None:

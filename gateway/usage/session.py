@@ -37,6 +37,18 @@ FILE_TRANSFERS = frozenset({"RETR", "STOR", "STOU", "APPE"})
 #: 504, "not implemented for that parameter", answers e.g. TYPE X: not a missing command).
 UNKNOWN_REPLIES = frozenset({500, 502})
 _COUNTERS = ("commands", "replies", "errors", "site", "site_refused", "unknown")
+#: Why a login of a user with a route failed, as the audit line's ``result=`` says it.
+FAILED_LOGINS = frozenset(
+    {
+        "bad_credentials",  # wrong password, or a user the backend does not know
+        "banned",  # the client's address is banned by the guard
+        "backend_unavailable",  # the backend did not answer or the connection broke
+        "host_key_mismatch",  # the backend's host key is not the known one
+        "too_many_sessions",  # the account's connection cap
+        "root_unusable",  # the route's root or home is missing on the backend
+        "auth_unavailable",  # the external authority did not answer
+    }
+)
 
 
 def _bump(counter: Counter[str], key: str, amount: int = 1) -> None:
@@ -116,7 +128,9 @@ class Key:
     client_ip: str
     tls: bool
     client: str  # "lftp 4.9.2", "curl", "unknown"
-    outcome: str  # ok (logged in) | retired (refused: the route is retired)
+    #: ok (logged in) | retired (refused: the route is retired) | a failed login's kind
+    #: (FAILED_LOGINS: bad_credentials, banned, backend_unavailable, host_key_mismatch, ...)
+    outcome: str
 
 
 @dataclass(frozen=True)
@@ -210,9 +224,10 @@ class SessionUsage:
         """A login succeeded."""
         self._begin(_Who(text(user), text(route), phase, text(backend), tls, "ok"))
 
-    def refused_retired(self, user: str, route: str, tls: bool) -> None:
-        """A login was refused because the user's route is retired (FTP is off for them)."""
-        self._begin(_Who(text(user), text(route), "retired", "-", tls, "retired"))
+    def refused(self, user: str, route: str, phase: str, outcome: str, tls: bool) -> None:
+        """A login of a user of ``route`` was refused: ``outcome`` says why ("retired": FTP
+        is off for them; else a kind of FAILED_LOGINS)."""
+        self._begin(_Who(text(user), text(route), phase, "-", tls, outcome))
 
     def _begin(self, who: _Who) -> None:
         if self._who is not None and self._who != who:

@@ -50,9 +50,10 @@ CREATE TABLE IF NOT EXISTS sync_journal (
 );
 PRAGMA user_version = {SCHEMA_VERSION};
 """
-#: Refused logins of retired routes come before any password check, so their user names
-#: (and CLNT texts) are the client's to choose: past this many rows a day they share one row.
-MAX_RETIRED_ROWS_PER_DAY = 1000
+#: Refused logins (a retired route's, before any password check, and failed ones) carry user
+#: names and CLNT texts that are the client's to choose: past this many rows a day they
+#: share one row.
+MAX_REFUSED_ROWS_PER_DAY = 1000
 #: A user's rows a day (one per address, client software, route ...): past this, further
 #: addresses and clients of that user share one row (CLNT is the client's to choose).
 MAX_ROWS_PER_USER_DAY = 50
@@ -186,8 +187,8 @@ def _count(conn: sqlite3.Connection, where: str, args: tuple[object, ...]) -> in
 
 def _shared_key(conn: sqlite3.Connection, key: Key) -> Key:
     """For a key with no row yet: itself, or the shared row once its day is full (the caps)."""
-    if key.outcome == "retired" and _count(conn, "day = ? AND outcome = 'retired'", (key.day,)) >= (
-        MAX_RETIRED_ROWS_PER_DAY
+    if key.outcome != "ok" and _count(conn, "day = ? AND outcome != 'ok'", (key.day,)) >= (
+        MAX_REFUSED_ROWS_PER_DAY
     ):
         return dataclasses.replace(key, user="*", client_ip="*", client="*")
     if _count(conn, "day = ? AND user = ?", (key.day, key.user)) >= MAX_ROWS_PER_USER_DAY:

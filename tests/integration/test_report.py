@@ -243,3 +243,47 @@ def test_a_database_that_is_not_sqlite_stops_the_start_with_the_reason(sshd, tmp
     out = subprocess.run([*CLI, "run", "--config", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert f"report.database: usage database {database}: file is not a database" in out.stderr
+
+
+def test_a_partner_locked_out_after_the_flip_is_flagged_with_times(
+    gateway_factory, sshd, legacy_ftp, user2, tmp_path
+):
+    """The most likely switch-over failure: the partner's job logs in fine in shadow, the
+    route moves to sftp, where the account's password differs: every login gets 530."""
+    docs = {}
+    for phase in ("shadow", "sftp"):
+        docs[phase] = doc = with_report(legacy_config(sshd, legacy_ftp, phase), tmp_path)
+        doc["routes"][0]["match"]["user"] = user2.name
+    gw = gateway_factory(docs["shadow"])
+    gw.login(user2).quit()
+    gw.stop()
+    subprocess.run(["chpasswd"], input=f"{user2.name}:Another-pw-9\n".encode(), check=True)  # the SFTP one
+    try:
+        gw = gateway_factory(docs["sftp"])
+        for _ in range(3):
+            ftp = gw.connect()
+            with pytest.raises(ftplib.error_perm, match=r"^530"):
+                ftp.login(user2.name, user2.password)  # the password that worked on the legacy server
+            ftp.close()
+        gw.stop()
+    finally:
+        subprocess.run(["chpasswd"], input=f"{user2.name}:{user2.password}\n".encode(), check=True)
+    u = report(tmp_path, docs["sftp"], "--user", user2.name)[user2.name]
+    assert (u["verdict"], u["phase"], u["logins"], u["failed_logins"]) == (
+        "locked out",
+        "sftp",
+        1,
+        {"bad_credentials": 3},
+    )
+    assert u["locked_out_since"] is not None
+    (reason,) = u["reasons"]
+    assert reason.startswith("every login since ") and ", after the move from shadow to sftp: " in reason
+    assert "bad_credentials (3x); the last successful one was " in reason and "from 127.0.0.1" in reason
+    table = report(tmp_path, docs["sftp"], fmt="table")
+    assert table.splitlines()[0].startswith(f"LOCKED OUT: {user2.name} since ")
+    assert "1 +3 failed" in table
+    path = tmp_path / "report.yaml"  # written by report()
+    nobody = subprocess.run(
+        [*CLI, "report", "--config", str(path), "--user", "nobody"], capture_output=True, text=True
+    )
+    assert nobody.returncode == 1 and "no session of user 'nobody' is recorded" in nobody.stderr

@@ -437,7 +437,7 @@ def test_logout_take_leaves_the_next_login_its_own_commands():
 def test_a_refused_retired_login():
     usage, clock = session("198.51.100.7")
     usage.command("USER", "carol", 331)
-    usage.refused_retired("carol", "old", tls=False)
+    usage.refused("carol", "old", "retired", "retired", tls=False)
     usage.command("PASS", "x", 530)
     clock.now += 1
     record = only(usage.take())
@@ -621,25 +621,30 @@ def retired(user: str, **changes) -> Record:
 
 
 def test_retired_rows_per_day_are_capped(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "MAX_RETIRED_ROWS_PER_DAY", 2)
+    monkeypatch.setattr(store, "MAX_REFUSED_ROWS_PER_DAY", 2)
     db = tmp_path / "usage.sqlite"
     write(db, retired("a", client_ip="192.0.2.1"), retired("b", client_ip="192.0.2.2"))
     write(db, retired("c", client_ip="192.0.2.3"), retired("a", client_ip="192.0.2.1"))
-    write(db, retired("d", client_ip="192.0.2.4"))
+    write(
+        db, retired("d", client_ip="192.0.2.4", phase="sftp", outcome="bad_credentials")
+    )  # failed: capped too
     write(db, retired("e", client_ip="192.0.2.5", day="2023-11-15"))  # another day: its own count
     write(db, record(T0, T0 + 1, user="f"))  # logged-in users are never folded
-    rows = {(r.key.day, r.key.user, r.key.client_ip): r.totals.logins for r in store.read(str(db))}
+    rows = {
+        (r.key.day, r.key.user, r.key.client_ip, r.key.outcome): r.totals.logins for r in store.read(str(db))
+    }
     assert rows == {
-        ("2023-11-14", "a", "192.0.2.1"): 2,
-        ("2023-11-14", "b", "192.0.2.2"): 1,
-        ("2023-11-14", "*", "*"): 2,
-        ("2023-11-15", "e", "192.0.2.5"): 1,
-        ("2023-11-14", "f", "192.0.2.1"): 1,
+        ("2023-11-14", "a", "192.0.2.1", "retired"): 2,
+        ("2023-11-14", "b", "192.0.2.2", "retired"): 1,
+        ("2023-11-14", "*", "*", "retired"): 1,
+        ("2023-11-14", "*", "*", "bad_credentials"): 1,
+        ("2023-11-15", "e", "192.0.2.5", "retired"): 1,
+        ("2023-11-14", "f", "192.0.2.1", "ok"): 1,
     }
 
 
 def test_retired_rows_cap_holds_whatever_the_client_says(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "MAX_RETIRED_ROWS_PER_DAY", 2)
+    monkeypatch.setattr(store, "MAX_REFUSED_ROWS_PER_DAY", 2)
     db = tmp_path / "usage.sqlite"
     write(db, *(retired(f"u{n}", client=f"tool{n}") for n in range(10)))
     assert len(store.read(str(db))) == 3
@@ -817,6 +822,49 @@ def test_not_proven():
     assert (r.verdict, r.reasons) == ("not proven", ["2 logins but no file transfer over sftp yet"])
 
 
+def failed(first: float, last: float, kind: str = "bad_credentials", **fields) -> Row:
+    return row(first, last, outcome=kind, backend="-", **{"phase": "sftp", **fields})
+
+
+def test_locked_out_when_every_login_after_the_last_success_failed():
+    rows = [
+        row(NOW - 3 * DAY, NOW - 2 * DAY, phase="shadow", uploads=4),
+        failed(NOW - DAY, NOW - 3600, logins=5, client_ip="198.51.100.7", client="lftp 4.9.2"),
+        failed(NOW - 1800, NOW - 600, "banned", logins=1, client_ip="198.51.100.7", client="lftp 4.9.2"),
+    ]
+    r = one(rows)
+    assert (r.verdict, r.locked_out_since, r.logins, r.failed_logins) == (
+        "locked out",
+        NOW - DAY,
+        1,
+        Counter({"bad_credentials": 5, "banned": 1}),
+    )
+    assert r.reasons == [
+        "every login since 2023-11-23 22:13 UTC failed, after the move from shadow to sftp: "
+        "bad_credentials (5x), banned (1x); the last successful one was 2023-11-22 22:13 UTC (phase "
+        "shadow); last attempt from 198.51.100.7 (client: lftp 4.9.2) at 2023-11-24 22:03 UTC"
+    ]
+    assert r.client_ips == ["192.0.2.1", "198.51.100.7"]
+    data = render.as_data(r)
+    assert (data["failed_logins"], data["locked_out_since"]) == (
+        {"bad_credentials": 5, "banned": 1},
+        "2023-11-23T22:13:20Z",
+    )
+
+
+def test_failures_the_user_got_past_are_a_warning_and_only_failures_never_logged_in():
+    rows = [failed(NOW - DAY, NOW - DAY + 60, logins=2), row(NOW - 3600, NOW - 3000, downloads=1)]
+    r = one(rows)
+    assert (r.verdict, r.locked_out_since) == ("ready", None)
+    assert r.warnings == ["2 failed logins: bad_credentials (2x)"]
+    r = one([failed(NOW - DAY, NOW - 60, "host_key_mismatch", logins=4)])
+    assert (r.verdict, r.logins) == ("never logged in", 0)
+    assert r.reasons == [
+        "4 failed logins (host_key_mismatch (4x)) and none successful, "
+        "the last from 192.0.2.1 at 2023-11-24 22:12 UTC"
+    ]
+
+
 def test_retired_when_the_latest_row_is_a_refusal():
     rows = [
         row(NOW - 5 * DAY, NOW - 4 * DAY, downloads=3, site=Counter({"RECFM": 1})),
@@ -922,7 +970,7 @@ def test_json_matches_the_schema_and_round_trips():
     for since in (NOW - 7 * DAY, None):
         document = json.loads(render.to_json(reports, since, NOW))
         jsonschema.validate(document, schema, cls=jsonschema.Draft202012Validator)
-        assert document["schema_version"] == render.SCHEMA_VERSION == 1
+        assert document["schema_version"] == render.SCHEMA_VERSION == 2
         assert document["generated"] == "2023-11-24T22:13:20Z"
         assert document["since"] == (None if since is None else "2023-11-17T22:13:20Z")
         assert document["users"] == [render.as_data(r) for r in reports]
