@@ -6,14 +6,16 @@ The only module (besides the CLI) that imports both ``gateway.ftp`` and ``gatewa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
+import errno
 import logging
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from gateway import auth_external, config, errors, logs, paths
 from gateway.backends.ftp.backend import FTPBackend
@@ -73,6 +75,22 @@ _LOGIN_RESULTS: dict[type[errors.GatewayError], str] = {
     errors.BackendTimeout: "backend_unavailable",
     errors.TooManySessions: "too_many_sessions",
 }
+
+
+class ListenError(Exception):
+    """A listener cannot bind: which one (FTP, implicit FTPS, metrics), where, why, and the key."""
+
+    @staticmethod
+    @contextlib.contextmanager
+    def naming(what: str, address: str, port: int, key: str) -> Iterator[None]:
+        """Turn an OSError while opening this listener into a ListenError that names it."""
+        try:
+            yield
+        except OSError as err:
+            reason = err.strerror or str(err) or type(err).__name__
+            if err.errno == errno.EADDRINUSE or "already in use" in reason.lower():
+                reason = f"the port is in use (by what: `ss -ltnp`); change {key} or stop the other server"
+            raise ListenError(f"cannot listen on {address} port {port} ({what}): {reason}") from err
 
 
 #: Who hears of a refused login in progress on this thread (``Gateway.authenticate``'s
@@ -264,23 +282,28 @@ class Gateway(Logins):
         self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
         self.guard = Guard(cfg.guard)
         sums = Limits(cfg.limits.checksum_max_mib * 2**20, cfg.limits.checksums_at_once)
-        self.server = build_server(
-            cfg, self.authenticate, sock, self.metrics, self.guard, False, record, sums
-        )
+        with ListenError.naming("FTP", cfg.listen.address, cfg.listen.port, "listen.port"):
+            self.server = build_server(
+                cfg, self.authenticate, sock, self.metrics, self.guard, False, record, sums
+            )
         self.servers = [self.server]
         if cfg.tls.enabled and cfg.tls.implicit_port is not None:
-            implicit = build_server(
-                cfg, self.authenticate, implicit_sock, self.metrics, self.guard, True, record, sums
-            )
+            with ListenError.naming(
+                "implicit FTPS", cfg.listen.address, cfg.tls.implicit_port, "tls.implicit_port"
+            ):
+                implicit = build_server(
+                    cfg, self.authenticate, implicit_sock, self.metrics, self.guard, True, record, sums
+                )
             self.servers.append(implicit)
             share_limits(self.servers)
         self._readiness: list[str] = ["starting: backends not checked yet"]
         self.metrics_port: int | None = None
         if cfg.metrics.enabled:  # the checks only feed /readyz
             m = cfg.metrics
-            self.metrics_port = self.metrics.serve(
-                m.address, m.port, lambda: self._readiness, m.basic_auth, m.tls
-            )
+            with ListenError.naming("metrics", m.address, m.port, "metrics.port"):
+                self.metrics_port = self.metrics.serve(
+                    m.address, m.port, lambda: self._readiness, m.basic_auth, m.tls
+                )
             self.loop.submit(self._check_backends_forever())
             self.metrics.watch_backend_connections(self._connection_counts)
             if cfg.report.database:

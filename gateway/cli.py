@@ -9,6 +9,7 @@ import getpass
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -61,7 +62,7 @@ def _serve(cfg: config.GatewayConfig, banner: str | None = None, config_path: st
         try:
             sock, implicit = listen_sockets(cfg)
         except OSError as err:
-            print(f"cannot listen on {_ports(cfg)}: {err.strerror}", file=sys.stderr)
+            print(f"cannot listen on {_ports(cfg)}: {err.strerror or err}", file=sys.stderr)
             return 1
         return supervise(cfg, sock, implicit, functools.partial(_serve_one, config_path=config_path))
     return _serve_one(cfg, config_path=config_path)
@@ -80,13 +81,13 @@ def _serve_one(
     config_path: str | None = None,
 ) -> int:
     """Run one gateway process until SIGTERM/SIGINT (SIGHUP reloads ``config_path``)."""
-    from gateway.app import Gateway
+    from gateway.app import Gateway, ListenError
     from gateway.usage.store import StoreError
 
     try:
         gateway = Gateway(cfg, sock, implicit, config_path, adapt)
-    except OSError as err:
-        print(f"cannot listen on {_ports(cfg)}: {err.strerror}", file=sys.stderr)
+    except ListenError as err:
+        print(err, file=sys.stderr)
         return 1
     except StoreError as err:
         print(f"report.database: {err} (fix or move the file, or set another path)", file=sys.stderr)
@@ -144,26 +145,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     welcome = data / "welcome.txt"
     if not welcome.exists():
         welcome.write_text("Hello from ftp-sftp-gateway: this file lives on the demo SFTP server.\n")
-    state = Path(tempfile.mkdtemp(prefix="ftp-sftp-gateway-demo-"))
-    sftp_port, known_hosts = start_demo_sftp(BackgroundLoop().start(), data, state, "demo", "demo")
-    cfg = config.parse(
-        {
-            "listen": {"address": "127.0.0.1", "port": args.port, "passive_ports": [30000, 30100]},
-            "backends": {"demo": {"host": "127.0.0.1", "port": sftp_port, "known_hosts": str(known_hosts)}},
-            "routes": [{"match": {"user": "*"}, "backend": "demo", "auth": "passthrough", "root": "~"}],
-            "limits": {"failed_login_delay": 1},
-            "metrics": {"port": 0},
-        }
-    )
-    banner = (
-        f"Demo gateway on ftp://127.0.0.1:{args.port}/ -> embedded SFTP server 127.0.0.1:{sftp_port}\n"
-        f"serving {data} (user demo, password demo). Try:\n"
-        f"  curl ftp://demo:demo@127.0.0.1:{args.port}/\n"
-        f"  curl ftp://demo:demo@127.0.0.1:{args.port}/welcome.txt\n"
-        f"  curl -T somefile ftp://demo:demo@127.0.0.1:{args.port}/\n"
-        "Stop with Ctrl-C."
-    )
-    return _serve(cfg, banner)
+    metrics_port = args.metrics_port or _free_port()
+    state = Path(tempfile.mkdtemp(prefix="ftp-sftp-gateway-demo-"))  # the SFTP server's keys
+    try:
+        sftp_port, known_hosts = start_demo_sftp(BackgroundLoop().start(), data, state, "demo", "demo")
+        cfg = config.parse(
+            {
+                "listen": {
+                    "address": "127.0.0.1",
+                    "port": args.port,
+                    "passive_ports": list(args.passive_ports),
+                },
+                "backends": {
+                    "demo": {"host": "127.0.0.1", "port": sftp_port, "known_hosts": str(known_hosts)}
+                },
+                "routes": [{"match": {"user": "*"}, "backend": "demo", "auth": "passthrough", "root": "~"}],
+                "limits": {"failed_login_delay": 1},
+                "metrics": {"address": "127.0.0.1", "port": metrics_port},
+            }
+        )
+        low, high = args.passive_ports
+        banner = (
+            f"Demo gateway on ftp://127.0.0.1:{args.port}/ -> embedded SFTP server 127.0.0.1:{sftp_port}\n"
+            f"serving {data} (user demo, password demo), passive ports {low}-{high}. Try:\n"
+            f"  curl ftp://demo:demo@127.0.0.1:{args.port}/\n"
+            f"  curl ftp://demo:demo@127.0.0.1:{args.port}/welcome.txt\n"
+            f"  curl -T somefile ftp://demo:demo@127.0.0.1:{args.port}/\n"
+            f"Metrics: curl http://127.0.0.1:{metrics_port}/metrics\n"
+            "Stop with Ctrl-C."
+        )
+        return _serve(cfg, banner)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for the demo's metrics listener)."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+def _port_range(value: str) -> tuple[int, int]:
+    """``--passive-ports``: LOW-HIGH."""
+    low, _, high = value.partition("-")
+    try:
+        first, last = int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: use LOW-HIGH, e.g. 30000-30100") from None
+    if not 1024 <= first <= last <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: ports 1024-65535, LOW <= HIGH")
+    return first, last
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
@@ -373,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run with an embedded demo SFTP server")
     demo.add_argument("--port", type=int, default=2121, help="FTP port (default 2121)")
     demo.add_argument("--data", default="demo-data", help="folder to serve (default ./demo-data)")
+    demo.add_argument(
+        "--passive-ports", type=_port_range, default=(30000, 30100), help="LOW-HIGH (default 30000-30100)"
+    )
+    demo.add_argument(
+        "--metrics-port", type=int, default=0, help="metrics and health port (default: a free one)"
+    )
     demo.add_argument("--log-level", default="info", choices=config.LOG_LEVELS)
     demo.set_defaults(func=cmd_demo)
     return parser

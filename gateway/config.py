@@ -821,9 +821,10 @@ def _users(data: Any, problems: list[str], base_dir: Path) -> dict[str, LocalUse
             s.problem("groups", f"must be a list of group names, got {groups!r}")
             groups = []
         has_password = "backend_password_file" in s.data or "backend_password_env" in s.data
-        if key_file is not None and has_password:
+        has_key = "backend_key_file" in s.data  # an unreadable one is its own problem, above
+        if has_key and has_password:
             s.problem("backend_key_file", "set either a key or a password for the backend, not both")
-        password = _secret(s, "backend_password", base_dir) if has_password or key_file is None else None
+        password = _secret(s, "backend_password", base_dir) if has_password or not has_key else None
         s.finish()
         if password_hash and (password or key_file):
             key = str(base_dir / key_file) if key_file else None
@@ -1014,7 +1015,7 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
                 "rename the user or widen the pattern"
             )
     for index, route in enumerate(cfg.routes):
-        if route.auth == "mapped" and not cfg.users:
+        if route.auth == "mapped" and not top.raw("users", None):  # not: all of them have problems
             problems.append(f"routes[{index}].auth: 'mapped' needs gateway-local users in `users`")
         if route.auth == "external" and cfg.external_auth is None:
             problems.append(f"routes[{index}].auth: 'external' needs an `external_auth` section")
@@ -1032,9 +1033,10 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
 def redacted(value: Any) -> Any:
     """``value`` (a config dataclass) as plain data, every secret field (repr=False) redacted."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: (f.repr, getattr(value, f.name)) for f in dataclasses.fields(value)}
         return {
-            f.name: (redacted(getattr(value, f.name)) if f.repr else "<redacted>")
-            for f in dataclasses.fields(value)
+            name: redacted(v) if shown or v is None else "<redacted>"  # an unset secret is null
+            for name, (shown, v) in fields.items()
         }
     if isinstance(value, dict):
         return {str(k): redacted(v) for k, v in value.items()}

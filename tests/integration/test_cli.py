@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
+
+import pytest
 
 from tests.conftest import CLI, base_config, seed, write_config
 from tests.helpers.sshd import free_port, wait_port
@@ -81,10 +85,12 @@ def test_run_serves_and_stops_on_sigterm(sshd, user, tmp_path):
 
 
 def test_demo_serves_a_real_transfer_with_curl(tmp_path):
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    port, metrics = free_port(), free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    demo = ["demo", "--port", str(port), "--data", "demo-data", "--metrics-port", str(metrics)]
     proc = subprocess.Popen(
-        [*CLI, "demo", "--port", str(port), "--data", "demo-data"],
+        [*CLI, *demo, "--passive-ports", "31000-31009"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -102,8 +108,44 @@ def test_demo_serves_a_real_transfer_with_curl(tmp_path):
         assert (tmp_path / "demo-data" / "upload.txt").read_text() == "uploaded through the demo\n"
         wrong = subprocess.run(["curl", "-sS", f"ftp://demo:nope@127.0.0.1:{port}/"], capture_output=True)
         assert wrong.returncode == 67  # curl: login denied
+        pasv = subprocess.run(["curl", "-sS", "-v", url], capture_output=True, text=True, timeout=30).stderr
+        data_port = int(re.search(r"229 Entering extended passive mode \(\|\|\|(\d+)\|\)", pasv).group(1))
+        assert 31000 <= data_port <= 31009
+        scraped = subprocess.run(
+            ["curl", "-sS", f"http://127.0.0.1:{metrics}/metrics"], capture_output=True, text=True
+        )
+        assert "ftpgw_sessions_active" in scraped.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
     output = proc.stdout.read()
     assert f"curl ftp://demo:demo@127.0.0.1:{port}/" in output
+    assert (
+        f"Metrics: curl http://127.0.0.1:{metrics}/metrics" in output
+        and "passive ports 31000-31009" in output
+    )
+    assert list((tmp_path / "tmp").iterdir()) == []  # the embedded SFTP server's keys are gone
+
+
+@pytest.mark.parametrize(
+    ("busy", "named"),
+    [("ftp", "(FTP): the port is in use"), ("metrics", "(metrics): the port is in use")],
+)
+def test_a_busy_port_is_named_with_the_key_to_change(sshd, tmp_path, busy, named):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        doc = base_config(sshd)
+        if busy == "ftp":
+            doc["listen"]["port"] = port
+        else:
+            doc["metrics"] = {"enabled": True, "address": "127.0.0.1", "port": port}
+        result = subprocess.run(
+            [*CLI, "run", "--config", str(write_config(tmp_path, doc))],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1 port {port} {named}" in result.stderr
+    assert ("listen.port" if busy == "ftp" else "metrics.port") in result.stderr
+    assert "Traceback" not in result.stderr and "None" not in result.stderr

@@ -437,3 +437,30 @@ def test_route_name_encoding(known_hosts):
     doc["routes"][0]["name_encoding"] = "utf-16"
     with pytest.raises(config.ConfigError, match=r"routes\[0\]\.name_encoding: 'utf-16' does not keep ASCII"):
         config.parse(doc)
+
+
+def test_a_missing_backend_key_file_is_the_only_problem_reported(known_hosts, tmp_path):
+    """Not also "set exactly one of backend_password_file or ..." nor "'mapped' needs
+    gateway-local users" because the one user with the problem was left out."""
+    doc = _with_metrics(known_hosts)
+    doc["routes"][0]["auth"] = "mapped"
+    doc["users"] = {"partner": {"password_hash": hash_password("x"), "backend_key_file": "keys/partner"}}
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc, tmp_path)
+    assert err.value.problems == [
+        f"users.partner.backend_key_file: cannot read file {tmp_path / 'keys/partner'}"
+    ]
+
+
+def test_print_shows_an_unset_secret_as_null_and_a_set_one_redacted():
+    key_only = config.LocalUser("partner", "scrypt$...", "partner", None, "/etc/gw/partner.key", frozenset())
+    with_password = config.LocalUser("other", "scrypt$...", "other", "s3cret", None, frozenset())
+    shown = config.redacted({"users": {"partner": key_only, "other": with_password}})["users"]
+    assert (shown["partner"]["backend_password"], shown["partner"]["backend_key_file"]) == (
+        None,
+        "/etc/gw/partner.key",
+    )
+    assert (shown["other"]["backend_password"], shown["other"]["password_hash"]) == (
+        "<redacted>",
+        "<redacted>",
+    )
