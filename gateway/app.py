@@ -366,9 +366,9 @@ class Gateway(Logins):
         ``refused`` is told why, if the login of a user with a route is refused.
         """
         label = "yes" if tls else "no"
-        # The guard first: a banned address never reaches a backend, and attempts in flight
-        # count, so parallel sessions cannot outrun it (see gateway.guard).
-        if not self.guard.begin_attempt(client_ip):
+        # The guard first: a banned address (or user from it) never reaches a backend, and
+        # attempts in flight count, so parallel sessions cannot outrun it (see gateway.guard).
+        if not self.guard.begin_attempt(client_ip, user):
             self._refused(client_ip, user, "banned", "-", label)  # before routing, for the metric and audit
             if refused is not None and (route := self._route_of(user, client_ip)) is not None:
                 refused("banned", route.name, route.phase)  # the usage record of a partner's banned job
@@ -382,9 +382,16 @@ class Gateway(Logins):
             raise
         finally:
             _REFUSED.reset(token)
-            if banned_for := self.guard.end_attempt(client_ip, failed):
+            if banned_for := self.guard.end_attempt(client_ip, user, failed):
                 self.metrics.guard_bans.inc()
-                logs.audit.warning("ban: client_ip=%s seconds=%d reason=failed_logins", client_ip, banned_for)
+                scope = "address" if self.guard.ban_remaining(client_ip) else "user"
+                logs.audit.warning(
+                    "ban: client_ip=%s user=%s scope=%s seconds=%d reason=failed_logins",
+                    client_ip,
+                    logs.quote(user),
+                    scope,
+                    banned_for,
+                )
 
     def _attempt(self, user: str, password: str, client_ip: str, tls: bool, label: str) -> Login:
         if not acceptable_user(user, self.cfg.limits.user_names):

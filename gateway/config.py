@@ -110,7 +110,10 @@ class GuardConfig:
     """The brute-force guard (gateway.guard) and limits on sessions that have not logged in."""
 
     enabled: bool = True
-    max_failures: int = 5  # failed logins from one address within `window` before a ban
+    max_failures: int = 5  # failed logins of one user from one address within `window` before a ban
+    #: ... of any users from one address before the address is banned (default: 4 x max_failures)
+    max_failures_per_address: int = 20
+    allow: tuple[Network, ...] = ()  # networks never scored or banned (partners' NAT addresses)
     window: float = 600.0
     ban_time: float = 900.0  # doubled for each earlier ban within `forget_after`
     max_ban_time: float = 86400.0
@@ -118,6 +121,7 @@ class GuardConfig:
     login_grace: float = 30.0  # seconds from connect to login; NOOP does not extend it
     max_unauthenticated: int = 64  # sessions not logged in yet, in total
     max_unauthenticated_per_ip: int = 8  # ... from one address (IPv6: one /64)
+    count_waiting_after: float = 5.0  # seconds before a session counts in those two caps
 
 
 @dataclass(frozen=True)
@@ -878,15 +882,21 @@ def _auth_url(value: str) -> str | None:
 def _guard(data: Any, problems: list[str]) -> GuardConfig:
     s = _Section(data, "guard", problems)
     d = GuardConfig()
+    max_failures = s.typed("max_failures", int, d.max_failures, _at_least(1, 1000))
     cfg = GuardConfig(
         enabled=s.typed("enabled", bool, d.enabled),
-        max_failures=s.typed("max_failures", int, d.max_failures, _at_least(1, 1000)),
+        max_failures=max_failures,
+        max_failures_per_address=s.typed(
+            "max_failures_per_address", int, 4 * max_failures, _at_least(1, 10000)
+        ),
+        allow=_networks(s, "allow"),
         window=s.typed("window", float, d.window, _duration),
         ban_time=s.typed("ban_time", float, d.ban_time, _duration),
         max_ban_time=s.typed("max_ban_time", float, d.max_ban_time, _duration),
         forget_after=s.typed("forget_after", float, d.forget_after, _duration),
         login_grace=s.typed("login_grace", float, d.login_grace, _duration),
         max_unauthenticated=s.typed("max_unauthenticated", int, d.max_unauthenticated, _at_least(1)),
+        count_waiting_after=s.typed("count_waiting_after", float, d.count_waiting_after, _delay),
         max_unauthenticated_per_ip=s.typed(
             "max_unauthenticated_per_ip", int, d.max_unauthenticated_per_ip, _at_least(1)
         ),
@@ -894,6 +904,8 @@ def _guard(data: Any, problems: list[str]) -> GuardConfig:
     s.finish()
     if cfg.max_ban_time < cfg.ban_time:
         problems.append("guard.max_ban_time: must be at least guard.ban_time")
+    if cfg.max_failures_per_address < cfg.max_failures:
+        problems.append("guard.max_failures_per_address: must be at least guard.max_failures")
     return cfg
 
 

@@ -68,7 +68,8 @@ class Retired(LoginRefused):
 
 
 class Banned(GatewayError):
-    """The client's address is banned by the guard (too many failed logins): 421, closed."""
+    """The client's address, or this user from it, is banned by the guard (too many failed
+    logins): 421, closed."""
 
     code = 421
     text = "Too many failed logins from your address; try again later."

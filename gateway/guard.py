@@ -1,11 +1,17 @@
-"""Brute-force guard: failed logins scored per client address across connections, and bans.
+"""Brute-force guard: failed logins scored per client address and user, and bans.
 
 Consulted before any backend attempt. With password passthrough every failed FTP login is
 a failed SSH login *from the gateway's address* on the backend; OpenSSH >= 9.8 penalises
 such a source (PerSourcePenalties), so an attacker guessing passwords through the gateway
-would lock every user out. The guard stops the guessing at the gateway instead: after
-``max_failures`` failures within ``window`` seconds an address is banned for ``ban_time``,
-doubled for each earlier ban still remembered, up to ``max_ban_time``.
+would lock every user out. The guard stops the guessing at the gateway instead.
+
+Failures are scored twice within ``window`` seconds. Per (address, user): after
+``max_failures`` that user's logins from that address are refused for ``ban_time`` (a
+partner's job with a wrong password locks out itself, not the other partners behind the
+same NAT address). Per address, over all users: after ``max_failures_per_address`` the
+address is banned and its connections refused (guessing across many user names). Each ban
+is doubled for each earlier one still remembered, up to ``max_ban_time``. Networks in
+``allow`` are never scored or banned.
 
 Addresses are counted by ``source``: an IPv6 /64 is one client. ``SourceCounts`` counts open
 sessions that way, for the guard's not-logged-in caps and the server's per-address limit.
@@ -41,52 +47,80 @@ class Guard:
 
     def __init__(self, cfg: GuardConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self._clock = cfg, clock
-        self._records: OrderedDict[str, _Record] = OrderedDict()
+        #: By (source, user), and by (source, "") for the address as a whole.
+        self._records: OrderedDict[tuple[str, str], _Record] = OrderedDict()
         self._lock = threading.Lock()
         self._turn = threading.Condition(self._lock)
         self._unauthenticated = SourceCounts()
+        self._allow = cfg.allow
 
-    def ban_remaining(self, address: str) -> float:
-        """Seconds ``address`` stays banned (0 when it is not)."""
+    def _exempt(self, address: str) -> bool:
+        """True when the guard is off or ``address`` is in an allowed network."""
         if not self.cfg.enabled:
-            return 0.0
-        with self._lock:
-            record = self._records.get(source(address))
-            return max(0.0, record.banned_until - self._clock()) if record else 0.0
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self._allow)
 
-    def begin_attempt(self, address: str, wait: float = 30.0) -> bool:
-        """Admit one login attempt from ``address``; False if it is (or becomes) banned.
+    def ban_remaining(self, address: str, user: str = "") -> float:
+        """Seconds ``address`` stays banned, or (with ``user``) that user from it; 0 if not."""
+        if self._exempt(address):
+            return 0.0
+        now = self._clock()
+        with self._lock:
+            keys = [(source(address), "")] + ([(source(address), user)] if user else [])
+            records = [r for key in keys if (r := self._records.get(key)) is not None]
+            return max((max(0.0, r.banned_until - now) for r in records), default=0.0)
+
+    def begin_attempt(self, address: str, user: str, wait: float = 30.0) -> bool:
+        """Admit one login attempt of ``user`` from ``address``; False if the address or
+        the pair is (or becomes) banned.
 
         Attempts in flight count like failures already made, so parallel sessions cannot
-        try more than ``max_failures`` passwords before the first results are known; an
+        try more passwords than the limits allow before the first results are known; an
         attempt beyond that waits (up to ``wait`` seconds) for one to finish.
         """
-        if not self.cfg.enabled:
+        if self._exempt(address):
             return True
         key = source(address)
         deadline = self._clock() + wait
         with self._turn:
             while True:
-                record = self._record(key)
+                pair, whole = self._record((key, user)), self._record((key, ""))
                 now = self._clock()
-                if record.banned_until > now:
+                if pair.banned_until > now or whole.banned_until > now:
                     return False
-                self._expire(record, now)
-                if len(record.failures) + record.in_flight < self.cfg.max_failures:
-                    record.in_flight += 1
+                self._expire(pair, now)
+                self._expire(whole, now)
+                if (
+                    len(pair.failures) + pair.in_flight < self.cfg.max_failures
+                    and len(whole.failures) + whole.in_flight < self.cfg.max_failures_per_address
+                ):
+                    pair.in_flight += 1
+                    whole.in_flight += 1
                     return True
                 if now >= deadline:
                     return False
                 self._turn.wait(timeout=min(1.0, deadline - now))
 
-    def end_attempt(self, address: str, failed: bool) -> float:
+    def end_attempt(self, address: str, user: str, failed: bool) -> float:
         """Finish an attempt admitted by ``begin_attempt``; the ban it caused, else 0."""
-        if not self.cfg.enabled:
+        if self._exempt(address):
             return 0.0
+        key = source(address)
         with self._turn:
-            record = self._record(source(address))
-            record.in_flight = max(0, record.in_flight - 1)
-            banned_for = self._fail(record) if failed else 0.0
+            banned_for = 0.0
+            for record, limit in (
+                (self._record((key, user)), self.cfg.max_failures),
+                (self._record((key, "")), self.cfg.max_failures_per_address),
+            ):
+                record.in_flight = max(0, record.in_flight - 1)
+                if failed:
+                    banned_for = max(banned_for, self._fail(record, limit))
             self._turn.notify_all()
             return banned_for
 
@@ -94,11 +128,11 @@ class Guard:
         while record.failures and record.failures[0] <= now - self.cfg.window:
             record.failures.popleft()
 
-    def _fail(self, record: _Record) -> float:
+    def _fail(self, record: _Record, limit: int) -> float:
         now = self._clock()
         record.failures.append(now)
         self._expire(record, now)
-        if len(record.failures) < self.cfg.max_failures or record.banned_until > now:
+        if len(record.failures) < limit or record.banned_until > now:
             return 0.0
         if now - record.last_ban > self.cfg.forget_after:
             record.bans = 0  # a ban long ago: start over
@@ -108,7 +142,7 @@ class Guard:
         record.failures.clear()
         return length
 
-    def _record(self, key: str) -> _Record:
+    def _record(self, key: tuple[str, str]) -> _Record:
         record = self._records.pop(key, None) or _Record()
         self._records[key] = record  # most recently seen last
         while len(self._records) > MAX_TRACKED:

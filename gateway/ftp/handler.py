@@ -855,14 +855,24 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self.handle_error()
 
     def _tick(self) -> None:
-        """Every second on the session's thread: the login grace time, then a drain."""
-        if not self.authenticated and time.monotonic() - self._connected_at > self.login_grace:
+        """Every second on the session's thread: the login grace time, the not-logged-in
+        caps, then a drain."""
+        waited = time.monotonic() - self._connected_at
+        if not self.authenticated and waited > self.login_grace:
             # Slowloris before login: the grace time runs from connect and no command
             # (NOOP included) extends it, unlike pyftpdlib's idle timeout.
             if not self._closed and not self._closing:
                 self.respond("421 Login timeout, closing control connection.", logfun=ftplog.info)
                 self.close_when_done()
             return
+        if (
+            self.guard is not None
+            and not self.authenticated
+            and not self._unauthenticated
+            and not self._closing
+            and waited >= self.guard.cfg.count_waiting_after
+        ):
+            self._count_waiting()
         if self.usage is not None and self.usage.due(self.usage_every):
             self._record_usage()
         self._end_if_draining()
@@ -1220,11 +1230,18 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         if self.guard.ban_remaining(self.remote_ip):
             self.respond(f"421 {Banned.text}", logfun=ftplog.info)
             self.close_when_done()
-        elif not self.guard.enter_unauthenticated(self.remote_ip):
+        # A session counts as waiting to log in once it has waited guard.count_waiting_after
+        # (_tick): a batch host's 16 parallel logins, done in a moment, never count; sessions
+        # that sit silent do, and beyond the caps they are closed.
+
+    def _count_waiting(self) -> None:
+        """The session has waited count_waiting_after without logging in: count it, or 421."""
+        assert self.guard is not None
+        if self.guard.enter_unauthenticated(self.remote_ip):
+            self._unauthenticated = True
+        else:
             self.respond("421 Too many sessions waiting to log in; try again later.", logfun=ftplog.warning)
             self.close_when_done()
-        else:
-            self._unauthenticated = True
 
     def on_login(self, username: str) -> None:
         self._logged_in_once = True

@@ -140,7 +140,7 @@ def test_a_trusted_peer_must_send_a_valid_header(gateway_factory, sshd):
 
 def test_per_address_limits_and_the_guard_see_the_client(gateway_factory, sshd, user):
     doc = proxied_config(sshd, max_connections_per_ip=2)
-    doc["guard"] = {"max_failures": 2}
+    doc["guard"] = {"max_failures": 2, "max_failures_per_address": 2}  # an address ban
     gw = gateway_factory(doc)
     # Five clients, one balancer: a per-address limit of 2 must not count the balancer.
     sessions = [proxied(gw, f"198.51.100.{n}") for n in range(1, 6)]

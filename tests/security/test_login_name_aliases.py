@@ -66,7 +66,8 @@ def attempt(gw, name: str, password: str = PASSWORD, source: str = "127.0.0.1") 
 
 
 def test_aliases_are_refused_before_the_backend_and_counted_by_the_guard(gateway_factory, sshd, secu):
-    doc = routes(base_config(sshd, guard={"max_failures": 4, "ban_time": 60}), secu)
+    guard = {"max_failures": 4, "max_failures_per_address": 4, "ban_time": 60}  # aliases: other names
+    doc = routes(base_config(sshd, guard=guard), secu)
     gw = gateway_factory(doc)
     before = {u.name: backend_logins(sshd, u.name) for u in secu.values()}
     aliases = [f"{secu[2].name}:x", f"{secu[3].name}:x", f"{secu[1].name}:"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from gateway.config import GuardConfig
 from gateway.guard import Guard
 
@@ -14,15 +16,16 @@ class Clock:
         return self.now
 
 
-def fail(guard, address):
-    """One login attempt from ``address`` that fails; the ban it caused."""
-    assert guard.begin_attempt(address, wait=0)
-    return guard.end_attempt(address, failed=True)
+def fail(guard, address, user="u"):
+    """One login attempt of ``user`` from ``address`` that fails; the ban it caused."""
+    assert guard.begin_attempt(address, user, wait=0)
+    return guard.end_attempt(address, user, failed=True)
 
 
 def make(**cfg):
     clock = Clock()
-    return Guard(GuardConfig(**{"max_failures": 3, "window": 60, "ban_time": 100, **cfg}), clock), clock
+    settings = {"max_failures": 3, "max_failures_per_address": 3, "window": 60, "ban_time": 100, **cfg}
+    return Guard(GuardConfig(**settings), clock), clock
 
 
 def test_ban_after_max_failures_within_the_window_only():
@@ -78,12 +81,12 @@ def test_unauthenticated_caps_in_total_and_per_source():
 def test_attempts_in_flight_count_like_failures():
     """Parallel sessions cannot try more passwords than max_failures before results are in."""
     guard, _ = make()
-    assert all(guard.begin_attempt("a", wait=0) for _ in range(3))
-    assert not guard.begin_attempt("a", wait=0)  # would wait for a result
-    assert guard.begin_attempt("b", wait=0)  # others are unaffected
-    assert guard.end_attempt("a", failed=False) == 0  # one succeeded
-    assert guard.begin_attempt("a", wait=0)
-    assert [guard.end_attempt("a", failed=True) for _ in range(3)] == [0, 0, 100]
+    assert all(guard.begin_attempt("a", "u", wait=0) for _ in range(3))
+    assert not guard.begin_attempt("a", "u", wait=0)  # would wait for a result
+    assert guard.begin_attempt("b", "u", wait=0)  # others are unaffected
+    assert guard.end_attempt("a", "u", failed=False) == 0  # one succeeded
+    assert guard.begin_attempt("a", "u", wait=0)
+    assert [guard.end_attempt("a", "u", failed=True) for _ in range(3)] == [0, 0, 100]
 
 
 def test_an_ipv6_64_is_one_source():
@@ -93,3 +96,31 @@ def test_an_ipv6_64_is_one_source():
     assert guard.ban_remaining("2001:db8:1:2::99") == 100
     assert guard.ban_remaining("2001:db8:1:3::1") == 0
     assert guard.ban_remaining("::ffff:192.0.2.1") == 0 and fail(guard, "::ffff:192.0.2.1") == 0
+
+
+def test_one_users_failures_ban_that_user_from_the_address_not_its_neighbours():
+    """Partners behind one NAT address: one job with a wrong password locks out itself."""
+    guard, clock = make(max_failures_per_address=10)
+    assert [fail(guard, "a", "job1") for _ in range(3)] == [0, 0, 100]
+    assert not guard.begin_attempt("a", "job1", wait=0)
+    assert (
+        guard.ban_remaining("a", "job1") == 100 and guard.ban_remaining("a") == 0
+    )  # connections still welcome
+    assert guard.begin_attempt("a", "job2", wait=0)  # another partner behind the same address
+    assert guard.end_attempt("a", "job2", failed=False) == 0
+    clock.now += 100
+    assert guard.begin_attempt("a", "job1", wait=0)
+
+
+def test_guessing_across_user_names_bans_the_address_at_its_own_ceiling():
+    guard, _ = make(max_failures_per_address=5)
+    assert [fail(guard, "a", f"user{n}") for n in range(5)] == [0, 0, 0, 0, 100]
+    assert guard.ban_remaining("a") == 100
+    assert not guard.begin_attempt("a", "someone-else", wait=0)
+
+
+def test_allowed_networks_are_never_scored_or_banned():
+    guard, _ = make(allow=(ipaddress.ip_network("192.0.2.0/24"),))
+    assert all(fail(guard, "192.0.2.7") == 0 for _ in range(10))
+    assert guard.ban_remaining("192.0.2.7", "u") == 0 and guard.ban_remaining("::ffff:192.0.2.7") == 0
+    assert [fail(guard, "198.51.100.1") for _ in range(3)] == [0, 0, 100]  # others still are
