@@ -350,7 +350,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(str(err), file=sys.stderr)
         return 1
     now = time.time()
-    reports = readiness.assess(rows, now)
+    evidence = readiness.Evidence(cfg.report.ready_after_transfers, cfg.report.ready_after_days)
+    reports = readiness.assess(rows, now, evidence)
     if args.format == "json":
         sys.stdout.write(render.to_json(reports, args.since, now))
     elif args.format == "csv":

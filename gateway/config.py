@@ -259,6 +259,9 @@ class ReportConfig:
     database: str | None = None
     retention_days: int = 90
     per_user_metrics: int = 0  # users that get their own ftpgw_user_* series (0: none)
+    #: The evidence a "ready" verdict needs: clean transfers over SFTP, over at least so many days.
+    ready_after_transfers: int = 5
+    ready_after_days: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -985,13 +988,21 @@ def _report(data: Any, problems: list[str], base_dir: Path) -> ReportConfig:
     s = _Section(data, "report", problems)
     d = ReportConfig()
     database = s.optional_str("database", _writable_file(base_dir))
+    ready = _Section(s.raw("ready_after", None), "report.ready_after", problems)
     cfg = ReportConfig(
         database=str(base_dir / database) if database else None,
         retention_days=s.typed("retention_days", int, d.retention_days, _at_least(1, 3650)),
         per_user_metrics=s.typed("per_user_metrics", int, d.per_user_metrics, _at_least(0, 1000)),
+        ready_after_transfers=ready.typed("transfers", int, d.ready_after_transfers, _at_least(1, 10**6)),
+        ready_after_days=ready.typed("days", float, d.ready_after_days, _days_of_evidence),
     )
+    ready.finish()
     s.finish()
     return cfg
+
+
+def _days_of_evidence(value: float) -> str | None:
+    return None if 0 <= value <= 365 else "must be a number of days from 0 to 365"
 
 
 def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayConfig:

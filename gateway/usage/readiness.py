@@ -11,9 +11,10 @@ Verdicts (first that applies):
 * ``blocked``: something the SFTP path cannot do or did badly: SITE subcommands other than
   CHMOD/HELP/UMASK/UTIME, shadow copies that failed or differed, more than 5 % of transfers
   over SFTP failed.
-* ``ready``: at least one clean file transfer over SFTP (phase sftp, or uploads replayed in
-  phase shadow) and nothing blocking.
-* ``not proven``: nothing blocking, but no transfer over SFTP yet either.
+* ``ready``: nothing blocking, and enough evidence: at least ``transfers`` clean file
+  transfers over SFTP (phase sftp, or uploads replayed in phase shadow) over at least
+  ``days`` days (``report.ready_after``).
+* ``not proven``: nothing blocking, but not that much evidence yet.
 
 Warnings never change the verdict: plain FTP, active mode only, TYPE A (on binary data or
 at all), checksum commands (HASH, XSHA256, ...), commands the gateway does not implement
@@ -36,6 +37,9 @@ HONOURED_SITE = frozenset({"CHMOD", "HELP", "UMASK", "UTIME"})
 #: Commands that ask the server for a file's checksum: the gateway computes it, an SFTP
 #: server (OpenSSH) offers none, so the client must verify its transfers another way there.
 CHECKSUM_COMMANDS = ("HASH", "XSHA256", "XSHA1", "XSHA", "XMD5", "XCRC")
+#: Commands a client sends to learn what the server offers, and does without when refused:
+#: lftp's AUTH TLS on a plain-FTP gateway, FEAT, OPTS, CLNT ... never "will not translate".
+CAPABILITY_PROBES = frozenset({"AUTH", "PBSZ", "PROT", "CCC", "FEAT", "OPTS", "LANG", "HOST", "CLNT", "CSID"})
 #: Above this share of failed transfers over SFTP, a user is blocked.
 MAX_FAILURE_RATE = 0.05
 VERDICTS = ("ready", "not proven", "blocked", "retired", "locked out", "never logged in")
@@ -101,13 +105,24 @@ def _days(seconds: float) -> str:
     return plural(max(1, math.ceil(seconds / 86400)), "day")
 
 
-def assess(rows: list[Row], now: float) -> list[UserReport]:
+@dataclass(frozen=True)
+class Evidence:
+    """What a "ready" verdict needs (``report.ready_after``)."""
+
+    transfers: int = 1
+    days: float = 0.0
+
+
+def assess(rows: list[Row], now: float, ready_after: Evidence = Evidence()) -> list[UserReport]:
     """One report per user in ``rows``, sorted by user name."""
     ordered = sorted(rows, key=lambda r: (r.key.user, r.last_seen))
-    return [_user(user, list(group), now) for user, group in groupby(ordered, key=lambda r: r.key.user)]
+    return [
+        _user(user, list(group), now, ready_after)
+        for user, group in groupby(ordered, key=lambda r: r.key.user)
+    ]
 
 
-def _user(user: str, rows: list[Row], now: float) -> UserReport:
+def _user(user: str, rows: list[Row], now: float, ready_after: Evidence) -> UserReport:
     totals, sftp = Totals(), Totals()
     routes: dict[tuple[str, str, str], RouteUse] = {}
     ips: Counter[str] = Counter()
@@ -138,8 +153,9 @@ def _user(user: str, rows: list[Row], now: float) -> UserReport:
             sftp_transfers += t.uploads + t.downloads
             sftp_failed += t.uploads_failed + t.downloads_failed
         elif key.phase == "shadow":  # uploads are replayed on SFTP; downloads come from legacy
-            sftp_transfers += t.uploads - t.uploads_failed
-            sftp_failed += min(t.shadow_problems, t.uploads - t.uploads_failed)
+            # Replays that failed or differed are their own blocker (shadow_problems), not
+            # also failed transfers: one problem is counted once.
+            sftp_transfers += max(0, t.uploads - t.uploads_failed - t.shadow_problems)
         if key.outcome == "ok" and key.phase in ("sftp", "shadow"):
             sftp_since = min(sftp_since, row.first_seen)
     latest = rows[-1]
@@ -163,7 +179,7 @@ def _user(user: str, rows: list[Row], now: float) -> UserReport:
         verdict="",
         reasons=[],
     )
-    _judge(report, rows, sftp_since, now)
+    _judge(report, rows, sftp_since, now, ready_after)
     return report
 
 
@@ -203,11 +219,11 @@ def _short(when: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(when))
 
 
-def _judge(r: UserReport, rows: list[Row], sftp_since: float, now: float) -> None:
+def _judge(r: UserReport, rows: list[Row], sftp_since: float, now: float, ready_after: Evidence) -> None:
     latest = rows[-1]
     t = r.totals
     site = Counter({sub: n for sub, n in t.site.items() if sub not in HONOURED_SITE})
-    unknown = Counter({verb: n for verb, n in t.unknown.items() if verb not in ("CLNT", "CSID")})
+    unknown = Counter({verb: n for verb, n in t.unknown.items() if verb not in CAPABILITY_PROBES})
     r.untranslatable = [f"SITE {sub}" for sub in site]
     if t.type_a_binary:
         r.untranslatable.append("TYPE A on binary data")
@@ -269,7 +285,11 @@ def _judge(r: UserReport, rows: list[Row], sftp_since: float, now: float) -> Non
     elif r.sftp_transfers:
         clean = r.sftp_transfers - r.sftp_failed
         evidence = f"{plural(clean, 'clean transfer')} over sftp in {_days(now - sftp_since)}"
-        r.verdict, r.reasons = "ready", [evidence]
+        if clean >= ready_after.transfers and now - sftp_since >= ready_after.days * 86400:
+            r.verdict, r.reasons = "ready", [evidence]
+        else:
+            needed = f"{plural(ready_after.transfers, 'clean transfer')} over {ready_after.days:g} days"
+            r.verdict, r.reasons = "not proven", [f"{evidence}; ready after {needed} (report.ready_after)"]
     elif r.phase == "legacy":
         r.verdict = "not proven"
         r.reasons = ["no transfers over sftp yet (phase legacy): move the route to shadow or sftp to test"]

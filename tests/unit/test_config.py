@@ -387,13 +387,24 @@ def test_report_section(known_hosts, tmp_path):
     doc["report"] = {"database": "usage.sqlite", "retention_days": 14, "per_user_metrics": 50}
     cfg = config.parse(doc, tmp_path)
     assert cfg.report == config.ReportConfig(str(tmp_path / "usage.sqlite"), 14, 50)
+    assert (cfg.report.ready_after_transfers, cfg.report.ready_after_days) == (5, 3.0)  # the defaults
+    doc["report"]["ready_after"] = {"transfers": 20, "days": 7}
+    cfg = config.parse(doc, tmp_path)
+    assert (cfg.report.ready_after_transfers, cfg.report.ready_after_days) == (20, 7.0)
+    doc["report"]["ready_after"] = {"transfers": 0, "weeks": 1}
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc, tmp_path)
+    assert err.value.problems == [
+        "report.ready_after.transfers: must be from 1 to 1000000",
+        "report.ready_after.weeks: unknown key (known keys here: days, transfers)",
+    ]
     doc["report"] = {"database": str(tmp_path / "missing" / "u.sqlite"), "retention_days": 0, "keep": 1}
     with pytest.raises(config.ConfigError) as err:
         config.parse(doc, tmp_path)
     assert err.value.problems == [
         f"report.database: directory {tmp_path / 'missing'} does not exist or is not writable",
         "report.retention_days: must be from 1 to 3650",
-        "report.keep: unknown key (known keys here: database, per_user_metrics, retention_days)",
+        "report.keep: unknown key (known keys here: database, per_user_metrics, ready_after, retention_days)",
     ]
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.usage import render, store
 from gateway.usage.clients import from_clnt, identify
-from gateway.usage.readiness import assess
+from gateway.usage.readiness import Evidence, assess
 from gateway.usage.session import MAX_KEYS, MAX_TEXT, Key, Record, SessionUsage, Totals, verb_name
 from gateway.usage.store import Row, StoreError, UsageStore
 
@@ -795,13 +795,34 @@ def test_checksum_users_are_warned_that_sftp_computes_none():
     ]
 
 
-def test_shadow_problems_block():
+def test_shadow_problems_block_and_are_counted_once():
     r = one([row(NOW - DAY, NOW, phase="shadow", uploads=10, shadow_problems=2)])
     assert r.verdict == "blocked"
-    assert r.reasons == [
-        "shadow phase: 2 SFTP copies failed or differed from the legacy's",
-        "2 of 10 transfers over sftp failed (20%)",
-    ]
+    assert r.reasons == ["shadow phase: 2 SFTP copies failed or differed from the legacy's"]
+    assert (r.sftp_transfers, r.sftp_failed) == (8, 0)  # the clean replays; the 2 are the blocker
+
+
+def test_ready_needs_the_configured_evidence():
+    evidence = Evidence(transfers=5, days=3)
+    (r,) = assess([row(NOW - DAY, NOW, downloads=1)], NOW, evidence)
+    assert (r.verdict, r.reasons) == (
+        "not proven",
+        [
+            "1 clean transfer over sftp in 1 day; "
+            "ready after 5 clean transfers over 3 days (report.ready_after)"
+        ],
+    )
+    (r,) = assess([row(NOW - 2 * DAY, NOW, downloads=9)], NOW, evidence)
+    assert r.verdict == "not proven"  # enough transfers, not yet over 3 days
+    (r,) = assess([row(NOW - 3 * DAY, NOW, downloads=5)], NOW, evidence)
+    assert (r.verdict, r.reasons) == ("ready", ["5 clean transfers over sftp in 3 days"])
+
+
+def test_capability_probes_are_not_untranslatable():
+    """lftp sends AUTH TLS to a plain-FTP gateway (500) and goes on in the clear."""
+    r = one([row(NOW - DAY, NOW, downloads=1, unknown=Counter({"AUTH": 3, "FEAT": 1, "XYZ": 2}))])
+    assert r.untranslatable == ["XYZ"]
+    assert r.warnings == ["commands the gateway does not implement: XYZ (2x)"]
 
 
 def test_failed_sftp_transfers_block_above_five_percent_only():
