@@ -280,6 +280,10 @@ class Gateway(Logins):
         super().__init__(cfg, Metrics(METRIC_COMMANDS, cfg.report.per_user_metrics))
         self.config_path, self._adapt = config_path, adapt  # for reloads (adapt: a worker's share)
         self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
+        low, high = cfg.listen.passive_ports
+        self.metrics.passive_ports.set(high - low + 1)
+        for route in cfg.routes:  # a restart counts as a phase change: it is how many deploy one
+            self.metrics.route_phase_changed.labels(route.name).set_to_current_time()
         self.guard = Guard(cfg.guard)
         sums = Limits(cfg.limits.checksum_max_mib * 2**20, cfg.limits.checksums_at_once)
         with ListenError.naming("FTP", cfg.listen.address, cfg.listen.port, "listen.port"):
@@ -556,6 +560,12 @@ class Gateway(Logins):
         # connections by themselves); closed at shutdown.
         self._old_backends += [b for name, b in self.backends.items() if backends.get(name) is not b]
         self.backends = backends
+        phases = {route.name: route.phase for route in self.cfg.routes}
+        for route in new.routes:
+            if phases.get(route.name) != route.phase:
+                before = phases.get(route.name, "(new)")
+                log.info("reload: route %s: phase %s -> %s", route.name, before, route.phase)
+                self.metrics.route_phase_changed.labels(route.name).set_to_current_time()
         self.cfg = dataclasses.replace(new, **{name: getattr(self.cfg, name) for name in fixed})
         self.guard.cfg = new.guard
         self.metrics.start_at_zero(new.backends, (route.name for route in new.routes))

@@ -97,6 +97,17 @@ class Metrics:
             "Passive data listeners open now (each holds a port of listen.passive_ports)",
             registry=r,
         )
+        self.passive_ports = Gauge(
+            "ftpgw_passive_ports",
+            "Ports in this process's passive range (listen.passive_ports; with workers, its share)",
+            registry=r,
+        )
+        self.route_phase_changed = Gauge(
+            "ftpgw_route_phase_changed_timestamp_seconds",
+            "When the route's phase last changed: the process start, or a reload that changed it",
+            ["route"],
+            registry=r,
+        )
         self.tls_sessions = Counter(
             "ftpgw_tls_sessions", "TLS handshakes completed, by channel (control, data)", ["kind"], registry=r
         )

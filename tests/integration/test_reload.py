@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ftplib
 import signal
+import time
 import urllib.request
 
 import pytest
@@ -13,15 +14,26 @@ import yaml
 from tests.conftest import base_config, connect_ftp, start_upload, wait_for
 
 
-def reloads(gw, result: str) -> float:
+def sample(gw, line: str) -> float:
+    """The value of the series whose exposition line starts with ``line``."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=10).read().decode()
-    line = f'ftpgw_config_reloads_total{{result="{result}"}} '
     return float(next(row for row in text.splitlines() if row.startswith(line)).split()[-1])
+
+
+def reloads(gw, result: str) -> float:
+    return sample(gw, f'ftpgw_config_reloads_total{{result="{result}"}} ')
+
+
+def phase_changed(gw, route: str) -> float:
+    return sample(gw, f'ftpgw_route_phase_changed_timestamp_seconds{{route="{route}"}} ')
 
 
 def test_retiring_a_user_needs_no_restart_and_drops_no_session(process, sshd, user, user2, tmp_path):
     doc = base_config(sshd)
+    doc["routes"][0]["name"] = "everyone"
     gw = process(doc)
+    started = phase_changed(gw, "everyone")
+    assert sample(gw, "ftpgw_passive_ports ") == len(range(*doc["listen"]["passive_ports"])) + 1
     uploader, data, chunk = start_upload(gw.port, user, "long.bin")
     # The operator retires gwtest2 from FTP.
     doc["routes"].insert(0, {
@@ -29,8 +41,12 @@ def test_retiring_a_user_needs_no_restart_and_drops_no_session(process, sshd, us
         "notice": "FTP is off for you: use sftp://files.example.com",
     })  # fmt: skip
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(doc))
+    flipped = time.time()
     gw.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: any("reloaded" in line for line in gw.lines))
+    assert any("reload: route moved: phase (new) -> retired" in line for line in gw.lines)
+    assert phase_changed(gw, "moved") >= int(flipped)  # for the alert on failed logins after a flip
+    assert phase_changed(gw, "everyone") == started  # unchanged: still the start
     retired = connect_ftp(gw.port)
     with pytest.raises(ftplib.error_perm, match=r"^530 FTP is off for you: use sftp://files.example.com"):
         retired.login(user2.name, user2.password)
