@@ -27,7 +27,7 @@ from gateway.config import BackendConfig, GatewayConfig, RouteConfig
 from gateway.ftp.server import METRIC_COMMANDS, build_server, share_limits
 from gateway.ftp.tls import session_reuse_supported
 from gateway.guard import Guard
-from gateway.metrics import Metrics
+from gateway.metrics import Admin, Metrics
 from gateway.passwords import verify_password
 from gateway.routing import acceptable_user, match_route, render_root
 from gateway.shadow import ShadowStorage
@@ -305,8 +305,9 @@ class Gateway(Logins):
         if cfg.metrics.enabled:  # the checks only feed /readyz
             m = cfg.metrics
             with ListenError.naming("metrics", m.address, m.port, "metrics.port"):
+                admin = Admin(self.guard.bans, self._unban)
                 self.metrics_port = self.metrics.serve(
-                    m.address, m.port, lambda: self._readiness, m.basic_auth, m.tls
+                    m.address, m.port, lambda: self._readiness, m.basic_auth, m.tls, admin
                 )
             self.loop.submit(self._check_backends_forever())
             self.metrics.watch_backend_connections(self._connection_counts)
@@ -447,6 +448,12 @@ class Gateway(Logins):
             refusal = errors.Retired(route.banner or "FTP is no longer available for this account; use SFTP.")
             refusal.route = route.name
             raise refusal
+
+    def _unban(self, address: str) -> int:
+        """Lift the guard's bans of ``address`` (``ftp-sftp-gateway unban``), audited."""
+        lifted = self.guard.unban(address)
+        logs.audit.warning("unban: client_ip=%s bans_lifted=%d by=operator", address, lifted)
+        return lifted
 
     def _route_of(self, user: str, client_ip: str) -> RouteConfig | None:
         """The route ``user`` logs in on, if the name is acceptable and a route matches."""

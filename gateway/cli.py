@@ -1,21 +1,27 @@
-"""Command line: run, check-config, hash-password, sync, report, demo (the edge that starts everything)."""
+"""Command line: run, check-config, hash-password, sync, report, bans, unban, demo (the edge)."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import calendar
 import functools
 import getpass
+import json
 import logging
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gateway import __version__, config, errors, logs, malloc
@@ -361,6 +367,75 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bans(args: argparse.Namespace) -> int:
+    """List the brute-force guard's bans in force, per gateway process."""
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    failed = 0
+    for where, answer in _ask_processes(cfg, "GET", "/admin/bans"):
+        if not isinstance(answer, dict):
+            print(f"{where}: {answer}", file=sys.stderr)
+            failed += 1
+            continue
+        bans = answer["bans"]
+        print(f"{where}: {len(bans)} ban(s)")
+        for ban in bans:
+            who = f"user {ban['user']!r} from {ban['source']}" if ban["user"] else f"address {ban['source']}"
+            print(f"  {who}: {ban['seconds_left']} s left")
+    return 1 if failed else 0
+
+
+def cmd_unban(args: argparse.Namespace) -> int:
+    """Lift the bans of an address (and of its users) in every gateway process."""
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    failed = lifted = 0
+    query = urllib.parse.urlencode({"address": args.address})
+    for where, answer in _ask_processes(cfg, "POST", f"/admin/unban?{query}"):
+        if not isinstance(answer, dict):
+            print(f"{where}: {answer}", file=sys.stderr)
+            failed += 1
+            continue
+        lifted += answer["lifted"]
+        print(f"{where}: {answer['lifted']} ban(s) of {args.address} lifted")
+    print(f"{lifted} ban(s) lifted in all")
+    return 1 if failed else 0
+
+
+def _ask_processes(cfg: config.GatewayConfig, method: str, path: str) -> Iterator[tuple[str, object]]:
+    """(which process, its JSON answer or the reason it gave none) from every gateway
+    process's metrics listener (worker i listens on metrics.port + i)."""
+    m = cfg.metrics
+    if not m.enabled:
+        yield "metrics listener", "metrics.enabled is false: bans and unban go through it"
+        return
+    # The admin endpoints answer clients on the gateway's host only: reach it over loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(m.address, m.address)
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    context = None
+    if m.tls is not None:  # the gateway's own certificate, over loopback
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    headers = {}
+    if m.basic_auth is not None:
+        token = base64.b64encode(f"{m.basic_auth.username}:{m.basic_auth.password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    for index in range(cfg.workers):
+        port = m.port + index
+        where = f"process {index + 1} of {cfg.workers} (port {port})"
+        url = f"{'https' if context else 'http'}://{host}:{port}{path}"
+        request = urllib.request.Request(url, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as reply:
+                yield where, json.loads(reply.read())
+        except urllib.error.HTTPError as err:
+            yield where, f"HTTP {err.code}: {err.read().decode(errors='replace').strip()}"
+        except (OSError, ValueError) as err:
+            yield where, f"no answer from {url}: {getattr(err, 'reason', err)} (is the gateway running?)"
+
+
 def _read_password() -> str:
     if sys.stdin.isatty():
         return getpass.getpass("Password of the user (on both servers): ")
@@ -402,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--user", help="only this FTP user")
     report.add_argument("--since", type=since_arg, help="only sessions since: 30m, 12h, 7d, 2w, YYYY-MM-DD")
     report.set_defaults(func=cmd_report)
+    bans = sub.add_parser("bans", help="the brute-force guard's bans in force (the running gateway)")
+    bans.add_argument("--config", "-c", required=True, help="YAML config file (its metrics listener)")
+    bans.set_defaults(func=cmd_bans)
+    unban = sub.add_parser("unban", help="lift the bans of a client address in the running gateway")
+    unban.add_argument("address", help="the client IP address (an IPv6 address lifts its /64)")
+    unban.add_argument("--config", "-c", required=True, help="YAML config file (its metrics listener)")
+    unban.set_defaults(func=cmd_unban)
     demo = sub.add_parser("demo", help="run with an embedded demo SFTP server")
     demo.add_argument("--port", type=int, default=2121, help="FTP port (default 2121)")
     demo.add_argument("--data", default="demo-data", help="folder to serve (default ./demo-data)")

@@ -142,6 +142,31 @@ class Guard:
         record.failures.clear()
         return length
 
+    def bans(self) -> list[tuple[str, str, float]]:
+        """The bans in force: (source, user or "" for the whole address, seconds left)."""
+        now = self._clock()
+        with self._lock:
+            return [
+                (key[0], key[1], record.banned_until - now)
+                for key, record in self._records.items()
+                if record.banned_until > now
+            ]
+
+    def unban(self, address: str) -> int:
+        """Lift every ban of ``address``'s source (its own and its users') and forget its
+        failures; the number of bans lifted."""
+        key = source(address)
+        now = self._clock()
+        with self._turn:
+            lifted = 0
+            for record_key in [k for k in self._records if k[0] == key]:
+                lifted += self._records[record_key].banned_until > now
+                record = self._records[record_key]
+                record.banned_until, record.bans = 0.0, 0
+                record.failures.clear()
+            self._turn.notify_all()
+            return lifted
+
     def _record(self, key: tuple[str, str]) -> _Record:
         record = self._records.pop(key, None) or _Record()
         self._records[key] = record  # most recently seen last

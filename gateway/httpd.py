@@ -20,6 +20,7 @@ open one connection per request anyway.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import ssl
@@ -43,6 +44,7 @@ _REASONS = {
     200: "OK",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     500: "Internal Server Error",
@@ -53,11 +55,14 @@ log = logging.getLogger("gateway.httpd")
 
 @dataclass(frozen=True)
 class Request:
-    """A parsed request head: method, path (no query) and headers (lower-case names)."""
+    """A parsed request head: method, path (no query), headers (lower-case names), the query
+    string and the client's address."""
 
     method: str
     path: str
     headers: dict[str, str]
+    query: str = ""
+    peer: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,8 @@ def parse_head(head: bytes) -> Request:
         if not colon:
             raise _BadRequest
         headers[name.strip().lower()] = value.strip()
-    return Request(parts[0], parts[1].split("?", 1)[0], headers)
+    path, _, query = parts[1].partition("?")
+    return Request(parts[0], path, headers, query)
 
 
 class HTTPListener:
@@ -163,7 +169,8 @@ class HTTPListener:
             finally:
                 self._waiting.pop(task, None)
             try:
-                request: Request | None = parse_head(head)
+                peer = writer.get_extra_info("peername")
+                request: Request | None = dataclasses.replace(parse_head(head), peer=peer[0] if peer else "")
             except _BadRequest:
                 request = None
             response = Response(400, b"bad request\n") if request is None else await self._answer(request)
@@ -177,8 +184,10 @@ class HTTPListener:
             writer.transport.abort()  # pushed out by newer connections, or the listener stops
 
     async def _answer(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
+        admin = request.path.startswith("/admin/")  # the only place that takes a POST
+        if request.method not in ("GET", "HEAD") and not (admin and request.method == "POST"):
+            allowed = "GET, HEAD, POST" if admin else "GET, HEAD"
+            return Response(405, b"method not allowed\n", headers=(("Allow", allowed),))
         try:
             answer = self._handler(request)
             if isinstance(answer, Response):

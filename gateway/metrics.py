@@ -15,10 +15,14 @@ import base64
 import contextlib
 import gzip
 import hmac
+import ipaddress
+import json
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
@@ -255,11 +259,13 @@ class Metrics:
         readiness: Callable[[], list[str]],
         auth: BasicAuth | None = None,
         tls: TLSFiles | None = None,
+        admin: Admin | None = None,
     ) -> int:
         """Start the HTTP(S) listener (gateway.httpd) in a daemon thread; returns its port.
 
         ``readiness`` returns the reasons the gateway is not ready (empty when it is).
-        ``auth`` protects /metrics only: probes of /healthz and /readyz carry no credentials.
+        ``auth`` protects /metrics and /admin/: probes of /healthz and /readyz carry none.
+        ``admin``: the guard's ban list and unban (``ftp-sftp-gateway bans``/``unban``).
         """
         expected = base64.b64encode(f"{auth.username}:{auth.password}".encode()) if auth else b""
 
@@ -270,7 +276,7 @@ class Metrics:
                 problems = readiness()
                 body = "".join(f"{p}\n" for p in problems or ["ready"]).encode()
                 return Response(503 if problems else 200, body)
-            if request.path != "/metrics":
+            if request.path != "/metrics" and not (admin and request.path.startswith("/admin/")):
                 return Response(404, b"not found: /metrics, /healthz, /readyz\n")
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             given = token.strip().encode("latin-1", "replace")
@@ -279,6 +285,8 @@ class Metrics:
             if auth and not (scheme.lower() == "basic" and hmac.compare_digest(given, expected)):
                 challenge = (("WWW-Authenticate", 'Basic realm="ftp-sftp-gateway"'),)
                 return Response(401, b"unauthorized\n", headers=challenge)
+            if admin is not None and request.path.startswith("/admin/"):
+                return _admin(admin, request)
             return lambda: self._exposition(request.headers)
 
         context = server_context(tls.certfile, tls.keyfile, TLS12_CIPHERS) if tls is not None else None
@@ -321,6 +329,41 @@ class _BackendConnections(Collector):
             "Pooled SSH connections to the backends: active (serving sessions) or idle",
             labels=["backend", "state"],
         )
+
+
+@dataclass(frozen=True)
+class Admin:
+    """What /admin/ offers: the guard's bans and their lifting."""
+
+    bans: Callable[[], list[tuple[str, str, float]]]
+    unban: Callable[[str], int]
+
+
+def _admin(admin: Admin, request: Request) -> Response:
+    """GET /admin/bans, POST /admin/unban?address=A; loopback clients only.
+
+    Lifting a ban is a way around the brute-force guard: only a client on the gateway's own
+    host (the operator's ``ftp-sftp-gateway unban``) may, with the metrics credentials when
+    they are set, even on a listener bound to all addresses.
+    """
+    try:
+        loopback = ipaddress.ip_address(request.peer).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return Response(403, b"admin endpoints answer clients on this host only\n")
+    if request.path == "/admin/bans" and request.method in ("GET", "HEAD"):
+        bans = [{"source": s, "user": u, "seconds_left": round(left)} for s, u, left in admin.bans()]
+        return Response(200, json.dumps({"bans": bans}).encode() + b"\n", "application/json")
+    if request.path == "/admin/unban" and request.method == "POST":
+        address = urllib.parse.parse_qs(request.query).get("address", [""])[0]
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            return Response(400, b"unban needs ?address=IP\n")
+        body = {"address": address, "lifted": admin.unban(address)}
+        return Response(200, json.dumps(body).encode() + b"\n", "application/json")
+    return Response(404, b"not found: GET /admin/bans, POST /admin/unban?address=IP\n")
 
 
 class _UsageView(Collector):
