@@ -226,6 +226,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from gateway.app import open_pair
     from gateway.routing import match_route
     from gateway.sync import sync
+    from gateway.usage.store import StoreError
 
     cfg = _load(args.config)
     if cfg is None:
@@ -254,7 +255,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
     journal = None
     if cfg.report.database is not None:
         from gateway.usage.journal import SQLiteJournal
-        from gateway.usage.store import StoreError
 
         try:
             journal = SQLiteJournal(cfg.report.database, route.name, args.user)
@@ -284,6 +284,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             journal=journal,
         )
+    except StoreError as err:  # the journal's database: locked past its timeout, disk full
+        print(f"\nsync: {err}; what was copied so far is in place: run sync again", file=sys.stderr)
+        return 1
     finally:
         legacy.storage.close()
         sftp.storage.close()

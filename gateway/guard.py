@@ -159,9 +159,8 @@ class Guard:
         now = self._clock()
         with self._turn:
             lifted = 0
-            for record_key in [k for k in self._records if k[0] == key]:
-                lifted += self._records[record_key].banned_until > now
-                record = self._records[record_key]
+            for record in [r for k, r in self._records.items() if k[0] == key]:
+                lifted += record.banned_until > now
                 record.banned_until, record.bans = 0.0, 0
                 record.failures.clear()
             self._turn.notify_all()

@@ -742,24 +742,6 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             if self.metrics is not None:
                 self.metrics.checksums.labels(algorithm, result).inc()
 
-    def ftp_XSHA256(self, line: str) -> str | None:
-        return self._x_checksum(line, "SHA-256")
-
-    def ftp_XSHA512(self, line: str) -> str | None:
-        return self._x_checksum(line, "SHA-512")
-
-    def ftp_XSHA1(self, line: str) -> str | None:
-        return self._x_checksum(line, "SHA-1")
-
-    def ftp_XSHA(self, line: str) -> str | None:
-        return self._x_checksum(line, "SHA-1")
-
-    def ftp_XMD5(self, line: str) -> str | None:
-        return self._x_checksum(line, "MD5")
-
-    def ftp_XCRC(self, line: str) -> str | None:
-        return self._x_checksum(line, "CRC32")
-
     def _set_mtime_alias(self, cmd: str, arg: str) -> tuple[str, str]:
         """vsftpd's ``MDTM YYYYMMDDhhmmss path`` sets the time: it is MFMT (and governed as MFMT)."""
         stamp, _, name = arg.partition(" ")
@@ -1345,3 +1327,17 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
 
     def logerror(self, msg: str) -> None:
         ftplog.error(f"{self._log_prefix()} {listing.printable(msg)}")
+
+
+def _x_command(algorithm: str) -> Callable[[GatewayHandler, str], str | None]:
+    """The handler of one X-command (XSHA256, XCRC, ...): ``algorithm`` over a path or range."""
+
+    def command(self: GatewayHandler, line: str) -> str | None:
+        return self._x_checksum(line, algorithm)
+
+    return command
+
+
+# One ftp_<VERB> per entry of checksums.X_COMMANDS (pyftpdlib looks commands up by name).
+for _verb, _algorithm in checksums.X_COMMANDS.items():
+    setattr(GatewayHandler, f"ftp_{_verb}", _x_command(_algorithm))

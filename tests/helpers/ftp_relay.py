@@ -37,6 +37,13 @@ def _close(*socks: socket.socket) -> None:
             sock.close()
 
 
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy ``source`` to ``sink`` until the end of the stream or an error."""
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+
+
 class FTPRelay:
     """Relays 127.0.0.1:``port`` to an FTP server on 127.0.0.1:``target``."""
 
@@ -94,11 +101,7 @@ class FTPRelay:
             threading.Thread(target=self._replies, args=(server, client), daemon=True).start()
 
     def _commands(self, client: socket.socket, server: socket.socket) -> None:
-        try:
-            while data := client.recv(65536):
-                server.sendall(data)
-        except OSError:
-            pass
+        _pump(client, server)
         _close(client, server)
 
     def _replies(self, server: socket.socket, client: socket.socket) -> None:
@@ -164,10 +167,6 @@ class FTPRelay:
         _close(client, server)
 
     def _download(self, server: socket.socket, client: socket.socket) -> None:
-        try:
-            while data := server.recv(65536):
-                client.sendall(data)
-        except OSError:
-            pass
+        _pump(server, client)
         with contextlib.suppress(OSError):
             client.shutdown(socket.SHUT_WR)
