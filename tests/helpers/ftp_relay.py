@@ -22,9 +22,17 @@ _EPSV = re.compile(rb"^229 .*\(\|\|\|(\d+)\|\)")
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close ``sock`` with a TCP RST."""
+    """Close ``sock`` with a TCP RST, now.
+
+    On Linux, close() leaves the connection open while another thread is blocked in
+    recv() on it (the blocked call holds the socket), so the pump threads would keep a
+    "reset" connection alive until the peer sent something. shutdown(SHUT_RD) wakes them
+    first; the RST goes out when the last of them lets go.
+    """
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
     with contextlib.suppress(OSError):
         sock.close()
 
@@ -65,7 +73,7 @@ class FTPRelay:
 
     def _link_down(self) -> None:
         """Reset every control connection and refuse new ones."""
-        _close(self._listener)
+        _close(self._listener)  # shutdown() first: a blocked accept() would keep it listening
         with self._lock:
             controls, self._controls = self._controls, []
         for sock in controls:

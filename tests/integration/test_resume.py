@@ -283,7 +283,8 @@ def test_curl_resumes_a_cut_upload(gw, relay, user, tmp_path, existing):
 def test_lftp_put_c_resumes_a_cut_upload(gw, relay, user, tmp_path, existing):
     require("lftp")
     new = prepare(user, tmp_path, existing)
-    login = f"set net:max-retries 1; open -u {user.name},{user.password} -p {relay.port} 127.0.0.1"
+    retry = "set net:max-retries 1; set net:reconnect-interval-base 1"  # give up at once
+    login = f"{retry}; open -u {user.name},{user.password} -p {relay.port} 127.0.0.1"
     relay.cut_upload_after(CUT_AT)
     client_run(["lftp", "-c", f"{login}; put {tmp_path / 'big.bin'} -o big.bin"], ok=False)
     assert wait_for(lambda: len(partials(user.home)) == 1)
