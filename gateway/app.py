@@ -245,20 +245,13 @@ class Logins:
         return ShadowStorage(legacy, legacy.home(), sftp, sftp_root, report, route.name_encoding)
 
 
-def open_pair(
-    cfg: GatewayConfig, route: RouteConfig, user: str, password: str
-) -> tuple[Login, Login, Callable[[], None]]:
-    """(legacy login, SFTP login, close) for ``user`` on ``route``, for `ftp-sftp-gateway sync`."""
-    logins = Logins(cfg, Metrics())
+def open_pair(logins: Logins, route: RouteConfig, user: str, password: str) -> tuple[Login, Login]:
+    """(legacy login, SFTP login) of ``user`` on ``route``, for `ftp-sftp-gateway sync`."""
+    legacy = logins.login(dataclasses.replace(route, phase="legacy"), user, password)
     try:
-        legacy = logins.login(dataclasses.replace(route, phase="legacy"), user, password)
-        return (
-            legacy,
-            logins.login(dataclasses.replace(route, phase="sftp"), user, password),
-            logins.close_backends,
-        )
+        return legacy, logins.login(dataclasses.replace(route, phase="sftp"), user, password)
     except BaseException:
-        logins.close_backends()
+        legacy.storage.close()
         raise
 
 

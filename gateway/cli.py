@@ -23,9 +23,14 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__, config, errors, logs, malloc
 from gateway.workers import early_reloads, remember_reload
+
+if TYPE_CHECKING:  # imported where used: `--help` and check-config stay quick
+    from gateway.app import Logins
+    from gateway.sync_run import Job
 
 log = logging.getLogger("gateway")
 
@@ -222,92 +227,110 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    """Copy a user's tree from the route's legacy FTP server to its SFTP backend."""
-    from gateway.app import open_pair
-    from gateway.routing import match_route
-    from gateway.sync import sync
+    """Copy users' trees from their route's legacy FTP server to its SFTP backend."""
+    from gateway import sync_run
+    from gateway.app import Logins
+    from gateway.metrics import Metrics
+    from gateway.usage.journal import SQLiteJournal
     from gateway.usage.store import StoreError
 
     cfg = _load(args.config)
     if cfg is None:
         return 2
     logs.setup("warning")
-    by_name = {route.name: route for route in cfg.routes}
-    local = cfg.users.get(args.user)
-    groups = local.groups if local else frozenset()
-    route = by_name.get(args.route) if args.route else match_route(cfg.routes, args.user, groups=groups)
-    if route is None or route.legacy is None:
-        print(f"sync: no route with a legacy FTP backend for user {args.user!r}", file=sys.stderr)
-        return 2
-    if route.phase in ("sftp", "retired") and not args.force:
-        # The SFTP side is where this user's data now lives: copying the legacy tree over
-        # it would bring back old versions of files the user has changed since the switch.
-        print(
-            f"sync: route {route.name!r} is in phase {route.phase!r}: its users' data lives on SFTP now; "
-            "sync is for the legacy and shadow phases (--force runs it anyway; conflicts are still kept)",
-            file=sys.stderr,
-        )
-        return 2
-    if args.password_env and args.password_env not in os.environ:
-        print(f"sync: --password-env {args.password_env}: that variable is not set", file=sys.stderr)
-        return 2
-    password = os.environ[args.password_env] if args.password_env else _read_password()
-    journal = None
-    if cfg.report.database is not None:
-        from gateway.usage.journal import SQLiteJournal
-
-        try:
-            journal = SQLiteJournal(cfg.report.database, route.name, args.user)
-        except StoreError as err:
-            print(f"sync: {err}", file=sys.stderr)
+    logins = Logins(cfg, Metrics())
+    try:
+        jobs = _sync_jobs(cfg, args, logins)
+        if isinstance(jobs, str):
+            print(f"sync: {jobs}", file=sys.stderr)
             return 2
-    try:
-        legacy, sftp, close = open_pair(cfg, route, args.user, password)
+        database = cfg.report.database
+
+        def journal(job: sync_run.Job) -> SQLiteJournal | None:
+            return SQLiteJournal(database, job.route.name, job.user) if database else None
+
+        options = sync_run.Options(args.dry_run, args.overwrite, args.jobs)
+        try:
+            outcomes = sync_run.run(cfg, logins, jobs, options, journal)
+        except StoreError as err:  # the journal's database: unreadable, locked past its timeout, disk full
+            print(f"\nsync: {err}; what was copied so far is in place: run sync again", file=sys.stderr)
+            return 1
+    except sync_run.NoService as err:
+        print(f"sync: {err}", file=sys.stderr)
+        return 2
     except errors.GatewayError as err:
-        print(f"sync: cannot log in as {args.user!r}: {err.reply()}", file=sys.stderr)
-        return 1
-    tty = sys.stderr.isatty()
-
-    def progress(number: int, total: int, relative: str, action: str) -> None:
-        line = f"[{number}/{total}] {action}: {relative}"
-        print(f"\r\x1b[K{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-
-    try:
-        summary = sync(
-            legacy.storage,
-            legacy.root,
-            sftp.storage,
-            sftp.root,
-            args.dry_run,
-            progress,
-            route.name_encoding,
-            overwrite=args.overwrite,
-            journal=journal,
-        )
-    except StoreError as err:  # the journal's database: locked past its timeout, disk full
-        print(f"\nsync: {err}; what was copied so far is in place: run sync again", file=sys.stderr)
+        print(f"sync: cannot list the route's users on the legacy server: {err.reply()}", file=sys.stderr)
         return 1
     finally:
-        legacy.storage.close()
-        sftp.storage.close()
-        close()
-        if journal is not None:
-            journal.close()
-    if tty:
-        print(file=sys.stderr)
-    verb = "would copy" if args.dry_run else "copied"
-    conflicts, mismatches, failures = len(summary.conflicts), len(summary.mismatches), len(summary.errors)
-    print(
-        f"{summary.files} files: {summary.copied} {verb} ({summary.bytes_copied} bytes), "
-        f"{summary.skipped} already matching, {conflicts} conflicts, {mismatches} mismatches, "
-        f"{failures} errors"
-    )
-    problems = [f"conflict: {c}" for c in summary.conflicts] + summary.errors
-    for problem in problems + [f"{m}: SHA-256 differs after the copy" for m in summary.mismatches]:
-        print(f"  {problem}")
-    if summary.conflicts and journal is None:
+        logins.close_backends()
+    for line in sync_run.summary_lines(outcomes, args.dry_run):
+        print(line)
+    if database is None and any(o.summary and o.summary.conflicts for o in outcomes):
         print("  (report.database is not set: without sync's journal every difference on SFTP is a conflict)")
-    return 0 if not (summary.errors or summary.mismatches or summary.conflicts) else 1
+    return 1 if sync_run.failed(outcomes) else 0
+
+
+def _sync_jobs(cfg: config.GatewayConfig, args: argparse.Namespace, logins: Logins) -> list[Job] | str:
+    """Whose trees ``sync`` copies, with which credentials; or why it cannot start."""
+    from gateway import sync_run
+    from gateway.routing import match_route
+
+    by_name = {route.name: route for route in cfg.routes}
+    if args.route and args.route not in by_name:
+        return f"no route named {args.route!r} (routes: {', '.join(by_name)})"
+    if not (args.user or args.route or args.all):
+        return "name --user USER, --route NAME or --all"
+    pairs: list[tuple[config.RouteConfig | None, str | None]] = []
+    if args.user:
+        for user in args.user:
+            local = cfg.users.get(user)
+            groups = local.groups if local else frozenset()
+            route = by_name[args.route] if args.route else match_route(cfg.routes, user, groups=groups)
+            pairs.append((route, user))
+    elif args.route:
+        pairs = [(by_name[args.route], None)]
+    else:
+        phases = args.phase.split(",")
+        pairs = [(route, None) for route in cfg.routes if route.phase in phases and route.legacy]
+        if not pairs:
+            return f"no route with a legacy FTP backend in phase {args.phase}"
+    for route, user in pairs:
+        if route is None or route.legacy is None:
+            return "no route with a legacy FTP backend" + (f" for user {user!r}" if user else "")
+        if route.phase in ("sftp", "retired") and not args.force:
+            # The SFTP side is where these users' data now lives: copying the legacy tree
+            # over it would bring back old versions of files changed since the switch.
+            return (
+                f"route {route.name!r} is in phase {route.phase!r}: its users' data lives on SFTP now; "
+                "sync is for the legacy and shadow phases (--force runs it anyway; conflicts are still kept)"
+            )
+    if args.password_env and args.password_env not in os.environ:
+        return f"--password-env {args.password_env}: that variable is not set"
+    route, user = pairs[0]
+    assert route is not None and route.legacy is not None
+    if len(pairs) == 1 and user is not None:
+        with_service = all(cfg.backends[name].service for name in (route.legacy, route.backend))
+        if args.password_env or not with_service:  # the user's own password
+            password = os.environ[args.password_env] if args.password_env else _read_password()
+            return [sync_run.Job(route, user, password)]
+    elif args.password_env:
+        return (
+            "--password-env is for one --user: several users are copied with the backends' service accounts"
+        )
+    jobs = []
+    for route, user in pairs:
+        assert route is not None
+        sync_run.services(cfg, route)  # NoService names the missing key
+        users = [user] if user is not None else sync_run.route_users(cfg, route, logins)
+        jobs += [sync_run.Job(route, name) for name in users]
+    return jobs or "no users: the route matches none of the directories in the legacy service root"
+
+
+def _jobs(value: str) -> int:
+    """``--jobs``: 1 to 32."""
+    if not value.isdigit() or not 1 <= int(value) <= 32:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of users from 1 to 32")
+    return int(value)
 
 
 _SINCE = re.compile(r"^(\d+)([mhdw])$")
@@ -463,16 +486,30 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
     hasher = sub.add_parser("hash-password", help="print a password hash for `users` (reads the password)")
     hasher.set_defaults(func=cmd_hash_password)
-    syncer = sub.add_parser("sync", help="copy a user's files from the legacy FTP server to SFTP")
+    syncer = sub.add_parser(
+        "sync",
+        help="copy users' files from the legacy FTP server to SFTP",
+        description="Copy --user's tree (with their password, or the backends' service accounts), "
+        "or every user of --route or of --all routes (service accounts), from the legacy FTP "
+        "server to SFTP. Files changed on SFTP since sync copied them are conflicts, left alone.",
+    )
     syncer.add_argument("--config", "-c", required=True, help="YAML config file")
-    syncer.add_argument("--user", required=True, help="the FTP user whose tree to copy")
-    syncer.add_argument("--route", help="the route (default: the one the user matches)")
+    who = syncer.add_mutually_exclusive_group()
+    who.add_argument("--user", action="append", help="a user whose tree to copy (repeatable)")
+    who.add_argument("--all", action="store_true", help="every user of every route in --phase")
+    syncer.add_argument("--route", help="the route (with --user: default the one the user matches)")
+    syncer.add_argument(
+        "--phase", default="legacy,shadow", help="with --all: the routes' phases (default legacy,shadow)"
+    )
+    syncer.add_argument("--jobs", type=_jobs, default=4, help="users copied at once (default 4)")
     syncer.add_argument("--dry-run", action="store_true", help="only say what would be copied")
     syncer.add_argument(
         "--overwrite", action="store_true", help="replace SFTP files that changed since sync copied them"
     )
     syncer.add_argument("--force", action="store_true", help="run for a route in the sftp or retired phase")
-    syncer.add_argument("--password-env", help="environment variable with the password (else asked for)")
+    syncer.add_argument(
+        "--password-env", help="with one --user: environment variable with their password (else asked for)"
+    )
     syncer.set_defaults(func=cmd_sync)
     report = sub.add_parser("report", help="migration readiness: who still uses FTP, with what, verdicts")
     report.add_argument("--config", "-c", required=True, help="YAML config file (its report.database)")

@@ -137,6 +137,17 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class ServiceAccount:
+    """A backend account that reaches every user's tree, for ``sync --route/--all``."""
+
+    user: str
+    password: str | None = field(default=None, repr=False)
+    key_file: str | None = None  # sftp only
+    #: Where a user's tree is, as this account sees it; ``{user}`` is a whole path component.
+    root: str = "/home/{user}"
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     """One backend server: SFTP (the target) or a legacy FTP server (``type: ftp``)."""
 
@@ -153,6 +164,7 @@ class BackendConfig:
     keepalive_interval: int = 30
     atomic_uploads: bool = True  # sftp only: STOR writes a temporary name, renamed once complete
     pool: PoolConfig = field(default_factory=PoolConfig)
+    service: ServiceAccount | None = None
 
 
 @dataclass(frozen=True)
@@ -538,7 +550,34 @@ def _ftp_backend(name: str, s: _Section, base_dir: Path) -> BackendConfig:
         ca_file=str(base_dir / ca_file) if ca_file else None,
         connect_timeout=s.typed("connect_timeout", float, 10.0, _duration),
         operation_timeout=s.typed("operation_timeout", float, 30.0, _duration),
+        service=_service(s.raw("service", None), f"{s.path}.service", s.problems, base_dir, keys=False),
     )
+
+
+def _service(data: Any, path: str, problems: list[str], base_dir: Path, keys: bool) -> ServiceAccount | None:
+    """``backends.NAME.service``: the account sync uses for every user of a route."""
+    if data is None:
+        return None
+    s = _Section(data, path, problems)
+    user = s.typed("user", str, "", lambda v: None if _NAME_RE.match(v) else "must be an account name", True)
+    root = s.typed("root", str, "/home/{user}", _service_root)
+    key_file = s.optional_str("key_file", _readable_file(base_dir)) if keys else None
+    if keys and "key_file" in s.data and ("password_file" in s.data or "password_env" in s.data):
+        s.problem("key_file", "set either a key or a password, not both")
+    password = None if key_file or (keys and "key_file" in s.data) else _secret(s, "password", base_dir)
+    s.finish()
+    if not user or not (password or key_file):
+        return None
+    return ServiceAccount(user, password, str(base_dir / key_file) if key_file else None, root)
+
+
+def _service_root(value: str) -> str | None:
+    # sync lists the directory above {user} to find a route's users: it must be a whole
+    # component, and absolute (the service account's own home says nothing about users).
+    parts = value.split("/")
+    if not value.startswith("/") or parts.count("{user}") != 1 or value.count("{user}") != 1:
+        return "must be an absolute path with {user} as one whole component, e.g. /home/{user}"
+    return None
 
 
 def _named_sections(data: Any, key: str, what: str, problems: list[str]) -> Iterator[tuple[str, _Section]]:
@@ -577,6 +616,9 @@ def _backends(data: Any, problems: list[str], base_dir: Path) -> dict[str, Backe
             keepalive_interval=s.typed("keepalive_interval", int, 30, _at_least(0, MAX_SECONDS)),
             atomic_uploads=s.typed("atomic_uploads", bool, True),
             pool=_pool(s.raw("pool", None), f"backends.{name}.pool", problems),
+            service=_service(
+                s.raw("service", None), f"backends.{name}.service", problems, base_dir, keys=True
+            ),
         )
         if out[name].known_hosts and (problem := _known_hosts_file(out[name].known_hosts)):
             s.problem("known_hosts", problem)

@@ -163,6 +163,10 @@ class ShadowStorage:
         self.legacy.set_mtime(path, mtime)
         self._replay("mtime", self._mirror(path), lambda: self.sftp.set_mtime(self._mirror(path), mtime))
 
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """The legacy FTP side has no command for it."""
+        raise errors.Unsupported()
+
     def close(self) -> None:
         """End both sessions."""
         self.legacy.close()

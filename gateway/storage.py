@@ -216,6 +216,10 @@ class Storage(Protocol):
         """Set the modification time (seconds since the epoch, UTC)."""
         ...
 
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """Set the owner and group (a privileged account only; Unsupported elsewhere)."""
+        ...
+
     def close(self) -> None:
         """End the backend session."""
         ...

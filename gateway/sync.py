@@ -18,11 +18,11 @@ a file sync copied and someone deleted on SFTP since.
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 import hashlib
 import posixpath
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -70,9 +70,50 @@ class Journal(Protocol):
         """Remember a copy to ``path`` (one that sync made, or found already matching)."""
         ...
 
+    def close(self) -> None:
+        """Let go of what the journal holds open."""
+        ...
 
-#: Called for every file with (number, of how many, relative path, what happens).
-Progress = Callable[[int, int, str, str], None]
+
+class Progress(Protocol):
+    """What a sync reports while it runs."""
+
+    def step(self, relative: str, action: str) -> None:
+        """One file's action (copy, skip, CONFLICT, error, ...), as it happens."""
+        ...
+
+    def advance(self, nbytes: int) -> None:
+        """``nbytes`` more were copied."""
+        ...
+
+
+@dataclass(frozen=True)
+class Step:
+    """What sync will do with one legacy file (or directory, whose ``relative`` ends in "/")."""
+
+    relative: str  # below the source root, as the legacy server names it
+    name: str  # below the target root: what those bytes mean in the route's encoding
+    legacy: Attrs
+    #: mkdir, skip, copy, update, overwrite, conflict or error.
+    action: str
+    #: conflict: why; error: the reply; skip: the SHA-256 if it was computed (not journalled yet).
+    why: str = ""
+    found: Attrs | None = None  # the SFTP file when planned (checked again before a copy)
+
+
+@dataclass
+class Plan:
+    """Every step of one tree, and how many bytes its copies will move."""
+
+    steps: list[Step]
+
+    @property
+    def bytes_to_copy(self) -> int:
+        """The size of every file that will be copied."""
+        return sum(step.legacy.size for step in self.steps if step.action in _COPIES)
+
+
+_COPIES = ("copy", "update", "overwrite")
 
 
 def walk(storage: Storage, root: str, relative: str = "") -> Iterator[tuple[str, Attrs]]:
@@ -101,80 +142,115 @@ def sha256_of(storage: Storage, path: str) -> str:
     return digest.hexdigest()
 
 
-def sync(
-    source: Storage,
-    source_root: str,
-    target: Storage,
-    target_root: str,
-    dry_run: bool,
-    progress: Progress,
-    name_encoding: str | None = None,
-    overwrite: bool = False,
-    journal: Journal | None = None,
-) -> Summary:
-    """Copy every file of ``source_root`` that ``target_root`` lacks or has differently,
-    except where the target changed since sync wrote it (a conflict; see the module doc).
+@dataclass(frozen=True)
+class Trees:
+    """The two sides of one user's sync: the legacy tree and the SFTP tree it goes to."""
 
-    ``name_encoding``: the route's; a target name is what the source name's bytes mean in it.
-    ``overwrite``: replace conflicting files too. ``journal``: what earlier runs copied.
+    source: Storage
+    source_root: str
+    target: Storage
+    target_root: str
+    name_encoding: str | None = None  # the route's: a target name is what the source bytes mean in it
+
+    def src(self, step: Step) -> str:
+        """The step's legacy path."""
+        return posixpath.join(self.source_root, step.relative.rstrip("/"))
+
+    def dst(self, step: Step) -> str:
+        """The step's SFTP path."""
+        return posixpath.join(self.target_root, step.name)
+
+
+def plan(trees: Trees, overwrite: bool = False, journal: Journal | None = None) -> Plan:
+    """Decide, for every legacy file, whether to copy, skip or leave it (a conflict; see the
+    module doc). ``overwrite``: replace conflicting files too. ``journal``: earlier copies."""
+    steps = []
+    for relative, legacy in walk(trees.source, trees.source_root):
+        name = names.recode(relative.rstrip("/"), trees.name_encoding)
+        step = Step(relative, name, legacy, "mkdir")
+        if not relative.endswith("/"):
+            try:
+                last = journal.get(name) if journal is not None else None
+                found = _attrs(trees.target, trees.dst(step))
+                action, why = _decide(trees, step, found, last, overwrite)
+                step = dataclasses.replace(step, action=action, why=why, found=found)
+            except errors.GatewayError as err:
+                step = dataclasses.replace(step, action="error", why=f"{err.code} {err.text}")
+        steps.append(step)
+    return Plan(steps)
+
+
+def apply(
+    trees: Trees,
+    steps: list[Step],
+    progress: Progress,
+    dry_run: bool = False,
+    journal: Journal | None = None,
+    owner: tuple[int, int] | None = None,
+    overwrite: bool = False,
+) -> Summary:
+    """Carry out a plan: copy, verify, rename into place, journal.
+
+    A file whose SFTP side changed since it was planned is decided again (a partner may
+    upload meanwhile). ``owner``: (uid, gid) the copies get, for a service account that
+    writes into a user's tree (where the backend allows it).
     """
     summary = Summary()
-    tree = list(walk(source, source_root))
-    total = sum(1 for relative, _ in tree if not relative.endswith("/"))
-
-    def report(relative: str, action: str) -> None:
-        progress(summary.files, total, relative, action)
-
-    for relative, legacy in tree:
-        name = names.recode(relative.rstrip("/"), name_encoding)
-        dst = posixpath.join(target_root, name)
-        if relative.endswith("/"):
-            if not dry_run and _attrs(target, dst) is None:
-                target.mkdir(dst)
+    for step in steps:
+        dst = trees.dst(step)
+        if step.action == "mkdir":
+            if not dry_run and _attrs(trees.target, dst) is None:
+                trees.target.mkdir(dst)
+                _chown(trees.target, dst, owner)
             continue
         summary.files += 1
-        src = posixpath.join(source_root, relative)
         try:
-            last = journal.get(name) if journal is not None else None
-            action, why = _decide(source, src, legacy, target, dst, last, overwrite)
-            if action == "skip":
-                summary.skipped += 1
-                report(relative, "skip")
-                if journal is not None and why and not dry_run:  # matching, not yet journalled
-                    journal.put(name, _journal_entry(legacy, why, _attrs(target, dst)))
+            if step.action in _COPIES and not dry_run and _attrs(trees.target, dst) != step.found:
+                last = journal.get(step.name) if journal is not None else None
+                found = _attrs(trees.target, dst)
+                action, why = _decide(trees, step, found, last, overwrite)
+                step = dataclasses.replace(step, action=action, why=why, found=found)
+            if step.action == "error":
+                summary.errors.append(f"{step.relative}: {step.why}")
+                progress.step(step.relative, f"error {step.why.split()[0]}")
                 continue
-            if action == "conflict":
-                summary.conflicts.append(f"{relative}: {why}")
-                report(relative, "CONFLICT, left alone")
+            if step.action == "skip":
+                summary.skipped += 1
+                progress.step(step.relative, "skip")
+                if journal is not None and step.why and not dry_run:  # matching, not yet journalled
+                    journal.put(step.name, _journal_entry(step.legacy, step.why, _attrs(trees.target, dst)))
+                continue
+            if step.action == "conflict":
+                summary.conflicts.append(f"{step.relative}: {step.why}")
+                progress.step(step.relative, "CONFLICT, left alone")
                 continue
             if dry_run:
-                report(relative, f"would {action}")
+                progress.step(step.relative, f"would {step.action}")
+                progress.advance(step.legacy.size)
                 summary.copied += 1
-                summary.bytes_copied += legacy.size
+                summary.bytes_copied += step.legacy.size
                 continue
-            copied, digest = _copy(
-                source, src, legacy, target, dst, action, functools.partial(report, relative)
-            )
+            copied, digest = _copy(trees, step, progress, owner)
         except errors.GatewayError as err:
-            summary.errors.append(f"{relative}: {err.code} {err.text}")
-            report(relative, f"error {err.code}")
+            summary.errors.append(f"{step.relative}: {err.code} {err.text}")
+            progress.step(step.relative, f"error {err.code}")
             continue
         summary.bytes_copied += copied
         if digest is None:
-            summary.mismatches.append(relative)
+            summary.mismatches.append(step.relative)
             continue
         summary.copied += 1
         if journal is not None:
-            journal.put(name, _journal_entry(legacy, digest, _attrs(target, dst)))
+            journal.put(step.name, _journal_entry(step.legacy, digest, _attrs(trees.target, dst)))
     return summary
 
 
 def _decide(
-    source: Storage, src: str, legacy: Attrs, target: Storage, dst: str, last: Copied | None, overwrite: bool
+    trees: Trees, step: Step, found: Attrs | None, last: Copied | None, overwrite: bool
 ) -> tuple[str, str]:
     """What to do with one file: ("skip", SHA-256 if it was computed else ""), ("copy" or
     "update" or "overwrite", ""), or ("conflict", why)."""
-    found = _attrs(target, dst)
+    legacy = step.legacy
     if found is None:
         if last is not None and not overwrite:
             return "conflict", "deleted on SFTP since sync copied it (--overwrite copies it again)"
@@ -186,7 +262,9 @@ def _decide(
         if (legacy.size, legacy.mtime) == (last.legacy_size, last.legacy_mtime):
             return "skip", ""
         return "update", ""
-    if found.size == legacy.size and (digest := sha256_of(source, src)) == sha256_of(target, dst):
+    if found.size == legacy.size and (digest := sha256_of(trees.source, trees.src(step))) == sha256_of(
+        trees.target, trees.dst(step)
+    ):
         return "skip", digest
     if overwrite:
         return "overwrite", ""
@@ -226,23 +304,33 @@ def _attrs(storage: Storage, path: str) -> Attrs | None:
         return None
 
 
+def _chown(storage: Storage, path: str, owner: tuple[int, int] | None) -> None:
+    """Give ``path`` to ``owner`` where the backend allows it (a service account writing
+    into a user's tree would otherwise leave files the user may not replace)."""
+    if owner is not None:
+        with contextlib.suppress(errors.GatewayError):
+            storage.chown(path, *owner)
+
+
 def _copy(
-    source: Storage,
-    src: str,
-    legacy: Attrs,
-    target: Storage,
-    dst: str,
-    action: str,
-    progress: Callable[[str], None],
+    trees: Trees, step: Step, progress: Progress, owner: tuple[int, int] | None
 ) -> tuple[int, str | None]:
     """Copy via the partial file (resuming it), verify, keep the legacy file's time and
     mode, rename: (bytes copied, the SHA-256 if the copy verified)."""
+    source, target, src, dst, legacy = (
+        trees.source,
+        trees.target,
+        trees.src(step),
+        trees.dst(step),
+        step.legacy,
+    )
     partial = posixpath.join(posixpath.dirname(dst), f".{posixpath.basename(dst)}{PARTIAL_SUFFIX}")
     try:
         offset = target.stat(partial).size
     except errors.NotFound:
         offset = 0
-    progress(f"{action}, resuming at byte {offset}" if offset else action)
+    progress.step(step.relative, f"{step.action}, resuming at byte {offset}" if offset else step.action)
+    progress.advance(offset)
     digest = hashlib.sha256()
     if offset:  # the bytes already there count towards the checksum as the legacy has them
         head = source.open_read(src)
@@ -255,7 +343,9 @@ def _copy(
             head.close()
     reader = source.open_read(src)
     reader.seek(offset)
-    writer = target.open_write(partial, "r+" if offset else "w")
+    # Straight to the partial, not through an atomic upload's own temporary name: the
+    # partial is the temporary name, and what reached it survives a killed run.
+    writer = target.open_write(partial, "a")
     writer.seek(offset)
     copied = 0
     try:
@@ -264,6 +354,7 @@ def _copy(
             digest.update(data)
             writer.write(data)
             copied += len(data)
+            progress.advance(len(data))
     except BaseException:
         writer.abort()
         raise
@@ -273,11 +364,12 @@ def _copy(
     expected = source.stat(src).size
     if offset + copied != expected or sha256_of(target, partial) != digest.hexdigest():
         target.remove(partial)  # the next run copies it afresh
-        progress("MISMATCH after copy")
+        progress.step(step.relative, "MISMATCH after copy")
         return copied, None
     if legacy.mtime is not None:
         target.set_mtime(partial, legacy.mtime)
     with contextlib.suppress(errors.GatewayError):  # where the backend allows it
         target.chmod(partial, legacy.mode)
+    _chown(target, partial, owner)
     target.rename(partial, dst)
     return copied, digest.hexdigest()

@@ -306,6 +306,9 @@ class LegacyFTP:
     twin_home: Path  # the home of gwtest2's account there (the same name and password as on SFTP)
     user: str = "partner-a"
     password: str = "legacy-pw-1"
+    #: An administrator account whose home holds every user's (for sync's service account).
+    admin: str = "ftp-admin"
+    admin_password: str = "legacy-admin-pw-1"
     stop: Callable[[], None] = lambda: None  # kills the server and every session (a crash)
 
 
@@ -321,12 +324,14 @@ def legacy_ftp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Legac
     from pyftpdlib.ioloop import IOLoop
     from pyftpdlib.servers import ThreadedFTPServer
 
-    home, twin_home = tmp_path / "legacy-home", tmp_path / "legacy-gwtest2"
-    home.mkdir()
+    homes = tmp_path / "legacy"
+    home, twin_home = homes / "partner-a", homes / "gwtest2"
+    home.mkdir(parents=True)
     twin_home.mkdir()
     authorizer = DummyAuthorizer()
     legacy = LegacyFTP(0, home, twin_home)
     authorizer.add_user(legacy.user, legacy.password, str(home), perm="elradfmwMT")
+    authorizer.add_user(legacy.admin, legacy.admin_password, str(homes), perm="elradfmwMT")
     authorizer.add_user("gwtest2", PASSWORD, str(twin_home), perm="elradfmwMT")
     attrs: dict[str, Any] = {"authorizer": authorizer, "banner": "legacy ftpd"}
     base: type = FTPHandler

@@ -475,3 +475,67 @@ def test_print_shows_an_unset_secret_as_null_and_a_set_one_redacted():
         "<redacted>",
         "<redacted>",
     )
+
+
+def _with_services(known_hosts, sftp=None, legacy=None):
+    return {
+        "backends": {
+            "b": {"host": "h", "known_hosts": known_hosts, **({"service": sftp} if sftp else {})},
+            "old": {"type": "ftp", "host": "o", **({"service": legacy} if legacy else {})},
+        },
+        "routes": [{"backend": "b", "legacy": "old", "phase": "shadow", "match": {"user": "*"}}],
+    }
+
+
+def test_service_accounts_for_sync(known_hosts, tmp_path):
+    (tmp_path / "key").write_text("not read here\n")
+    (tmp_path / "pw").write_text("admin-pw\n")
+    cfg = config.parse(
+        _with_services(
+            known_hosts,
+            sftp={"user": "svc", "key_file": "key", "root": "/srv/sftp/{user}/data"},
+            legacy={"user": "admin", "password_file": "pw"},
+        ),
+        tmp_path,
+    )
+    assert cfg.backends["b"].service == config.ServiceAccount(
+        "svc", None, str(tmp_path / "key"), "/srv/sftp/{user}/data"
+    )
+    assert cfg.backends["old"].service == config.ServiceAccount("admin", "admin-pw", None, "/home/{user}")
+    assert "admin-pw" not in repr(cfg)
+    assert config.redacted(cfg.backends["old"])["service"]["password"] == "<redacted>"
+
+
+@pytest.mark.parametrize(
+    ("sftp", "legacy", "problem"),
+    [
+        (
+            {"user": "s", "password_env": "HOME", "root": "/home"},
+            None,
+            "backends.b.service.root: must be an absolute path with {user}",
+        ),
+        (
+            {"user": "s", "password_env": "HOME", "root": "/x/u{user}"},
+            None,
+            "backends.b.service.root: must be an absolute",
+        ),
+        (
+            {"user": "s", "password_env": "HOME", "root": "{user}"},
+            None,
+            "backends.b.service.root: must be an absolute",
+        ),
+        (
+            {"user": "s", "key_file": "pw", "password_env": "HOME"},
+            None,
+            "backends.b.service.key_file: set either a key or a password",
+        ),
+        ({"user": "s"}, None, "backends.b.service.password_file: set exactly one of"),
+        (None, {"user": "a", "key_file": "pw"}, "backends.old.service.key_file: unknown key"),
+        (None, {"password_env": "HOME"}, "backends.old.service.user: required key is missing"),
+    ],
+)
+def test_service_account_problems(known_hosts, tmp_path, sftp, legacy, problem):
+    (tmp_path / "pw").write_text("x\n")
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(_with_services(known_hosts, sftp, legacy), tmp_path)
+    assert any(p.startswith(problem) for p in err.value.problems), err.value.problems

@@ -407,6 +407,10 @@ class FTPStorage:
             raise errors.Unsupported()
         self._call(self.ftp.voidcmd, f"MFMT {time.strftime('%Y%m%d%H%M%S', time.gmtime(mtime))} {path}")
 
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """FTP has no command for it."""
+        raise errors.Unsupported()
+
     def close(self) -> None:
         """QUIT (or just close when the connection is gone)."""
         if self._alive:

@@ -734,6 +734,10 @@ class SFTPStorage:
         """Set the modification time (SFTP v3 sets both times: the access time becomes it too)."""
         self._run("setstat", lambda: self._sftp.utime(path, (mtime, mtime)))
 
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """Set owner and group (the server allows it to root only)."""
+        self._run("setstat", lambda: self._sftp.chown(path, uid, gid))
+
     def close(self) -> None:
         """End the session: its channel closes, the connection goes back to the pool."""
         if not self._closed:
