@@ -32,7 +32,7 @@ from gateway.passwords import verify_password
 from gateway.routing import acceptable_user, match_route, render_root
 from gateway.shadow import ShadowStorage
 from gateway.storage import Kind, Login, Refused, Storage
-from gateway.usage.store import UsageStore
+from gateway.usage.store import StoreError, UsageStore, active_users
 
 log = logging.getLogger("gateway")
 shadow_log = logging.getLogger("gateway.shadow")
@@ -271,6 +271,10 @@ class Gateway(Logins):
         self.usage = UsageStore(report.database, report.retention_days) if report.database else None
         record = self.usage.add if self.usage is not None else None
         super().__init__(cfg, Metrics(METRIC_COMMANDS, cfg.report.per_user_metrics))
+        if report.database and report.per_user_metrics:  # their failed logins under their names
+            with contextlib.suppress(StoreError):
+                since = time.time() - report.retention_days * 86400
+                self.metrics.known_users(active_users(report.database, since, report.per_user_metrics))
         self.config_path, self._adapt = config_path, adapt  # for reloads (adapt: a worker's share)
         self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
         low, high = cfg.listen.passive_ports
@@ -459,6 +463,8 @@ class Gateway(Logins):
         self, client_ip: str, user: str, result: str, route: str, tls: str, detail: str = ""
     ) -> None:
         self.metrics.logins.labels(result, route, tls).inc()
+        if result != "retired":
+            self.metrics.failed_login(user, result)
         logs.login_audit(client_ip, user, result, route, detail)
         phase = next((r.phase for r in self.cfg.routes if r.name == route), None)
         if phase is not None and (listener := _REFUSED.get()) is not None:

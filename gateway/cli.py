@@ -138,11 +138,41 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if args.print:
         import yaml
 
-        print(yaml.safe_dump(config.redacted(cfg), sort_keys=False), end="")
+        print(yaml.safe_dump(config.document(cfg), sort_keys=False), end="")
         return 0
     routes = ", ".join(f"{r.name}({r.user}->{r.backend})" for r in cfg.routes)
     print(f"{args.config}: OK: {len(cfg.backends)} backend(s), routes {routes}")
-    return 0
+    if args.user and not args.connect:
+        print("check-config: --user is for --connect", file=sys.stderr)
+        return 2
+    return _connect(cfg, args) if args.connect else 0
+
+
+def _connect(cfg: config.GatewayConfig, args: argparse.Namespace) -> int:
+    """``--connect``: 0 if every backend (and the user's login) answered as it should, else 1."""
+    from gateway.app import Logins
+    from gateway.connectivity import check
+    from gateway.metrics import Metrics
+
+    if args.password_env and args.password_env not in os.environ:
+        print(f"check-config: --password-env {args.password_env}: that variable is not set", file=sys.stderr)
+        return 2
+    password = None
+    if args.user:
+        password = os.environ[args.password_env] if args.password_env else _read_password()
+    logs.setup("critical")  # the lines below say what failed; the gateway's own log would repeat it
+    logins = Logins(cfg, Metrics())
+    failed = 0
+    try:
+        for fine, line in check(cfg, logins, args.user, password):
+            print(f"  {'ok  ' if fine else 'FAIL'} {line}")
+            failed += not fine
+    finally:
+        logins.close_backends()
+    print(
+        f"{args.config}: " + (f"{failed} connection check(s) failed" if failed else "every backend answered")
+    )
+    return 1 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -383,7 +413,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 1
     now = time.time()
     evidence = readiness.Evidence(cfg.report.ready_after_transfers, cfg.report.ready_after_days)
-    reports = readiness.assess(rows, now, evidence)
+    reports = readiness.assess(rows, now, evidence, args.since)
     if args.format == "json":
         sys.stdout.write(render.to_json(reports, args.since, now))
     elif args.format == "csv":
@@ -481,7 +511,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--print",
         action="store_true",
-        help="print the effective config with secrets redacted",
+        help="print the effective config (every default; secrets as their file or variable)",
+    )
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to every backend (host keys, service accounts); exit 1 if one fails",
+    )
+    check.add_argument("--user", help="with --connect: also log this user in through their route")
+    check.add_argument(
+        "--password-env", help="with --user: environment variable with the password (else asked for)"
     )
     check.set_defaults(func=cmd_check_config)
     hasher = sub.add_parser("hash-password", help="print a password hash for `users` (reads the password)")

@@ -7,6 +7,7 @@ file in one pass (like ``sshd -t``). Nothing invalid is silently replaced by a d
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import ipaddress
 import os
@@ -294,6 +295,9 @@ class GatewayConfig:
     listing: ListingConfig = field(default_factory=ListingConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
     workers: int = 1
+    #: Where each secret came from: ("metrics.basic_auth.password_file", "/etc/..."), for
+    #: ``document`` (a file name or a variable name, never the secret).
+    secret_sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
 def passive_share(ports: tuple[int, int], workers: int, index: int) -> tuple[int, int]:
@@ -796,6 +800,9 @@ def _secret(s: _Section, name: str, base_dir: Path) -> str | None:
     if (file_name is None) == (env_name is None):
         s.problem(file_key, f"set exactly one of {file_key} or {env_key}")
         return None
+    if (sources := _SECRET_SOURCES.get()) is not None:
+        source = (file_key, str(base_dir / file_name)) if file_name is not None else (env_key, str(env_name))
+        sources[s.key(source[0])] = source[1]
     if file_name is not None:
         try:
             value = (base_dir / file_name).read_text(encoding="utf-8")
@@ -1056,6 +1063,24 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
     problems: list[str] = []
     top = _Section(data, "", problems)
     base = Path(base_dir or ".").absolute()
+    sources: dict[str, str] = {}
+    token = _SECRET_SOURCES.set(sources)
+    try:
+        cfg = _parse(top, base, problems)
+    finally:
+        _SECRET_SOURCES.reset(token)
+    if problems:
+        raise ConfigError(problems)
+    return dataclasses.replace(cfg, secret_sources=tuple(sorted(sources.items())))
+
+
+#: The secret sources ``parse`` is collecting (``_secret`` records each).
+_SECRET_SOURCES: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "secret_sources", default=None
+)
+
+
+def _parse(top: _Section, base: Path, problems: list[str]) -> GatewayConfig:
     backends = _backends(top.raw("backends"), problems, base)
     cfg = GatewayConfig(
         listen=_listen(top.raw("listen", None), problems),
@@ -1090,8 +1115,6 @@ def parse(data: Any, base_dir: str | os.PathLike[str] | None = None) -> GatewayC
             f"workers: {cfg.workers} workers need at least as many passive ports (listen.passive_ports)"
         )
     top.finish()
-    if problems:
-        raise ConfigError(problems)
     return cfg
 
 
@@ -1112,6 +1135,74 @@ def redacted(value: Any) -> Any:
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return str(value)
     return value
+
+
+#: Keys of a legacy FTP backend (``type: ftp``); the other BackendConfig fields are SFTP's.
+_FTP_BACKEND_KEYS = (
+    "type",
+    "host",
+    "port",
+    "tls",
+    "ca_file",
+    "connect_timeout",
+    "operation_timeout",
+    "service",
+)
+
+
+def document(cfg: GatewayConfig) -> dict[str, Any]:
+    """The effective config as a document ``parse`` accepts (``check-config --print``):
+    every default written out, file names absolute, and each secret as the file or variable
+    it came from, never its value."""
+    doc: dict[str, Any] = redacted(cfg)
+    sources = dict(cfg.secret_sources)
+    del doc["secret_sources"]
+
+    def secret(section: dict[str, Any], path: str, name: str) -> None:
+        section.pop(name, None)
+        for key in (f"{name}_file", f"{name}_env"):
+            if f"{path}.{key}" in sources:
+                section[key] = sources[f"{path}.{key}"]
+
+    def drop_nulls(section: dict[str, Any]) -> None:
+        for key in [k for k, v in section.items() if v is None]:
+            del section[key]
+
+    for name, backend in doc["backends"].items():
+        del backend["name"]
+        if backend["type"] == "ftp":
+            for key in set(backend) - set(_FTP_BACKEND_KEYS):
+                del backend[key]
+        else:
+            del backend["tls"], backend["ca_file"]
+        if backend["service"] is not None:
+            secret(backend["service"], f"backends.{name}.service", "password")
+            drop_nulls(backend["service"])
+        drop_nulls(backend)
+    for route in doc["routes"]:
+        route["match"] = {
+            "user": route.pop("user"),
+            "group": route.pop("group"),
+            "network": route.pop("networks"),
+        }
+        route["permissions"] = {"read_only": route.pop("read_only"), "commands": route.pop("commands")}
+        route["notice"] = route.pop("banner")
+        drop_nulls(route["match"])
+        drop_nulls(route["permissions"])
+        drop_nulls(route)
+    for name, user in doc["users"].items():
+        del user["name"]
+        user["password_hash"] = cfg.users[name].password_hash  # as in the file it came from
+        secret(user, f"users.{name}", "backend_password")
+        drop_nulls(user)
+    if doc["metrics"]["basic_auth"] is not None:
+        secret(doc["metrics"]["basic_auth"], "metrics.basic_auth", "password")
+    report = doc["report"]
+    report["ready_after"] = {
+        "transfers": report.pop("ready_after_transfers"),
+        "days": report.pop("ready_after_days"),
+    }
+    return doc
 
 
 def load(path: str | os.PathLike[str]) -> GatewayConfig:

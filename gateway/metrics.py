@@ -183,6 +183,13 @@ class Metrics:
                 ["user", "result"],
                 registry=r,
             )
+            self.user_failed_logins = Counter(
+                "ftpgw_user_failed_logins",
+                "Failed logins per user and kind (users who logged in before; the rest as user="
+                f"{OTHER_USERS})",
+                ["user", "result"],
+                registry=r,
+            )
         Info("ftpgw_build", "Gateway version", registry=r).info({"version": __version__})
         self._connection_counts: Callable[[], ConnectionCounts] = dict
         r.register(_BackendConnections(lambda: self._connection_counts()))
@@ -220,6 +227,21 @@ class Metrics:
             # to choose, so it never takes one of the capped per-user slots.
             label = self._user_label(user, allocate=phase != "retired")
             self.user_logins.labels(label, "yes" if tls else "no").inc()
+
+    def known_users(self, users: Iterable[str]) -> None:
+        """Give ``users`` (who logged in before, e.g. from the usage record) their series now:
+        after a restart, a user locked out since shows under their own name."""
+        if self._per_user:
+            for user in users:
+                self._user_label(user)
+
+    def failed_login(self, user: str, result: str) -> None:
+        """Count a failed login of a user with a route, under their name if they have a series.
+
+        Never allocates one: the name of a failed login is the client's to choose.
+        """
+        if self._per_user:
+            self.user_failed_logins.labels(self._user_label(user, allocate=False), result).inc()
 
     def phase_transfer(self, phase: str, tls: bool, user: str, completed: bool) -> None:
         """Count one file transfer by phase, TLS and maybe user."""

@@ -17,26 +17,30 @@ Verdicts (first that applies):
 * ``not proven``: nothing blocking, but not that much evidence yet.
 
 Warnings never change the verdict: plain FTP, active mode only, TYPE A (on binary data or
-at all), checksum commands (HASH, XSHA256, ...), commands the gateway does not implement
-(500/502), a few failed SFTP transfers.
+at all), checksum commands (HASH, XSHA256, ...; an SFTP server such as OpenSSH computes none,
+so the client must verify its transfers another way there), commands the gateway does not
+implement (500/502), a few failed SFTP transfers.
+
+Every reason and warning says when it was first and last seen. With ``since`` (the report's
+``--since``) a problem last seen before it is not counted: the store keeps daily rows, and
+each row keeps its problems' first and last times, so a failure of the morning does not
+block a user whose afternoon, the window asked for, was clean.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from gateway.usage.session import FAILED_LOGINS, Totals
+from gateway.usage.session import CHECKSUM_VERBS, FAILED_LOGINS, Totals
 from gateway.usage.store import Row
 
 #: SITE subcommands the SFTP path honours (CHMOD, UMASK and UTIME become SFTP setstats).
 HONOURED_SITE = frozenset({"CHMOD", "HELP", "UMASK", "UTIME"})
-#: Commands that ask the server for a file's checksum: the gateway computes it, an SFTP
-#: server (OpenSSH) offers none, so the client must verify its transfers another way there.
-CHECKSUM_COMMANDS = ("HASH", "XSHA256", "XSHA1", "XSHA", "XMD5", "XCRC")
 #: Commands a client sends to learn what the server offers, and does without when refused:
 #: lftp's AUTH TLS on a plain-FTP gateway, FEAT, OPTS, CLNT ... never "will not translate".
 CAPABILITY_PROBES = frozenset({"AUTH", "PBSZ", "PROT", "CCC", "FEAT", "OPTS", "LANG", "HOST", "CLNT", "CSID"})
@@ -113,8 +117,12 @@ class Evidence:
     days: float = 0.0
 
 
-def assess(rows: list[Row], now: float, ready_after: Evidence = Evidence()) -> list[UserReport]:
-    """One report per user in ``rows``, sorted by user name."""
+def assess(
+    rows: list[Row], now: float, ready_after: Evidence = Evidence(), since: float | None = None
+) -> list[UserReport]:
+    """One report per user in ``rows``, sorted by user name; ``since``: see the module doc."""
+    if since is not None:
+        rows = [dataclasses.replace(row, totals=row.totals.since(since)) for row in rows]
     ordered = sorted(rows, key=lambda r: (r.key.user, r.last_seen))
     return [
         _user(user, list(group), now, ready_after)
@@ -219,9 +227,22 @@ def _short(when: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(when))
 
 
+def _span(seen: dict[str, list[float]], problems: list[str]) -> str:
+    """ " (first ..., last ... UTC)" of ``problems``, from the times kept with the counts."""
+    spans = [seen[p] for p in problems if p in seen]
+    if not spans:
+        return ""
+    return _between(min(s[0] for s in spans), max(s[1] for s in spans))
+
+
+def _between(first: float, last: float) -> str:
+    return f" (first {_short(first)}, last {_short(last)} UTC)"
+
+
 def _judge(r: UserReport, rows: list[Row], sftp_since: float, now: float, ready_after: Evidence) -> None:
     latest = rows[-1]
     t = r.totals
+    seen = t.seen
     site = Counter({sub: n for sub, n in t.site.items() if sub not in HONOURED_SITE})
     unknown = Counter({verb: n for verb, n in t.unknown.items() if verb not in CAPABILITY_PROBES})
     r.untranslatable = [f"SITE {sub}" for sub in site]
@@ -234,43 +255,62 @@ def _judge(r: UserReport, rows: list[Row], sftp_since: float, now: float, ready_
     blockers = []
     if site:
         named = Counter({f"SITE {sub}": n for sub, n in site.items()})
-        blockers.append(f"uses {_counted(named)}: SFTP has no equivalent")
+        when = _span(seen, [f"site {sub}" for sub in site])
+        blockers.append(f"uses {_counted(named)}: SFTP has no equivalent{when}")
     if t.shadow_problems:
-        blockers.append(f"shadow phase: {t.shadow_problems} SFTP copies failed or differed from the legacy's")
-    failed = f"{r.sftp_failed} of {r.sftp_transfers} transfers over sftp failed ({r.sftp_error_rate:.0%})"
+        when = _span(seen, ["shadow"])
+        blockers.append(
+            f"shadow phase: {t.shadow_problems} SFTP copies failed or differed from the legacy's{when}"
+        )
+    failed = (
+        f"{r.sftp_failed} of {r.sftp_transfers} transfers over sftp failed ({r.sftp_error_rate:.0%})"
+        + _span(seen, ["upload failed", "download failed"])
+    )
     if r.sftp_error_rate > MAX_FAILURE_RATE:
         blockers.append(failed)
     elif r.sftp_failed:
         r.warnings.append(failed)
     plain = r.logins + r.refused_logins - r.tls_logins
     if plain:
-        r.warnings.append(f"{plain} of {r.logins + r.refused_logins} logins in plain FTP (no TLS)")
+        clear = [row for row in rows if not row.key.tls and row.key.outcome not in FAILED_LOGINS]
+        when = _between(min(row.first_seen for row in clear), max(row.last_seen for row in clear))
+        r.warnings.append(f"{plain} of {r.logins + r.refused_logins} logins in plain FTP (no TLS){when}")
     if t.active and not t.passive:
-        r.warnings.append("active mode only (PORT/EPRT): the gateway must be able to connect to the client")
+        r.warnings.append(
+            "active mode only (PORT/EPRT): the gateway must be able to connect to the client"
+            + _span(seen, ["active"])
+        )
     if t.type_a_binary:
         binary = plural(t.type_a_binary, "transfer")
-        r.warnings.append(f"TYPE A on binary data ({binary}): bytes altered in transit")
+        when = _span(seen, ["type A binary"])
+        r.warnings.append(f"TYPE A on binary data ({binary}): bytes altered in transit{when}")
     elif t.type_a:
         text = plural(t.type_a, "transfer")
-        r.warnings.append(f"TYPE A used ({text}): line endings converted; an SFTP client would not")
+        when = _span(seen, ["type A"])
+        r.warnings.append(f"TYPE A used ({text}): line endings converted; an SFTP client would not{when}")
     if unknown:
-        r.warnings.append(f"commands the gateway does not implement: {_counted(unknown)}")
-    sums = Counter({verb: n for verb in CHECKSUM_COMMANDS if (n := t.commands.get(verb, 0))})
+        when = _span(seen, [f"unknown {verb}" for verb in unknown])
+        r.warnings.append(f"commands the gateway does not implement: {_counted(unknown)}{when}")
+    sums = Counter({verb: n for verb in sorted(CHECKSUM_VERBS) if (n := t.commands.get(verb, 0))})
     if sums:
         r.warnings.append(
             f"verifies transfers with checksums ({_counted(sums)}): an SFTP server (OpenSSH) computes "
-            "none, so over SFTP the client must check its files another way"
+            f"none, so over SFTP the client must check its files another way{_span(seen, ['checksum'])}"
         )
 
     attempts = sum(r.failed_logins.values())
+    failing = [row for row in rows if row.key.outcome in FAILED_LOGINS]
     if attempts and r.locked_out_since is None and r.logins:
-        r.warnings.append(f"{plural(attempts, 'failed login')}: {_counted(r.failed_logins)}")
+        when = _between(min(row.first_seen for row in failing), max(row.last_seen for row in failing))
+        r.warnings.append(f"{plural(attempts, 'failed login')}: {_counted(r.failed_logins)}{when}")
 
     if latest.key.outcome == "retired":
         r.verdict = "retired"
+        refused = [row for row in rows if row.key.outcome == "retired"]
+        when = _between(min(row.first_seen for row in refused), max(row.last_seen for row in refused))
         r.reasons = [
             f"FTP is off for route {latest.key.route}, yet {plural(r.refused_logins, 'refused login')}, "
-            f"the last from {latest.key.client_ip} (client: {latest.key.client})"
+            f"the last from {latest.key.client_ip} (client: {latest.key.client}){when}"
         ]
     elif r.locked_out_since is not None:
         r.verdict, r.reasons = "locked out", [_lockout(r, rows)]

@@ -37,6 +37,11 @@ FILE_TRANSFERS = frozenset({"RETR", "STOR", "STOU", "APPE"})
 #: 504, "not implemented for that parameter", answers e.g. TYPE X: not a missing command).
 UNKNOWN_REPLIES = frozenset({500, 502})
 _COUNTERS = ("commands", "replies", "errors", "site", "site_refused", "unknown")
+#: The problems whose first and last time are kept (``Totals.seen``), besides "site SUB"
+#: and "unknown VERB" per name: what the report's reasons and warnings are made of.
+PROBLEMS = ("upload failed", "download failed", "shadow", "type A", "type A binary", "active", "checksum")
+#: The commands that ask for a checksum (the report warns: SFTP servers compute none).
+CHECKSUM_VERBS = frozenset({"HASH", "XSHA256", "XSHA1", "XSHA", "XSHA512", "XMD5", "XCRC"})
 #: Why a login of a user with a route failed, as the audit line's ``result=`` says it.
 FAILED_LOGINS = frozenset(
     {
@@ -51,10 +56,19 @@ FAILED_LOGINS = frozenset(
 )
 
 
-def _bump(counter: Counter[str], key: str, amount: int = 1) -> None:
+def _bump(counter: Counter[str], key: str, amount: int = 1) -> str:
     if key not in counter and len(counter) >= MAX_KEYS:
         key = "OTHER"
     counter[key] += amount
+    return key
+
+
+def _mark(seen: dict[str, list[float]], problem: str, first: float, last: float | None = None) -> None:
+    """Widen ``problem``'s [first, last] time span in ``seen`` to cover ``first``..``last``."""
+    if problem not in seen and len(seen) >= 3 * MAX_KEYS:
+        problem = "OTHER"
+    span = seen.setdefault(problem, [first, last if last is not None else first])
+    span[0], span[1] = min(span[0], first), max(span[1], last if last is not None else first)
 
 
 def verb_name(verb: str) -> str:
@@ -89,16 +103,46 @@ class Totals:
     site: Counter[str] = field(default_factory=Counter)  # SITE subcommands
     site_refused: Counter[str] = field(default_factory=Counter)  # ... answered 5xx
     unknown: Counter[str] = field(default_factory=Counter)  # answered 500/502/504
+    #: problem -> [first, last] time it happened (PROBLEMS, "site SUB", "unknown VERB").
+    seen: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, other: Totals) -> None:
-        """Add ``other``'s counts to these."""
+        """Add ``other``'s counts to these (and widen the problems' time spans)."""
         for f in dataclasses.fields(self):
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             if isinstance(mine, Counter):
                 for key, amount in theirs.items():
                     _bump(mine, key, amount)
+            elif isinstance(mine, dict):
+                for problem, (first, last) in theirs.items():
+                    _mark(mine, problem, first, last)
             else:
                 setattr(self, f.name, mine + theirs)
+
+    def since(self, since: float) -> Totals:
+        """A copy without the problems last seen before ``since`` (a day's row holds the
+        whole day; a problem of its morning is not one of an evening ``--since``)."""
+        out = Totals.from_json(self.to_json())
+        stale = {problem for problem, (_, last) in out.seen.items() if last < since}
+        for problem in stale:
+            del out.seen[problem]
+            kind, _, name = problem.partition(" ")
+            if kind == "site":
+                out.site.pop(name, None)
+                out.site_refused.pop(name, None)
+            elif kind == "unknown":
+                out.unknown.pop(name, None)
+        if "upload failed" in stale:  # those transfers are outside the window altogether
+            out.uploads -= out.uploads_failed
+        if "download failed" in stale:
+            out.downloads -= out.downloads_failed
+        for problem, count in _PROBLEM_COUNTS.items():
+            if problem in stale:
+                setattr(out, count, 0)
+        if "checksum" in stale:
+            for verb in CHECKSUM_VERBS:
+                out.commands.pop(verb, None)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for the store (json.dumps-able)."""
@@ -111,9 +155,22 @@ class Totals:
         names = {f.name for f in dataclasses.fields(cls)}
         totals = cls()
         for name, value in data.items():
-            if name in names:
+            if name == "seen":
+                totals.seen = {str(k): [float(v[0]), float(v[1])] for k, v in value.items()}
+            elif name in names:
                 setattr(totals, name, Counter(value) if name in _COUNTERS else int(value))
         return totals
+
+
+#: The counts a stale problem takes out of a row (Totals.since).
+_PROBLEM_COUNTS = {
+    "upload failed": "uploads_failed",
+    "download failed": "downloads_failed",
+    "shadow": "shadow_problems",
+    "type A": "type_a",
+    "type A binary": "type_a_binary",
+    "active": "active",
+}
 
 
 @dataclass(frozen=True)
@@ -180,21 +237,24 @@ class SessionUsage:
             self._lines.append((name, "" if name == "PASS" else text(arg)))
         if name in ("CLNT", "CSID") and arg and not self._clnt:
             self._clnt = arg[: 2 * MAX_TEXT]  # clients.from_clnt keeps only safe words of it
-        t = self._totals
+        t, now = self._totals, self._clock()
         _bump(t.commands, name)
         _bump(t.replies, f"{code // 100}xx")
         if code >= 400:
             _bump(t.errors, str(code))
         if name.startswith("SITE "):
-            _bump(t.site, name[5:])
+            _mark(t.seen, "site " + _bump(t.site, name[5:]), now)
             if code >= 500:
                 _bump(t.site_refused, name[5:])
         elif code in UNKNOWN_REPLIES and name not in ("USER", "PASS"):
-            _bump(t.unknown, name)
+            _mark(t.seen, "unknown " + _bump(t.unknown, name), now)
+        if name in CHECKSUM_VERBS:
+            _mark(t.seen, "checksum", now)
         if 200 <= code < 300 and name in PASSIVE_VERBS:
             t.passive += 1
         elif 200 <= code < 300 and name in ACTIVE_VERBS:
             t.active += 1
+            _mark(t.seen, "active", now)
 
     def binary_in_ascii(self) -> None:
         """The running ASCII-mode transfer carries NUL bytes: it is binary data."""
@@ -202,7 +262,7 @@ class SessionUsage:
 
     def transfer(self, upload: bool, completed: bool, nbytes: int, ascii: bool) -> None:
         """One file transfer ended (listings are not file transfers)."""
-        t = self._totals
+        t, now = self._totals, self._clock()
         if upload:
             t.uploads += 1
             t.uploads_failed += not completed
@@ -211,14 +271,19 @@ class SessionUsage:
             t.downloads += 1
             t.downloads_failed += not completed
             t.bytes_down += nbytes
+        if not completed:
+            _mark(t.seen, "upload failed" if upload else "download failed", now)
         if ascii:
             t.type_a += 1
             t.type_a_binary += self._binary
+            _mark(t.seen, "type A binary" if self._binary else "type A", now)
         self._binary = False
 
     def shadow_problems(self, count: int) -> None:
         """``count`` more SFTP copies failed or differed (shadow phase)."""
         self._totals.shadow_problems += count
+        if count:
+            _mark(self._totals.seen, "shadow", self._clock())
 
     def logged_in(self, user: str, route: str, phase: str, backend: str, tls: bool) -> None:
         """A login succeeded."""

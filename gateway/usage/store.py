@@ -161,6 +161,22 @@ def headcount(path: str, now: float) -> tuple[dict[str, int], int]:
     return dict(phases), int(plain)
 
 
+def active_users(path: str, since: float, limit: int) -> list[str]:
+    """Up to ``limit`` users who logged in since ``since``, the most recent first."""
+    conn = connect(path, readonly=True)
+    try:
+        rows = conn.execute(
+            "SELECT user FROM usage WHERE outcome = 'ok' AND last_seen >= ? "
+            "GROUP BY user ORDER BY max(last_seen) DESC LIMIT ?",
+            (since, limit),
+        ).fetchall()
+    except sqlite3.Error as err:
+        raise StoreError(f"usage database {path}: {err}") from err
+    finally:
+        conn.close()
+    return [user for (user,) in rows]
+
+
 def write(conn: sqlite3.Connection, records: Iterable[Record]) -> None:
     """Add ``records`` to their rows in one transaction."""
     conn.execute("BEGIN IMMEDIATE")

@@ -3,19 +3,23 @@
 The control connection is relayed as it is, except that PASV (227) and EPSV (229) replies
 are rewritten to a port of the relay, so the data connections pass through it too. That
 lets a test count exactly the bytes a client sends (how much a resume sends again) and
-end an upload after a given number of bytes as a broken link would: the data and control
-connections are reset and new ones refused until ``reopen()`` (so a client that retries
-by itself gives up, and the test resumes with a second run).
+end an upload after a given number of bytes as a broken link would: once the gateway has
+read them, the data and control connections are reset and new ones refused until
+``reopen()`` (so a client that retries by itself gives up, and the test resumes with a
+second run).
 Passive mode only (curl's and lftp's default).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import re
 import socket
 import struct
+import termios
 import threading
+import time
 
 _PASV = re.compile(rb"^227 .*\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)")
 _EPSV = re.compile(rb"^229 .*\(\|\|\|(\d+)\|\)")
@@ -35,6 +39,32 @@ def _reset(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RD)
     with contextlib.suppress(OSError):
         sock.close()
+
+
+def _delivered(sock: socket.socket, timeout: float = 20.0) -> None:
+    """Wait until the peer (on this machine) has read every byte sent on ``sock``: none left
+    in this socket's send queue, none in the receive queue of the peer's (/proc/net/tcp)."""
+    local, peer = sock.getsockname(), sock.getpeername()
+    # /proc/net/tcp names the peer's socket by its own address (our peer) and remote (us).
+    wanted = (_proc_address(peer), _proc_address(local))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        unsent = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        unread = 0
+        with open("/proc/net/tcp") as table:
+            for line in table.readlines()[1:]:
+                fields = line.split()
+                if (fields[1], fields[2]) == wanted:
+                    unread = int(fields[4].split(":")[1], 16)
+        if not unsent and not unread:
+            return
+        time.sleep(0.01)
+
+
+def _proc_address(address: tuple[str, int]) -> str:
+    """An IPv4 (address, port) as /proc/net/tcp writes it: 0100007F:1F90."""
+    packed = socket.inet_aton(address[0])
+    return f"{struct.unpack('<I', packed)[0]:08X}:{address[1]:04X}"
 
 
 def _close(*socks: socket.socket) -> None:
@@ -165,7 +195,10 @@ class FTPRelay:
                         self.cuts += 1
                     self.uploaded[index] += len(data)
                 server.sendall(data)
-                if cut:  # bytes still in flight are lost, as on a broken link
+                if cut:
+                    # The link breaks once the gateway has read what got through (a reset
+                    # would make the kernel drop what it holds unread: a cut at 0 bytes).
+                    _delivered(server)
                     _reset(server)
                     _reset(client)
                     self._link_down()

@@ -108,7 +108,9 @@ def test_check_config_names_a_bad_hash_and_an_unusable_key(sshd, user, tmp_path)
     assert "users.partner-a.backend_key_file: cannot use the private key" in result.stderr
 
 
-def test_check_config_print_redacts_every_secret(sshd, user, tmp_path, monkeypatch):
+def test_check_config_print_names_every_secret_source_and_check_config_accepts_it(
+    sshd, user, tmp_path, monkeypatch
+):
     import yaml
 
     monkeypatch.setenv("GW_TEST_METRICS_PW", "metrics-secret-value")
@@ -119,9 +121,19 @@ def test_check_config_print_redacts_every_secret(sshd, user, tmp_path, monkeypat
     result = subprocess.run([*CLI, "check-config", str(path), "--print"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
-    assert printed["users"]["partner-a"]["backend_password"] == "<redacted>"
-    assert printed["users"]["partner-a"]["password_hash"] == "<redacted>"
-    assert printed["metrics"]["basic_auth"] == {"username": "prom", "password": "<redacted>"}
+    partner = printed["users"]["partner-a"]
+    assert "backend_password" not in partner and "backend_key_file" not in partner
+    given = doc["users"]["partner-a"]["backend_password_file"]
+    assert partner["backend_password_file"] == str(tmp_path / given)
+    assert partner["password_hash"] == doc["users"]["partner-a"]["password_hash"]  # as in the file
+    assert printed["metrics"]["basic_auth"] == {"username": "prom", "password_env": "GW_TEST_METRICS_PW"}
     assert printed["guard"]["max_failures"] == 5  # defaults filled in
-    for secret in (user.password, "metrics-secret-value", doc["users"]["partner-a"]["password_hash"]):
+    for secret in (user.password, "metrics-secret-value"):
         assert secret not in result.stdout
+    elsewhere = tmp_path / "printed"
+    elsewhere.mkdir()
+    (elsewhere / "gateway.yaml").write_text(result.stdout)
+    again = subprocess.run(
+        [*CLI, "check-config", str(elsewhere / "gateway.yaml")], capture_output=True, text=True
+    )
+    assert again.returncode == 0 and "OK" in again.stdout, again.stderr

@@ -539,3 +539,69 @@ def test_service_account_problems(known_hosts, tmp_path, sftp, legacy, problem):
     with pytest.raises(config.ConfigError) as err:
         config.parse(_with_services(known_hosts, sftp, legacy), tmp_path)
     assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+def test_print_gives_a_document_check_config_accepts(known_hosts, tmp_path, tls_files, monkeypatch):
+    """check-config --print: every section written out, secrets as their file or variable;
+    parsed again it is the same config (and never holds a secret's value)."""
+    from gateway.passwords import hash_password
+
+    (tmp_path / "admin.pass").write_text("legacy-admin-secret\n")
+    (tmp_path / "acme.pw").write_text("acme-sftp-secret\n")
+    (tmp_path / "key").write_text("key\n")
+    (tmp_path / "auth.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "auth.sh").chmod(0o755)
+    monkeypatch.setenv("GW_METRICS_PW", "metrics-secret")
+    doc = {
+        "listen": {"passive_ports": [31000, 31010], "proxy_protocol": {"trusted": ["10.0.0.0/8"]}},
+        "backends": {
+            "main": {"host": "h", "known_hosts": known_hosts, "service": {"user": "root", "key_file": "key"}},
+            "old": {
+                "type": "ftp",
+                "host": "o",
+                "tls": "explicit",
+                "service": {"user": "admin", "password_file": "admin.pass", "root": "/{user}"},
+            },
+        },
+        "routes": [
+            {"name": "acme", "match": {"user": "acme"}, "backend": "main", "auth": "mapped"},
+            {
+                "name": "partners",
+                "match": {"user": "p-*", "network": ["192.0.2.0/24"]},
+                "backend": "main",
+                "legacy": "old",
+                "phase": "shadow",
+                "notice": "moving",
+                "permissions": {"read_only": True, "commands": ["RETR", "LIST"]},
+                "name_encoding": "cp1252",
+            },
+            {"name": "ext", "match": {"user": "*", "group": "g"}, "backend": "main", "home": "~"},
+            {"name": "sso", "match": {"user": "x-*"}, "backend": "main", "auth": "external"},
+        ],
+        "users": {
+            "acme": {
+                "password_hash": hash_password("pw"),
+                "backend_password_file": "acme.pw",
+                "groups": ["g"],
+            },
+            "keyed": {"password_hash": hash_password("pw"), "backend_key_file": "key"},
+        },
+        "external_auth": {"command": ["./auth.sh", "--x"]},
+        "metrics": {"basic_auth": {"username": "prom", "password_env": "GW_METRICS_PW"}},
+        "tls": {"mode": "optional", "certfile": str(tls_files.cert), "keyfile": str(tls_files.key)},
+        "guard": {"allow": ["198.51.100.0/24"]},
+        "report": {"database": "usage.sqlite", "ready_after": {"transfers": 2, "days": 1}},
+        "listing": {"dotfiles": "shown"},
+        "uploads": {"partial_ttl": 600},
+        "log": {"level": "debug"},
+        "workers": 2,
+    }
+    cfg = config.parse(doc, tmp_path)
+    printed = yaml.safe_dump(config.document(cfg), sort_keys=False)
+    for secret in ("legacy-admin-secret", "acme-sftp-secret", "metrics-secret"):
+        assert secret not in printed
+    assert f"password_file: {tmp_path / 'admin.pass'}" in printed and "password_env: GW_METRICS_PW" in printed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = config.parse(yaml.safe_load(printed), elsewhere)  # absolute names: any directory
+    assert again == cfg

@@ -877,7 +877,9 @@ def test_failures_the_user_got_past_are_a_warning_and_only_failures_never_logged
     rows = [failed(NOW - DAY, NOW - DAY + 60, logins=2), row(NOW - 3600, NOW - 3000, downloads=1)]
     r = one(rows)
     assert (r.verdict, r.locked_out_since) == ("ready", None)
-    assert r.warnings == ["2 failed logins: bad_credentials (2x)"]
+    assert r.warnings == [
+        "2 failed logins: bad_credentials (2x) (first 2023-11-23 22:13, last 2023-11-23 22:14 UTC)"
+    ]
     r = one([failed(NOW - DAY, NOW - 60, "host_key_mismatch", logins=4)])
     assert (r.verdict, r.logins) == ("never logged in", 0)
     assert r.reasons == [
@@ -905,6 +907,7 @@ def test_retired_when_the_latest_row_is_a_refusal():
     assert r.verdict == "retired"
     assert r.reasons == [
         "FTP is off for route old, yet 3 refused logins, the last from 198.51.100.7 (client: lftp 4.9.2)"
+        " (first 2023-11-23 22:13, last 2023-11-24 21:13 UTC)"
     ]
     assert (r.logins, r.refused_logins, r.phase) == (1, 3, "retired")
     # The same refusals followed by a good login: judged by the evidence again.
@@ -928,7 +931,7 @@ def test_warnings():
     ]
     r = one(rows)
     assert r.warnings == [
-        "3 of 4 logins in plain FTP (no TLS)",
+        "3 of 4 logins in plain FTP (no TLS) (first 2023-11-23 22:13, last 2023-11-24 22:13 UTC)",
         "active mode only (PORT/EPRT): the gateway must be able to connect to the client",
         "TYPE A on binary data (1 transfer): bytes altered in transit",
         "commands the gateway does not implement: XYZZY (2x), MODE (1x)",
@@ -1078,3 +1081,36 @@ def test_since_dates_are_utc_days_in_any_time_zone(tz, monkeypatch):
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_a_problem_carries_its_times_and_counts_only_inside_since():
+    """One day's row: a failed upload and a SITE RECFM in the morning, six clean uploads in
+    the afternoon. The whole day is blocked; --since after the morning is not."""
+    clock = [NOW - 6 * 3600]
+    usage = SessionUsage("192.0.2.1", clock=lambda: clock[0])
+    usage.logged_in("alice", "main", "sftp", "sftp1", tls=True)
+    usage.command("SITE RECFM", "FB", 200)
+    clock[0] += 60
+    usage.transfer(upload=True, completed=False, nbytes=10, ascii=False)
+    (morning,) = usage.take(logout=True)
+    clock[0] = NOW - 3600
+    usage.logged_in("alice", "main", "sftp", "sftp1", tls=True)
+    for _ in range(6):
+        usage.transfer(upload=True, completed=True, nbytes=10, ascii=False)
+    (afternoon,) = usage.take()
+    whole = Totals()
+    whole.add(morning.totals)
+    whole.add(afternoon.totals)
+    stored = Row(morning.key, morning.first_seen, afternoon.last_seen, Totals.from_json(whole.to_json()))
+
+    (day,) = assess([stored], NOW, Evidence(5, 0))
+    assert day.verdict == "blocked"
+    assert day.reasons == [
+        "uses SITE RECFM (1x): SFTP has no equivalent (first 2023-11-24 16:13, last 2023-11-24 16:13 UTC)",
+        "1 of 7 transfers over sftp failed (14%) (first 2023-11-24 16:14, last 2023-11-24 16:14 UTC)",
+    ]
+    (recent,) = assess([stored], NOW, Evidence(5, 0), since=NOW - 2 * 3600)
+    assert (recent.verdict, recent.reasons) == ("ready", ["6 clean transfers over sftp in 1 day"])
+    assert recent.warnings == []
+    # The stored row itself is unchanged: another window sees the morning again.
+    assert assess([stored], NOW, Evidence(5, 0), since=NOW - 7 * 3600)[0].verdict == "blocked"
