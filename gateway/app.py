@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from gateway import auth_external, config, errors, logs, paths
+from gateway import auth_external, config, errors, logs, paths, workers
 from gateway.backends.ftp.backend import FTPBackend
 from gateway.backends.sftp.backend import SFTPBackend, key_problem, known_hosts_problem
 from gateway.backends.sftp.files import Budget
@@ -33,6 +33,7 @@ from gateway.routing import acceptable_user, match_route, render_root
 from gateway.shadow import ShadowStorage
 from gateway.storage import Kind, Login, Refused, Storage
 from gateway.usage.store import StoreError, UsageStore, active_users
+from gateway.workers import GuardBus
 
 log = logging.getLogger("gateway")
 shadow_log = logging.getLogger("gateway.shadow")
@@ -281,7 +282,9 @@ class Gateway(Logins):
         self.metrics.passive_ports.set(high - low + 1)
         for route in cfg.routes:  # a restart counts as a phase change: it is how many deploy one
             self.metrics.route_phase_changed.labels(route.name).set_to_current_time()
-        self.guard = Guard(cfg.guard)
+        # With workers: N, the guards of all workers share their failures and unbans.
+        bus = GuardBus(workers.siblings, lambda event: self.guard.apply(event)) if workers.siblings else None
+        self.guard = Guard(cfg.guard, publish=bus.publish if bus is not None else None)
         sums = Limits(cfg.limits.checksum_max_mib * 2**20, cfg.limits.checksums_at_once)
         with ListenError.naming("FTP", cfg.listen.address, cfg.listen.port, "listen.port"):
             self.server = build_server(

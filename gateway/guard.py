@@ -15,6 +15,12 @@ is doubled for each earlier one still remembered, up to ``max_ban_time``. Networ
 
 Addresses are counted by ``source``: an IPv6 /64 is one client. ``SourceCounts`` counts open
 sessions that way, for the guard's not-logged-in caps and the server's per-address limit.
+
+With ``workers: N`` every worker process has a guard, and each tells the others of every
+failure and unban (``publish``; gateway.workers carries the events). Each guard scores the
+same failures, so all reach the same bans: a client spread over the workers by the kernel
+gets ``max_failures`` attempts in all, not N times as many. Attempts in flight stay per
+worker (a burst of parallel first attempts may exceed the limit by up to N - 1).
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.config import GuardConfig
+
+#: An event for the other workers' guards: {"op": "fail", "source": ..., "user": ...} or
+#: {"op": "unban", "source": ...}.
+Event = dict[str, str]
 
 #: Addresses tracked at most (failures, bans); the least recently seen are forgotten first,
 #: so a flood of spoofed-looking sources cannot grow memory without bound.
@@ -45,8 +55,13 @@ class _Record:
 class Guard:
     """Per-address failure scores, bans and login attempts in flight (thread-safe)."""
 
-    def __init__(self, cfg: GuardConfig, clock: Callable[[], float] = time.monotonic) -> None:
-        self.cfg, self._clock = cfg, clock
+    def __init__(
+        self,
+        cfg: GuardConfig,
+        clock: Callable[[], float] = time.monotonic,
+        publish: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.cfg, self._clock, self._publish = cfg, clock, publish
         #: By (source, user), and by (source, "") for the address as a whole.
         self._records: OrderedDict[tuple[str, str], _Record] = OrderedDict()
         self._lock = threading.Lock()
@@ -122,7 +137,25 @@ class Guard:
                 if failed:
                     banned_for = max(banned_for, self._fail(record, limit))
             self._turn.notify_all()
-            return banned_for
+        if failed and self._publish is not None:
+            self._publish({"op": "fail", "source": key, "user": user})
+        return banned_for
+
+    def apply(self, event: Event) -> None:
+        """Another worker's failure or unban (see the module doc); malformed events are ignored."""
+        key, op = event.get("source"), event.get("op")
+        if not isinstance(key, str) or self._exempt(key.split("/")[0]):
+            return
+        if op == "unban":
+            self._lift(key)
+            return
+        user = event.get("user")
+        if op != "fail" or not isinstance(user, str):
+            return
+        with self._turn:
+            self._fail(self._record((key, user)), self.cfg.max_failures)
+            self._fail(self._record((key, "")), self.cfg.max_failures_per_address)
+            self._turn.notify_all()
 
     def _expire(self, record: _Record, now: float) -> None:
         while record.failures and record.failures[0] <= now - self.cfg.window:
@@ -156,6 +189,12 @@ class Guard:
         """Lift every ban of ``address``'s source (its own and its users') and forget its
         failures; the number of bans lifted."""
         key = source(address)
+        lifted = self._lift(key)
+        if self._publish is not None:
+            self._publish({"op": "unban", "source": key})
+        return lifted
+
+    def _lift(self, key: str) -> int:
         now = self._clock()
         with self._turn:
             lifted = 0

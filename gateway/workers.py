@@ -6,6 +6,10 @@ one of them) and restarts a worker that dies. Each worker owns a slice of the pa
 range, so a data connection always reaches the process that announced the port, and runs
 its own background loop, connection pool and transfer budget (its share of the configured
 totals). Forking happens before any thread exists.
+
+The workers' guards share what they learn (gateway.guard): each worker has a Unix datagram
+socket in a directory only the gateway's user may enter, made by the supervisor, and sends
+every failed login and unban to the sockets of the others (``GuardBus``).
 """
 
 from __future__ import annotations
@@ -13,16 +17,23 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import json
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
+import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from gateway.config import GatewayConfig, passive_share
+from gateway.guard import Event
 
 log = logging.getLogger("gateway.workers")
 
@@ -43,12 +54,65 @@ def worker_config(cfg: GatewayConfig, index: int) -> GatewayConfig:
         transfer_buffer_mib=math.ceil(cfg.limits.transfer_buffer_mib / n),
     )
     # Each worker has its own guard: the total cap on sessions not logged in is shared out
-    # (bans and failure scores are per worker; the kernel spreads a client's connections).
+    # (failures and unbans are shared through the GuardBus, so bans are the same in all).
     guard = dataclasses.replace(cfg.guard, max_unauthenticated=math.ceil(cfg.guard.max_unauthenticated / n))
     # Each worker serves its own /metrics, on the configured port plus its index.
     port = cfg.metrics.port + index if cfg.metrics.port else 0
     metrics = dataclasses.replace(cfg.metrics, port=port)
     return dataclasses.replace(cfg, listen=listen, limits=limits, metrics=metrics, guard=guard, workers=1)
+
+
+@dataclass(frozen=True)
+class Siblings:
+    """Where this worker's guard hears the others, and where theirs are."""
+
+    own: str
+    others: tuple[str, ...]
+
+
+#: Set in a worker process right after the fork (None in a single process).
+siblings: Siblings | None = None
+#: Seconds a guard event may wait for room in a sibling's queue before it is dropped.
+_SEND_TIMEOUT = 0.2
+
+
+class GuardBus:
+    """Carries guard events between the worker processes (see the module doc)."""
+
+    def __init__(self, where: Siblings, apply: Callable[[Event], None]) -> None:
+        self._others, self._apply = where.others, apply
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(where.own)  # left by this worker's predecessor
+        self._inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._inbox.bind(where.own)
+        self._outbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._outbox.settimeout(_SEND_TIMEOUT)
+        self._lock = threading.Lock()
+        threading.Thread(target=self._listen, name="guard-bus", daemon=True).start()
+
+    def publish(self, event: Event) -> None:
+        """Send ``event`` to every other worker (one that is restarting misses it)."""
+        data = json.dumps(event).encode()
+        with self._lock:
+            for path in self._others:
+                try:
+                    self._outbox.sendto(data, path)
+                except (FileNotFoundError, ConnectionRefusedError):
+                    pass  # that worker is restarting: it starts with a clean slate anyway
+                except OSError as err:
+                    log.warning("guard event for worker %s dropped: %s", path, err)
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                data = self._inbox.recv(4096)
+                event = json.loads(data)
+            except OSError:
+                return
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                self._apply(event)
 
 
 def listen_sockets(cfg: GatewayConfig) -> tuple[socket.socket, socket.socket | None]:
@@ -72,11 +136,15 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, implicit: socket.socket |
     children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
     stopping = False
     delay = 1.0  # before a restart; grows while workers die young
+    bus = Path(tempfile.mkdtemp(prefix="ftp-sftp-gateway-workers-"))  # mode 0700
+    inboxes = [str(bus / f"guard-{index}.sock") for index in range(cfg.workers)]
 
     def spawn(index: int) -> None:
         # Signals stay blocked across fork, so a worker never runs the supervisor's handler.
         pid = os.fork()
         if pid == 0:  # the worker
+            global siblings
+            siblings = Siblings(inboxes[index], tuple(p for i, p in enumerate(inboxes) if i != index))
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, remember_reload)  # until the worker's gateway takes it
@@ -136,6 +204,7 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, implicit: socket.socket |
     sock.close()
     if implicit is not None:
         implicit.close()
+    shutil.rmtree(bus, ignore_errors=True)
     return 0
 
 

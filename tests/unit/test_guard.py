@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 
 from gateway.config import GuardConfig
 from gateway.guard import Guard
@@ -124,3 +125,36 @@ def test_allowed_networks_are_never_scored_or_banned():
     assert all(fail(guard, "192.0.2.7") == 0 for _ in range(10))
     assert guard.ban_remaining("192.0.2.7", "u") == 0 and guard.ban_remaining("::ffff:192.0.2.7") == 0
     assert [fail(guard, "198.51.100.1") for _ in range(3)] == [0, 0, 100]  # others still are
+
+
+def test_workers_guards_share_failures_and_unbans():
+    """Two workers' guards, wired as gateway.workers.GuardBus wires them (without the sockets)."""
+    clock = Clock()
+    cfg = GuardConfig(max_failures=3, max_failures_per_address=10, window=60, ban_time=100)
+    peers: list[Guard] = []
+    one = Guard(cfg, clock, publish=lambda event: peers[1].apply(event))
+    two = Guard(cfg, clock, publish=lambda event: peers[0].apply(event))
+    peers += [one, two]
+    assert fail(one, "192.0.2.1") == 0 and fail(two, "192.0.2.1") == 0
+    assert fail(one, "192.0.2.1") == 100  # the third failure in all
+    assert two.ban_remaining("192.0.2.1", "u") == 100  # the other worker banned it as well
+    assert not two.begin_attempt("192.0.2.1", "u", wait=0)
+    assert two.unban("192.0.2.1") == 1
+    assert one.ban_remaining("192.0.2.1", "u") == 0 and one.begin_attempt("192.0.2.1", "u", wait=0)
+    for junk in ({}, {"op": "fail"}, {"op": "fail", "source": "192.0.2.9"}, {"op": "x", "source": "1"}):
+        one.apply(junk)  # a malformed event changes nothing
+    assert one.bans() == []
+
+
+def test_the_guard_bus_carries_events_between_processes_sockets(tmp_path):
+    from gateway.workers import GuardBus, Siblings
+
+    a, b = str(tmp_path / "a.sock"), str(tmp_path / "b.sock")
+    got: list[dict[str, str]] = []
+    sender = GuardBus(Siblings(a, (b, str(tmp_path / "restarting.sock"))), lambda event: None)
+    GuardBus(Siblings(b, (a,)), got.append)
+    sender.publish({"op": "fail", "source": "192.0.2.1", "user": "u"})  # the missing sibling is skipped
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert got == [{"op": "fail", "source": "192.0.2.1", "user": "u"}]
