@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import jsonschema
@@ -319,3 +320,42 @@ def test_a_partner_locked_out_after_the_flip_is_flagged_with_times(
         [*CLI, "report", "--config", str(path), "--user", "nobody"], capture_output=True, text=True
     )
     assert nobody.returncode == 1 and "no session of user 'nobody' is recorded" in nobody.stderr
+
+
+def test_since_counts_only_the_problems_inside_it(sshd, tmp_path):
+    """A batch job's SITE RECFM and failed upload three hours ago, six clean uploads ten
+    minutes ago (in one day's row, unless midnight fell between): blocked over the whole
+    record, ready over the last hour."""
+    from gateway.usage import store
+    from gateway.usage.session import SessionUsage
+
+    doc = with_report(base_config(sshd), tmp_path)
+    clock = [time.time() - 3 * 3600]
+    usage = SessionUsage("192.0.2.7", clock=lambda: clock[0])
+    usage.logged_in("batch", "route0", "sftp", "main", tls=True)
+    usage.command("SITE RECFM", "FB", 500)
+    clock[0] += 30
+    usage.transfer(upload=True, completed=False, nbytes=100, ascii=False)
+    records = usage.take(logout=True)
+    clock[0] = time.time() - 600
+    usage.logged_in("batch", "route0", "sftp", "main", tls=True)
+    for _ in range(6):
+        usage.transfer(upload=True, completed=True, nbytes=100, ascii=False)
+    records += usage.take()
+    conn = store.connect(doc["report"]["database"])
+    store.write(conn, records)
+    conn.close()
+
+    whole = report(tmp_path, doc)["batch"]
+    assert whole["verdict"] == "blocked"
+    assert untimed(whole["reasons"]) == [
+        "uses SITE RECFM (1x): SFTP has no equivalent",
+        "1 of 7 transfers over sftp failed (14%)",
+    ]
+    assert all(WHEN.search(line) for line in whole["reasons"] + whole["warnings"])
+    recent = report(tmp_path, doc, "--since", "1h")["batch"]
+    assert (recent["verdict"], recent["reasons"], recent["warnings"]) == (
+        "ready",
+        ["6 clean transfers over sftp in 1 day"],
+        [],
+    )
