@@ -53,10 +53,7 @@ def _load(path: str) -> config.GatewayConfig | None:
 
 
 def _serve(cfg: config.GatewayConfig, banner: str | None = None, config_path: str | None = None) -> int:
-    malloc.limit_arenas()
-    # SIGHUP (reload) would terminate the process by default until the gateway takes it; one
-    # that arrives during start-up is remembered and acted on once the gateway runs.
-    signal.signal(signal.SIGHUP, remember_reload)
+    malloc.limit_arenas()  # (SIGHUP: main() already keeps a reload asked for during the start)
     if banner:
         print(banner, flush=True)
     if cfg.report.database:  # before any worker: a bad file must stop the start, not loop restarts
@@ -580,6 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ftp-sftp-gateway`` command."""
     args = build_parser().parse_args(argv)
+    if args.func in (cmd_run, cmd_demo):
+        # SIGHUP would end the process until the gateway takes it: a reload asked for while
+        # it starts (systemctl reload right after start) is kept instead (early_reloads).
+        signal.signal(signal.SIGHUP, remember_reload)
     return int(args.func(args))
 
 
