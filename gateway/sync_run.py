@@ -144,7 +144,8 @@ class Display:
 
     def __init__(self, total: int, out: TextIO, tty: bool, label: Callable[[Job], str]) -> None:
         self.total, self.out, self.tty, self.label = total, out, tty, label
-        self.done, self.started, self._said = 0, time.monotonic(), 0.0
+        self.done, self.started = 0, time.monotonic()
+        self._said = self.started  # the first plain totals line after EVERY seconds
         self._lock = threading.Lock()
         self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=out, disable=not tty)
 
