@@ -282,6 +282,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
         except StoreError as err:  # the journal's database: unreadable, locked past its timeout, disk full
             print(f"\nsync: {err}; what was copied so far is in place: run sync again", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("\nsync: interrupted; what was copied so far is in place: run sync again", file=sys.stderr)
+            os._exit(130)  # not waiting for the copies under way (their threads would hold the exit)
     except sync_run.NoService as err:
         print(f"sync: {err}", file=sys.stderr)
         return 2

@@ -258,20 +258,25 @@ def run(
 def _each(jobs: list[Job], at_once: int, work: Callable[[Job], None], outcomes: dict[Job, Outcome]) -> None:
     """``work(job)`` for every job, ``at_once`` at a time; a job's failure is its outcome.
 
-    The journal's database failing (StoreError) ends the run: what was copied is in place.
+    The journal's database failing (StoreError) ends the run, and so does Ctrl-C, without
+    waiting for the copies under way: what reached SFTP is in place (a file's part in its
+    partial), and the next run goes on from there.
     """
-    with concurrent.futures.ThreadPoolExecutor(max(1, at_once), thread_name_prefix="sync") as pool:
-        futures = {pool.submit(work, job): job for job in jobs}
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                job = futures[future]
-                try:
-                    future.result()
-                except errors.GatewayError as err:
-                    outcomes[job].problem = err.text if err.code in (550, 553) else err.reply()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, at_once), thread_name_prefix="sync")
+    futures = {pool.submit(work, job): job for job in jobs}
+    try:
+        for future in concurrent.futures.as_completed(futures):
+            job = futures[future]
+            try:
+                future.result()
+            except (errors.LoginRefused, errors.BackendUnavailable) as err:
+                outcomes[job].problem = f"cannot log in: {err.reply()}"
+            except errors.GatewayError as err:  # the user's tree is missing, or cannot be listed
+                outcomes[job].problem = err.text if err.code in (550, 553) else err.reply()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 @contextlib.contextmanager

@@ -65,12 +65,15 @@ COUNTERS = {
 }
 #: Read from report.database at scrape time (Metrics.watch_usage), when it is set.
 USAGE_VIEW = {"ftpgw_users", "ftpgw_users_plain_ftp"}
+#: Only with report.per_user_metrics set.
+PER_USER = {f"ftpgw_user_{name}_total" for name in ("logins", "transfers", "failed_logins")}
 HISTOGRAMS = {"ftpgw_transfer_duration_seconds", "ftpgw_backend_op_duration_seconds"}
 KNOWN_METRICS = (
     GAUGES
     | COUNTERS
     | HISTOGRAMS
     | USAGE_VIEW
+    | PER_USER
     | {f"{h}{s}" for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 )
 METRIC_RE = re.compile(r"\bftpgw_[A-Za-z0-9_]*")
@@ -292,10 +295,10 @@ def test_known_metrics_are_what_the_gateway_exports() -> None:
     from gateway.metrics import Metrics
 
     exported = set()
-    for family in Metrics().registry.collect():
+    for family in Metrics(per_user=1).registry.collect():
         exported |= {sample.name for sample in family.samples}
         exported.add(family.name + ("_total" if family.type == "counter" else ""))
-    assert sorted((GAUGES | COUNTERS | HISTOGRAMS) - exported) == []
+    assert sorted((GAUGES | COUNTERS | HISTOGRAMS | PER_USER) - exported) == []
 
 
 def test_dashboard_queries_only_exported_metrics() -> None:
@@ -319,6 +322,7 @@ def test_dashboard_queries_only_exported_metrics() -> None:
         "ftpgw_passive_ports_in_use",
         "ftpgw_data_connections_total",
         "ftpgw_guard_bans_total",
+        "ftpgw_user_failed_logins_total",
     }
     assert sorted(wanted - used) == []
 
