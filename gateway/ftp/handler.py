@@ -24,15 +24,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from pyftpdlib.exceptions import _RetryError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
 from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
-from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY
 from pyftpdlib.log import logger as ftplog
 
 from gateway import checksums, listing, logs, modes, names, paths, proxy_protocol
 from gateway.config import Network
 from gateway.errors import BadName, Banned, GatewayError, NoPassivePort, NotFound, Retired
+from gateway.ftp import compat
 from gateway.ftp.authorizer import SessionAuthorizer
 from gateway.ftp.filesystem import GatewayFS
 from gateway.ftp.proxy import NoHeader, read_header
@@ -315,9 +314,9 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
         try:
             data: bytes = self.socket.recv(buffer_size)
         except OSError as err:
-            if err.errno in _ERRNOS_RETRY:
-                raise _RetryError from err
-            if err.errno not in _ERRNOS_DISCONNECTED:
+            if err.errno in compat.ERRNOS_RETRY:
+                raise compat.RetryError from err
+            if err.errno not in compat.ERRNOS_DISCONNECTED:
                 raise
             data = b""
         else:
@@ -1314,15 +1313,15 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         return f"{self.remote_ip}:{self.remote_port} sess={self.session_id} [{user}] route={self.route}"
 
     def log(self, msg: str, logfun: Any = ftplog.info) -> None:
-        if msg == "FTP session opened (connect)" and self.proxied and not self._opened_logged:
+        if msg == compat.SESSION_OPENED and self.proxied and not self._opened_logged:
             return  # greet_proxied logs it, with the client's address instead of the balancer's
         logfun(f"{self._log_prefix()} {listing.printable(msg)}")
 
     def logline(self, msg: str, logfun: Any = ftplog.debug) -> None:
         if not self._log_debug:
             return
-        if msg.startswith("<- "):  # pyftpdlib's echo of the client's command line
-            msg = "<- " + logs.escape(msg[3:])
+        if msg.startswith(compat.COMMAND_ECHO):  # pyftpdlib's echo of the client's command line
+            msg = compat.COMMAND_ECHO + logs.escape(msg[len(compat.COMMAND_ECHO) :])
         logfun(f"{self._log_prefix()} {listing.printable(msg)}")
 
     def logerror(self, msg: str) -> None:

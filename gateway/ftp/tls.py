@@ -12,25 +12,23 @@ import os
 from typing import Any
 
 from OpenSSL import SSL
-from OpenSSL._util import lib as _openssl
-from pyftpdlib.exceptions import _RetryError
 from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
-from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
 from pyftpdlib.log import logger as ftplog
 
 from gateway.config import TLS12_CIPHERS
+from gateway.ftp import compat
 from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
 
 
 def session_reused(conn: SSL.Connection) -> bool:
     """Whether the TLS handshake of ``conn`` resumed an earlier session."""
     # pyOpenSSL has no wrapper for SSL_session_reused; its cffi binding exports the call.
-    return bool(_openssl.SSL_session_reused(conn._ssl))
+    return bool(compat.openssl_lib.SSL_session_reused(conn._ssl))
 
 
 def session_reuse_supported() -> bool:
     """True if this pyOpenSSL can tell resumed sessions (tls.require_session_reuse)."""
-    return hasattr(_openssl, "SSL_session_reused")
+    return hasattr(compat.openssl_lib, "SSL_session_reused")
 
 
 def ssl_context(certfile: str, keyfile: str, ciphers: str = TLS12_CIPHERS) -> SSL.Context:
@@ -70,13 +68,13 @@ class GatewayTLSDTPHandler(GatewayDTPHandler, TLS_DTPHandler):  # type: ignore[m
             data: bytes = super().recv(buffer_size)
         except SSL.WantReadError as err:
             self._ssl_want_read = True
-            raise _RetryError from err
+            raise compat.RetryError from err
         except SSL.WantWriteError as err:
             self._ssl_want_write = True
-            raise _RetryError from err
+            raise compat.RetryError from err
         except (SSL.ZeroReturnError, SSL.SysCallError) as err:
             reset = isinstance(err, SSL.SysCallError) and err.args[1] != "Unexpected EOF"
-            if reset and err.args[0] not in _ERRNOS_DISCONNECTED:
+            if reset and err.args[0] not in compat.ERRNOS_DISCONNECTED:
                 raise
             # close_notify, or (like vsftpd's default strict_ssl_read_eof=NO) a TCP FIN
             # without it, which many clients send, ends an upload; a reset does not.

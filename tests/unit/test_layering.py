@@ -1,4 +1,4 @@
-"""The dependency rule of DESIGN.md: a pure core, adapters that never import each other."""
+"""The dependency rule (README, "Architecture"): a pure core, adapters that never import each other."""
 
 import ast
 from pathlib import Path

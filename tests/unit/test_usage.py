@@ -80,7 +80,7 @@ FTPLIB = lines(
     "USER u", "PASS p", "TYPE A", "PASV", "LIST", "TYPE A", "PASV", "NLST", "TYPE I", "PASV", "RETR f.txt"
 )
 
-# --- from the research (/tmp/fp-research.md: the clients' sources and published logs)
+# --- from the clients' sources and published logs
 
 FILEZILLA = lines("AUTH TLS", "AUTH SSL", "USER u", "PASS p", "SYST", "FEAT", "PWD", "TYPE I", "PASV", "MLSD")
 FILEZILLA_TLS = lines(

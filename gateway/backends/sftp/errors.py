@@ -1,4 +1,4 @@
-"""asyncssh exceptions -> gateway errors (the SFTP half of DESIGN.md's reply mapping)."""
+"""asyncssh exceptions -> gateway errors (the SFTP half of the reply mapping: README, "Errors")."""
 
 from __future__ import annotations
 
