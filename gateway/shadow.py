@@ -94,13 +94,13 @@ class ShadowStorage:
         """Upload to both; the legacy one decides, the SFTP one is compared (and not kept if cut)."""
         primary = self.legacy.open_write(path, mode)
         mirror = self._mirror(path)
-        return ShadowWriteStream(self, primary, self._open_copy(mirror, mode), mirror, mode)
+        return ShadowWriteStream(self, primary, lambda: self._open_copy(mirror, mode), mirror, mode)
 
     def create_unique(self, directory: str, prefix: str) -> WriteStream:
         """STOU: on the legacy server, replayed under the name it got."""
         primary = self.legacy.create_unique(directory, prefix)
         mirror = self._mirror(primary.name)
-        return ShadowWriteStream(self, primary, self._open_copy(mirror, "w"), mirror, "w")
+        return ShadowWriteStream(self, primary, lambda: self._open_copy(mirror, "w"), mirror, "w")
 
     def _open_copy(self, mirror: str, mode: str) -> WriteStream | None:
         """The SFTP side of an upload; missing parent directories are created (they may
@@ -174,17 +174,24 @@ class ShadowStorage:
 
 
 class ShadowWriteStream:
-    """An upload written to the legacy server and, as a copy, to SFTP."""
+    """An upload written to the legacy server and, as a copy, to SFTP.
+
+    The copy is opened once the legacy server has taken the upload (its first write, or its
+    close for an empty file): one the legacy server refuses leaves nothing on SFTP, not even
+    the parent directories the copy would create.
+    """
 
     def __init__(
         self,
         owner: ShadowStorage,
         primary: WriteStream,
-        secondary: WriteStream | None,
+        open_copy: Callable[[], WriteStream | None],
         mirror: str,
         mode: str,
     ) -> None:
-        self.owner, self.primary, self.secondary, self.mirror = owner, primary, secondary, mirror
+        self.owner, self.primary, self.mirror = owner, primary, mirror
+        self.secondary: WriteStream | None = None
+        self._open_copy: Callable[[], WriteStream | None] | None = open_copy
         self.name, self.closed, self._mode = primary.name, False, mode
         self._digest, self._sent, self._offset = hashlib.sha256(), 0, 0
 
@@ -192,20 +199,27 @@ class ShadowWriteStream:
         """REST on both."""
         self._offset = offset
         self.primary.seek(offset)
-        if self.secondary is not None:
-            self.secondary.seek(offset)
+
+    def _copy(self) -> WriteStream | None:
+        """The SFTP copy, opened (at the upload's offset) the first time it is needed."""
+        if self._open_copy is not None:
+            opener, self._open_copy = self._open_copy, None
+            self.secondary = opener()
+            if self.secondary is not None and self._offset:
+                self.secondary.seek(self._offset)
+        return self.secondary
 
     def write(self, data: bytes) -> int:
         """Legacy first (its errors are the client's), then the copy."""
         written = self.primary.write(data)
         self._digest.update(data)
         self._sent += len(data)
-        if self.secondary is not None:
+        if (copy := self._copy()) is not None:
             try:
-                self.secondary.write(data)
+                copy.write(data)
             except errors.GatewayError as err:
                 self.owner._report("upload", self.mirror, f"SFTP write: {err.code} {err.text}")
-                self.secondary.abort()
+                copy.abort()
                 self.secondary = None
         return written
 
@@ -220,10 +234,10 @@ class ShadowWriteStream:
             if self.secondary is not None:
                 self.secondary.abort()
             raise
-        if self.secondary is None:
+        if (copy := self._copy()) is None:
             return
         try:
-            self.secondary.close()
+            copy.close()
         except errors.GatewayError as err:
             self.owner._report("upload", self.mirror, f"SFTP close: {err.code} {err.text}")
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import os
 import signal
@@ -319,6 +320,14 @@ def legacy_ftp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Legac
     Parametrize indirectly with "ftps" for one that requires explicit FTPS (the test
     certificate of ``tls_files``).
     """
+    files = request.getfixturevalue("tls_files") if request.param == "ftps" else None
+    with legacy_server(tmp_path, files) as legacy:
+        yield legacy
+
+
+@contextlib.contextmanager
+def legacy_server(tmp_path: Path, tls: TLSFiles | None = None) -> Iterator[LegacyFTP]:
+    """``legacy_ftp`` outside a fixture (requiring FTPS with ``tls``)."""
     from pyftpdlib.authorizers import DummyAuthorizer
     from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
     from pyftpdlib.ioloop import IOLoop
@@ -335,11 +344,10 @@ def legacy_ftp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Legac
     authorizer.add_user("gwtest2", PASSWORD, str(twin_home), perm="elradfmwMT")
     attrs: dict[str, Any] = {"authorizer": authorizer, "banner": "legacy ftpd"}
     base: type = FTPHandler
-    if request.param == "ftps":
-        files = request.getfixturevalue("tls_files")
+    if tls is not None:
         base = TLS_FTPHandler
         attrs.update(
-            certfile=str(files.cert), keyfile=str(files.key), tls_control_required=True, ssl_context=None
+            certfile=str(tls.cert), keyfile=str(tls.key), tls_control_required=True, ssl_context=None
         )
         attrs.update(tls_data_required=True)
     handler = type("LegacyHandler", (base,), attrs)
@@ -361,8 +369,10 @@ def legacy_ftp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Legac
         server.close_all()
 
     legacy.stop = crash
-    yield legacy
-    crash()
+    try:
+        yield legacy
+    finally:
+        crash()
 
 
 def legacy_config(

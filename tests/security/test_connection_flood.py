@@ -21,6 +21,8 @@ def test_one_address_cannot_take_every_session(gateway_factory, sshd, user):
         assert sock.makefile("rb").readline().startswith(b"220")
     assert greeting(gw, "127.0.0.2").startswith(b"421")
     assert greeting(gw, "127.0.0.1").startswith(b"220")  # others still get in
+    # That session's place is free once the gateway has seen its client go (not at once).
+    assert wait_for(lambda: gw.gateway.sessions_open() == 3)
     for i in (3, 4):
         held.append(socket.create_connection((gw.host, gw.port), source_address=(f"127.0.0.{i}", 0)))
         assert held[-1].makefile("rb").readline().startswith(b"220")

@@ -28,6 +28,11 @@ _BLOCK = 256 * 1024
 _RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends a reset
 
 
+#: The MLST/MLSD facts asked of the legacy server (RFC 3659 7.9; unix.mode as pyftpdlib and
+#: ProFTPD send it).
+_FACTS = ("type", "size", "modify", "unix.mode")
+
+
 def translate(exc: BaseException) -> errors.GatewayError:
     """The gateway error for an ftplib outcome (reply codes as RFC 959 defines them)."""
     if isinstance(exc, errors.GatewayError):
@@ -183,8 +188,9 @@ class FTPWriteStream(_Transfer):
 
     def write(self, data: bytes) -> int:
         """Send ``data`` on the data connection."""
+        conn = self._open()  # a refusal of STOR (550 ...) leaves the session in step
         try:
-            self._open().sendall(data)
+            conn.sendall(data)
         except Exception as exc:
             self.session.fail(exc, broken=True)
             raise translate(exc) from exc
@@ -226,6 +232,9 @@ class FTPStorage:
             features = ""
         self._mlst = "MLST" in features
         self._mfmt = "MFMT" in features
+        if self._mlst:  # MLST (stat) reports only the server's default facts until asked for more
+            with contextlib.suppress(ftplib.Error):
+                ftp.sendcmd(f"OPTS MLST {';'.join(_FACTS)};")
 
     # --- plumbing
 
@@ -332,8 +341,7 @@ class FTPStorage:
     def list_dir(self, path: str) -> Iterator[Entry]:
         """Entries from MLSD where offered, else parsed from LIST."""
         if self._mlst:
-            wanted = ["type", "size", "modify", "unix.mode"]
-            for name, facts in self._call(lambda: list(self.ftp.mlsd(path, facts=wanted))):
+            for name, facts in self._call(lambda: list(self.ftp.mlsd(path, facts=list(_FACTS)))):
                 if name not in (".", "..") and facts.get("type", "").lower() not in ("cdir", "pdir"):
                     yield Entry(name, parse_mlsx({k.lower(): v for k, v in facts.items()}))
             return
