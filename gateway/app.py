@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import dataclasses
 import errno
+import functools
 import logging
 import signal
 import socket
@@ -23,7 +24,7 @@ from gateway.backends.sftp.backend import SFTPBackend, key_problem, known_hosts_
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.checksums import Limits
-from gateway.config import BackendConfig, GatewayConfig, RouteConfig
+from gateway.config import LEGACY_PHASES, BackendConfig, GatewayConfig, Phase, RouteConfig
 from gateway.ftp.server import METRIC_COMMANDS, build_server, share_limits
 from gateway.ftp.tls import session_reuse_supported
 from gateway.guard import Guard
@@ -31,12 +32,20 @@ from gateway.metrics import Admin, Metrics
 from gateway.passwords import verify_password
 from gateway.routing import acceptable_user, match_route, render_root
 from gateway.shadow import ShadowStorage
-from gateway.storage import Kind, Login, Refused, Storage
-from gateway.usage.store import StoreError, UsageStore, active_users
+from gateway.storage import Kind, Login, Refused, ShadowProblems, Storage
+from gateway.usage.store import StoreError, UsageStore, active_users, headcount
 from gateway.workers import GuardBus
 
 log = logging.getLogger("gateway")
 shadow_log = logging.getLogger("gateway.shadow")
+
+
+def _headcount(database: str) -> tuple[dict[str, int], int] | None:
+    """What ``ftpgw_users`` shows, from the usage database (None until it can be read)."""
+    try:
+        return headcount(database, time.time())
+    except StoreError:
+        return None
 
 
 def backend_problems(cfg: GatewayConfig) -> list[str]:
@@ -106,7 +115,7 @@ Credentials = tuple[str, str | None, str | None]
 
 def _serving(route: RouteConfig) -> str:
     """The backend that serves the route's users in its phase: the legacy one in legacy and shadow."""
-    if route.phase in ("legacy", "shadow") and route.legacy:
+    if route.phase in LEGACY_PHASES and route.legacy:
         return route.legacy
     return route.backend
 
@@ -153,8 +162,8 @@ class Logins:
         if backend is None:  # removed by a reload while this login was under way
             raise errors.BackendUnavailable()
         storage: Storage = backend.login(account, secret, key, owner=user)
-        problems: list[str] = []
-        if route.phase == "shadow":
+        problems = ShadowProblems()
+        if route.phase == Phase.SHADOW:
             storage = self._shadowed(route, user, storage, (account, secret, key), problems)
         root = storage.home() if on_legacy else render_root(route.root, user, storage.home())
         # The login directory: "/" of the tree, or the route's home inside it (a server that
@@ -222,13 +231,13 @@ class Logins:
         user: str,
         legacy: Storage,
         creds: Credentials,
-        problems: list[str],
+        problems: ShadowProblems,
     ) -> Storage:
         """The legacy session with its writes replayed on SFTP (legacy alone if SFTP fails)."""
 
         def report(op: str, path: str, problem: str) -> None:
             self.metrics.shadow_mismatches.labels(route.name, op).inc()
-            problems.append(op)  # read (and emptied) by the session's usage record
+            problems.add(op)  # taken by the session's usage record
             quoted = logs.quote(path), logs.quote(user)
             shadow_log.warning("shadow %s %s for user %s: %s", op, *quoted, problem)
 
@@ -248,9 +257,9 @@ class Logins:
 
 def open_pair(logins: Logins, route: RouteConfig, user: str, password: str) -> tuple[Login, Login]:
     """(legacy login, SFTP login) of ``user`` on ``route``, for `ftp-sftp-gateway sync`."""
-    legacy = logins.login(dataclasses.replace(route, phase="legacy"), user, password)
+    legacy = logins.login(dataclasses.replace(route, phase=Phase.LEGACY.value), user, password)
     try:
-        return legacy, logins.login(dataclasses.replace(route, phase="sftp"), user, password)
+        return legacy, logins.login(dataclasses.replace(route, phase=Phase.SFTP.value), user, password)
     except BaseException:
         legacy.storage.close()
         raise
@@ -311,8 +320,8 @@ class Gateway(Logins):
                 )
             self.loop.submit(self._check_backends_forever())
             self.metrics.watch_backend_connections(self._connection_counts)
-            if cfg.report.database:
-                self.metrics.watch_usage(cfg.report.database)
+            if (database := cfg.report.database) is not None:
+                self.metrics.watch_usage(functools.partial(_headcount, database))
         self._stop = threading.Event()
         self._drain_deadline: float | None = None
         self._signals: list[int] = []  # appended by on_signal, handled by serve_forever
@@ -442,12 +451,11 @@ class Gateway(Logins):
         return login
 
     def _refuse_if_retired(self, route: RouteConfig, user: str, client_ip: str, label: str) -> None:
-        if route.phase == "retired":
+        if route.phase == Phase.RETIRED:
             # Migrated: FTP is off for these users; the notice says where to go instead.
             self._refused(client_ip, user, "retired", route.name, label)
-            refusal = errors.Retired(route.banner or "FTP is no longer available for this account; use SFTP.")
-            refusal.route = route.name
-            raise refusal
+            notice = route.banner or "FTP is no longer available for this account; use SFTP."
+            raise errors.Retired(notice, route=route.name)
 
     def _unban(self, address: str) -> int:
         """Lift the guard's bans of ``address`` (``ftp-sftp-gateway unban``), audited."""

@@ -327,7 +327,7 @@ def _sync_jobs(cfg: config.GatewayConfig, args: argparse.Namespace, logins: Logi
     for route, user in pairs:
         if route is None or route.legacy is None:
             return "no route with a legacy FTP backend" + (f" for user {user!r}" if user else "")
-        if route.phase in ("sftp", "retired") and not args.force:
+        if route.phase not in config.LEGACY_PHASES and not args.force:
             # The SFTP side is where these users' data now lives: copying the legacy tree
             # over it would bring back old versions of files changed since the switch.
             return (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import enum
 import ipaddress
 import os
 import re
@@ -29,8 +30,21 @@ _MISSING: Any = object()
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 AUTH_MODES = ("passthrough", "mapped", "external")
+
+
 #: Migration phases of a route (legacy and shadow need a legacy FTP backend, type: ftp).
-PHASES = ("legacy", "shadow", "sftp", "retired")
+class Phase(enum.StrEnum):
+    """A route's migration phase (README, "Migration phases"); equal to its name as a string."""
+
+    LEGACY = "legacy"  # the legacy FTP server serves the route
+    SHADOW = "shadow"  # ... and every write is replayed on SFTP
+    SFTP = "sftp"  # the SFTP backend serves it
+    RETIRED = "retired"  # FTP logins are refused with the route's notice
+
+
+PHASES = tuple(Phase)
+#: The phases in which the legacy server serves the route.
+LEGACY_PHASES = frozenset({Phase.LEGACY, Phase.SHADOW})
 #: TLS 1.2 cipher suites of every TLS listener (OpenSSL names): forward secrecy (ECDHE) and
 #: AEAD only, Mozilla's "intermediate" profile without DHE. No CBC-SHA1 (Lucky13-class
 #: padding oracles), no static RSA key exchange (no forward secrecy). TLS 1.3 suites are
@@ -179,7 +193,7 @@ class RouteConfig:
     root: str = "~"
     home: str | None = None  # the login directory inside root (None: root itself)
     banner: str | None = None  # the 230 text: `notice` (or its older name `banner`)
-    phase: str = "sftp"  # legacy | shadow | sftp | retired (see PHASES)
+    phase: str = Phase.SFTP.value
     legacy: str | None = None  # the legacy FTP backend (phases legacy and shadow)
     group: str | None = None  # match only gateway-local users in this group
     networks: tuple[Network, ...] = ()  # match client addresses
@@ -685,7 +699,7 @@ def _notice(s: _Section) -> str | None:
 
 
 def _phase(s: _Section, backends: dict[str, BackendConfig]) -> str:
-    phase = s.typed("phase", str, "sftp", _one_of(PHASES))
+    phase = s.typed("phase", str, Phase.SFTP.value, _one_of(PHASES))
     legacy = s.data.get("legacy")
     if legacy is not None and (
         not isinstance(legacy, str) or legacy not in backends or backends[legacy].type != "ftp"
@@ -694,7 +708,7 @@ def _phase(s: _Section, backends: dict[str, BackendConfig]) -> str:
         s.problem(
             "legacy", f"{legacy!r} is not an FTP backend (type: ftp ones: {', '.join(ftp_names) or 'none'})"
         )
-    if phase in ("legacy", "shadow") and legacy is None:
+    if phase in LEGACY_PHASES and legacy is None:
         s.problem("legacy", f"phase {phase} needs the legacy FTP backend named here")
     return phase
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from gateway import errors
 from gateway.app import Logins
-from gateway.config import BackendConfig, GatewayConfig
+from gateway.config import BackendConfig, GatewayConfig, Phase
 from gateway.routing import match_route, render_root
 from gateway.storage import Kind
 
@@ -70,13 +70,13 @@ def _user(cfg: GatewayConfig, logins: Logins, user: str, password: str) -> tuple
     if route is None:
         return False, f"user {user}: no route matches (a login would get 530)"
     where = f"user {user} (route {route.name}, phase {route.phase})"
-    if route.phase == "retired":
+    if route.phase == Phase.RETIRED:
         return False, f"{where}: the route is retired: FTP logins are refused"
     try:
         login = logins.login(route, user, password)
     except errors.GatewayError as err:
         return False, f"{where}: {err.reply()}"
     login.storage.close()
-    if login.shadow_problems:  # the SFTP side of a shadow login failed (logged above)
+    if login.shadow_problems.take():  # the SFTP side of a shadow login failed (logged above)
         return False, f"{where}: logged in on {login.backend_name}, but the shadow copies' SFTP login failed"
     return True, f"{where}: logged in on backend {login.backend_name}, root {login.root}"

@@ -61,7 +61,9 @@ class LoginRefused(GatewayError):
 class Retired(LoginRefused):
     """The user's route is in phase ``retired``: 530 with its notice, not a failed login."""
 
-    route = "-"  # the retired route's name (for the usage report)
+    def __init__(self, text: str | None = None, *, route: str = "-") -> None:
+        super().__init__(text)
+        self.route = route  # the retired route's name (for the usage report)
 
 
 # --- storage outcomes -------------------------------------------------------------------

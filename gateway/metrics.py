@@ -12,7 +12,6 @@ folded into ``OTHER``, reply codes into classes (``2xx``), user names appear onl
 from __future__ import annotations
 
 import base64
-import contextlib
 import gzip
 import hmac
 import ipaddress
@@ -30,10 +29,9 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.config import TLS12_CIPHERS, BasicAuth, TLSFiles
+from gateway.config import PHASES, TLS12_CIPHERS, BasicAuth, Phase, TLSFiles
 from gateway.errors import GatewayError
 from gateway.httpd import HTTPListener, Request, Response, server_context
-from gateway.usage import store as usage_store
 
 # The *_created series double the series count and no dashboard here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -48,6 +46,10 @@ USAGE_CACHE_SECONDS = 15.0
 
 #: (backend, state) -> number of pooled SSH connections in that state.
 ConnectionCounts = dict[tuple[str, str], int]
+
+
+#: Users by their latest phase, and users on plain FTP (or None when they cannot be read).
+Headcount = Callable[[], tuple[dict[str, int], int] | None]
 
 
 def error_kind(err: GatewayError) -> str:
@@ -209,9 +211,10 @@ class Metrics:
         for result in ("ok", "failed"):
             self.config_reloads.labels(result)
 
-    def watch_usage(self, database: str) -> None:
-        """Report ``ftpgw_users`` and ``ftpgw_users_plain_ftp`` from the usage database."""
-        self.registry.register(_UsageView(database))
+    def watch_usage(self, headcount: Headcount) -> None:
+        """Report ``ftpgw_users`` and ``ftpgw_users_plain_ftp`` from what ``headcount()`` reads
+        (the usage database's: users by phase, users on plain FTP; None when unreadable)."""
+        self.registry.register(_UsageView(headcount))
 
     def _user_label(self, user: str, allocate: bool = True) -> str:
         with self._users_lock:
@@ -225,7 +228,7 @@ class Metrics:
         if self._per_user:
             # A retired refusal comes before any password check: the name is the client's
             # to choose, so it never takes one of the capped per-user slots.
-            label = self._user_label(user, allocate=phase != "retired")
+            label = self._user_label(user, allocate=phase != Phase.RETIRED)
             self.user_logins.labels(label, "yes" if tls else "no").inc()
 
     def known_users(self, users: Iterable[str]) -> None:
@@ -391,8 +394,8 @@ def _admin(admin: Admin, request: Request) -> Response:
 class _UsageView(Collector):
     """Users per phase and users on plain FTP, read from the usage database (cached)."""
 
-    def __init__(self, database: str) -> None:
-        self._database = database
+    def __init__(self, headcount: Headcount) -> None:
+        self._headcount = headcount
         self._lock = threading.Lock()
         self._read_at = -USAGE_CACHE_SECONDS
         self._phases: dict[str, int] = {}
@@ -406,8 +409,8 @@ class _UsageView(Collector):
             if time.monotonic() - self._read_at >= USAGE_CACHE_SECONDS:
                 self._read_at = time.monotonic()
                 # Not written yet, or unreadable: the writer logs why; the gauges show 0.
-                with contextlib.suppress(usage_store.StoreError):
-                    self._phases, self._plain = usage_store.headcount(self._database, time.time())
+                if (counted := self._headcount()) is not None:
+                    self._phases, self._plain = counted
         yield from self._families(self._phases, self._plain)
 
     @staticmethod
@@ -417,7 +420,7 @@ class _UsageView(Collector):
             "Users who logged in (or were refused as retired) in the last 7 days, by their latest phase",
             labels=["phase"],
         )
-        for phase in ("legacy", "shadow", "sftp", "retired"):
+        for phase in PHASES:
             users.add_metric([phase], (phases or {}).get(phase, 0))
         yield users
         yield GaugeMetricFamily(

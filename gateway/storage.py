@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -225,6 +226,26 @@ class Storage(Protocol):
         ...
 
 
+class ShadowProblems:
+    """What went wrong with a shadow login's SFTP copies: added by the shadow storage (any
+    thread), taken by the session's usage record (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._ops: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, op: str) -> None:
+        """One copy operation (upload, mkdir, ...) that failed or differed."""
+        with self._lock:
+            self._ops.append(op)
+
+    def take(self) -> list[str]:
+        """The problems added since the last take."""
+        with self._lock:
+            taken, self._ops = self._ops, []
+            return taken
+
+
 @dataclass(frozen=True, slots=True)
 class Login:
     """A successful login: the storage session and the backend root that is "/"."""
@@ -238,7 +259,7 @@ class Login:
     commands: frozenset[str] | None = None  # the FTP verbs the route allows (None: all)
     phase: str = "sftp"  # the route's migration phase (config.PHASES)
     #: Shadow phase: one entry per SFTP copy that failed or differed (the usage report counts them).
-    shadow_problems: list[str] = field(default_factory=list)
+    shadow_problems: ShadowProblems = field(default_factory=ShadowProblems)
     #: The backend directory a session starts in (inside ``root``; "": ``root`` itself).
     home: str = ""
     #: The codec of names on the FTP wire (gateway.names); None: names are bytes as they are.

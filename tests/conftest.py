@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from gateway import config
-from gateway.app import Gateway
 from tests.helpers.relay import Relay
 from tests.helpers.sshd import BASE, OpenSSHServer, TestUser, ensure_user, free_port, reset_home, wait_port
 
@@ -80,6 +79,8 @@ class RunningGateway:
     """A gateway serving in a background thread of the test process."""
 
     def __init__(self, doc: dict[str, Any]) -> None:
+        from gateway.app import Gateway  # here: unit tests need not load the whole stack
+
         self.gateway = Gateway(config.parse(doc))
         self.host, self.port = self.gateway.address
         self._thread = threading.Thread(target=self.gateway.serve_forever, daemon=True)

@@ -1,384 +1,49 @@
-"""The FTP control and data channel handlers: pyftpdlib subclasses that speak for the gateway.
+"""The FTP control channel: the pyftpdlib handler subclass that speaks for the gateway.
 
-What they change in pyftpdlib: gateway errors become the reply they carry (pyftpdlib would
-answer 550 for everything or drop the session), listings are built from READDIR attributes
-by ``gateway.listing``, uploads are acknowledged with 226 only after the backend closed the
-file, a lost backend connection is replaced for the session's next command (a backend that
-refuses it ends the session with 421 instead of leaving it half-alive), and no reply echoes
-a control character.
+What it changes in pyftpdlib: gateway errors become the reply they carry (pyftpdlib would
+answer 550 for everything or drop the session), a lost backend connection is replaced for
+the session's next command (a backend that refuses it ends the session with 421 instead of
+leaving it half-alive), and no reply echoes a control character. Its rooms: the data
+connections are ``gateway.ftp.data``, the listing commands ``gateway.ftp.listings``, SITE,
+time setting and checksums ``gateway.ftp.site``, the command rules ``gateway.ftp.policy``.
+
+Over 400 lines: the session's life (login, limits, drain, usage record, logging) hooks into
+one pyftpdlib class and its state is shared by those hooks.
 """
 
 from __future__ import annotations
 
-import calendar
 import contextlib
-import errno
-import itertools
 import logging
 import posixpath
-import re
 import secrets
-import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from pyftpdlib.handlers import DTPHandler, FTPHandler
-from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
+from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.log import logger as ftplog
 
-from gateway import checksums, listing, logs, modes, names, paths, proxy_protocol
-from gateway.config import Network
-from gateway.errors import BadName, Banned, GatewayError, NoPassivePort, NotFound, Retired
-from gateway.ftp import compat
+from gateway import checksums, listing, logs, names, paths, proxy_protocol
+from gateway.config import Network, Phase
+from gateway.errors import BadName, Banned, GatewayError, Retired
+from gateway.ftp import compat, policy
 from gateway.ftp.authorizer import SessionAuthorizer
+from gateway.ftp.data import GatewayActiveDTP, GatewayDTPHandler, GatewayPassiveDTP
 from gateway.ftp.filesystem import GatewayFS
+from gateway.ftp.listings import ListingCommands
 from gateway.ftp.proxy import NoHeader, read_header
+from gateway.ftp.site import SiteAndChecksumCommands
 from gateway.guard import Guard
 from gateway.metrics import Metrics
-from gateway.storage import Authenticate, Entry, Kind, Login, Passthrough, Storage
+from gateway.storage import Authenticate, Login, Storage
 from gateway.usage.session import FILE_TRANSFERS, Record, SessionUsage
 
 log = logging.getLogger("gateway.ftp")
 
-#: Commands whose argument may start with ls-style options that clients send (``LIST -la``,
-#: ``NLST -1``): the options are dropped, what follows is the path.
-_LS_COMMANDS = ("LIST", "NLST", "STAT")
-#: Commands that cancel a transfer announced with 150 whose data connection never came
-#: (pyftpdlib would otherwise keep it queued and run it on the *next* data connection).
-_CANCELS_QUEUED_TRANSFER = frozenset(
-    {
-        *("ABOR", "REIN", "USER"),
-        *("PASV", "EPSV", "PORT", "EPRT"),
-        *("RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"),
-    }
-)
 
-
-#: Telnet commands at the start of a line (RFC 854): IAC followed by a command byte, or by
-#: WILL/WONT/DO/DONT and an option byte.
-_TELNET_COMMANDS = re.compile(rb"^(?:\xff[\xfb-\xfe][\x00-\xff]|\xff[\xf0-\xfa])+")
-
-#: A time argument: YYYYMMDDhhmm[ss] (UTC).
-_TIMESTAMP = re.compile(r"\d{12}(\d\d)?")
-
-#: Commands that create a name from their argument's last component (STOU: a prefix).
-_CREATES_NAME = frozenset({"STOR", "APPE", "STOU", "MKD", "XMKD", "RNTO"})
-
-
-def _governing_verb(cmd: str, arg: str) -> str:
-    """The verb a route's ``permissions.commands`` must allow for ``cmd arg``.
-
-    STAT with a path lists it on the control channel (RFC 959): the same information as
-    LIST, so it takes LIST's permission; plain STAT (the server's status) is always allowed.
-    """
-    return "LIST" if cmd == "STAT" and ls_options(arg)[1] else cmd
-
-
-#: pyftpdlib's limit on a command line (longer ones get "500 Command too long.").
-_LINE_LIMIT = 2048
-#: Verbs a route's `permissions.commands` list cannot take away (session plumbing).
-_ALWAYS_ALLOWED = frozenset(
-    {
-        "USER",
-        "PASS",
-        "QUIT",
-        "NOOP",
-        "FEAT",
-        "SYST",
-        "TYPE",
-        "PASV",
-        "EPSV",
-        "PORT",
-        "EPRT",
-        "PWD",
-        "XPWD",
-        "OPTS",
-        "REIN",
-        "ABOR",
-        "STAT",
-        "HELP",
-        "AUTH",
-        "PBSZ",
-        "PROT",
-        "MODE",
-        "STRU",
-        "CLNT",
-        "CSID",
-    }
-)
-
-#: Overlong command lines tolerated per session before 421 (a line of 6 KiB already is three).
-MAX_LONG_LINES = 3
-
-#: STAT <dir> sends its listing over the control channel; longer listings are cut here.
-STAT_MAX_LINES = 1000
-
-
-class _LineProducer:
-    """pyftpdlib producer joining encoded lines into ~64 KiB chunks (b"" when done)."""
-
-    def __init__(self, lines: Iterator[bytes]) -> None:
-        self._lines = lines
-
-    def more(self) -> bytes:
-        chunk = bytearray()
-        for line in self._lines:
-            chunk += line
-            if len(chunk) >= 65536:
-                break
-        return bytes(chunk)
-
-
-def ls_options(arg: str) -> tuple[frozenset[str], str]:
-    """(option letters, path) of a LIST/NLST/STAT argument: ``-la`` style words first, as ls takes them.
-
-    The path is the rest as the client sent it: blanks at its ends may be part of a name.
-    """
-    letters: set[str] = set()
-    rest = arg
-    while len(rest) > 1 and rest[0] == "-":
-        word, _, after = rest.partition(" ")
-        if not word[1:].isalnum():
-            break
-        letters.update(word[1:])
-        rest = after
-    return frozenset(letters), rest if rest.strip() else ""
-
-
-def _nlst_prefix(directory: str) -> str:
-    """What NLST puts before each name listed from ``directory`` (as the client named it)."""
-    return directory.rstrip("/") + "/" if directory else ""
-
-
-class _CountedDataConnection:
-    """Counts one data connection attempt in ``ftpgw_data_connections_total``, exactly once."""
-
-    cmd_channel: GatewayHandler
-    _mode = ""
-    _counted = True  # until the subclass has set itself up
-
-    def _count(self, result: str) -> None:
-        if not self._counted:
-            self._counted = True
-            if self.cmd_channel.metrics is not None:
-                self.cmd_channel.metrics.data_connections.labels(self._mode, result).inc()
-
-
-class GatewayPassiveDTP(_CountedDataConnection, PassiveDTP):  # type: ignore[misc]
-    """Passive listener that stays inside ``passive_ports`` and is counted.
-
-    When every port of the range is taken, pyftpdlib binds a random kernel-chosen port
-    outside it, which the firewall in front of the gateway then blocks (and which, with
-    several workers, is outside the worker's slice): refuse with 425 instead.
-    """
-
-    _range_tried = False
-    _listening = False
-
-    def __init__(self, cmd_channel: GatewayHandler, extmode: bool = False) -> None:
-        super().__init__(cmd_channel, extmode)
-        self._mode, self._counted = ("epsv" if extmode else "pasv"), False
-        if cmd_channel.metrics is not None and not self._closed:
-            cmd_channel.metrics.passive_ports_in_use.inc()
-            self._listening = True
-
-    def bind(self, addr: tuple[str, int]) -> None:
-        if addr[1] != 0:
-            self._range_tried = True
-        elif self._range_tried:
-            self.close()
-            raise NoPassivePort()
-        super().bind(addr)
-        if addr[1] == 0:
-            return
-        # pyftpdlib binds with SO_REUSEADDR (passive ports sit in TIME_WAIT after each
-        # transfer), which lets two sessions bind the same port at once; the one that calls
-        # listen() second gets EADDRINUSE, which pyftpdlib does not expect there and the
-        # session was dropped. Listen right away: on EADDRINUSE, a fresh socket, and
-        # pyftpdlib's loop tries the next port (its own later listen() is then a no-op).
-        try:
-            self.socket.listen(self.backlog or self.cmd_channel.server.backlog)
-        except OSError as err:
-            if err.errno != errno.EADDRINUSE:
-                raise
-            family = self.socket.family
-            self.socket.close()
-            self.del_channel()
-            self.create_socket(family, socket.SOCK_STREAM)
-            raise
-
-    def handle_accepted(self, sock: Any, addr: tuple[str, int]) -> None:
-        control = self.cmd_channel
-        if proxy_protocol.trusted(addr[0], control.proxy_trusted):
-            # Through the balancer: the client's address is in the PROXY header (blocks this
-            # session's thread only, for header_timeout at most).
-            try:
-                header = read_header(sock, control.proxy_timeout)
-            except (OSError, proxy_protocol.ProxyHeaderError) as err:
-                control.log(f"data connection from {addr[0]} without a PROXY header: {err}", ftplog.warning)
-                sock.close()
-                return  # keep listening for the real one
-            if header.source is not None:
-                addr = header.source
-        if control.connected and control.remote_ip != addr[0]:
-            # Data theft (RFC 2577): only the control connection's address may connect. The
-            # stranger is dropped without a word on the control channel: pyftpdlib would
-            # send the session an unsolicited 425, which its client takes for the reply to
-            # its next command, and every reply after it is one off (anyone able to reach
-            # the passive ports could break every session that way). The listener stays
-            # for the real client until its own timeout.
-            if control.metrics is not None:
-                control.metrics.data_connections.labels(self._mode, "rejected").inc()
-            control.log(f"data connection from foreign address {addr[0]}:{addr[1]} dropped", ftplog.warning)
-            with contextlib.suppress(OSError):
-                sock.close()
-            return
-        if control.connected:
-            self._count("ok")
-        super().handle_accepted(sock, addr)
-        if self._closed and control.connected and control.data_channel is None:
-            # Accepted but dead on arrival (reset before its handler started): pyftpdlib
-            # drops it silently, and a transfer announced with 150 would wait forever.
-            control.data_connection_failed()
-
-    def handle_timeout(self) -> None:
-        self._count("timeout")
-        super().handle_timeout()
-
-    def close(self) -> None:
-        self._count("unused")  # replaced by another PASV/PORT, or the session ended first
-        if self._listening and self.cmd_channel.metrics is not None:
-            self._listening = False
-            self.cmd_channel.metrics.passive_ports_in_use.dec()
-        super().close()
-
-
-class GatewayActiveDTP(_CountedDataConnection, ActiveDTP):  # type: ignore[misc]
-    """Active (PORT/EPRT) connector, counted."""
-
-    def __init__(self, ip: str, port: int, cmd_channel: GatewayHandler) -> None:
-        self._mode, self._counted = cmd_channel.active_command.lower(), False
-        super().__init__(ip, port, cmd_channel)
-
-    def handle_connect(self) -> None:
-        super().handle_connect()  # raises if the connect failed (then handle_close counts it)
-        self._count("ok")
-
-    def handle_timeout(self) -> None:
-        self._count("timeout")
-        super().handle_timeout()
-
-    def handle_close(self) -> None:
-        self._count("failed")
-        super().handle_close()
-
-    def close(self) -> None:
-        self._count("unused")
-        super().close()
-
-
-class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
-    """Data channel: commit uploads before 226, map backend errors to 426/451/452/552."""
-
-    # One OpenSSH SFTP request at most (limits@openssh.com: 255 KiB): an upload's recv()
-    # chunks then go to the backend as they are, without being copied into blocks.
-    ac_in_buffer_size = 255 * 1024
-    ac_out_buffer_size = 256 * 1024
-    transfer_finished: bool
-    _had_cr: bool  # pyftpdlib: TYPE A upload, the last chunk ended with CR (held back)
-    _clean_eof = False
-
-    def use_sendfile(self) -> bool:
-        return False
-
-    # TYPE A on binary data (NUL bytes) is flagged for the usage report: the conversion of
-    # line endings alters such files, and a client moving to SFTP must know it relied on it.
-
-    def _posix_ascii_data_wrapper(self, chunk: bytes) -> bytes:
-        if b"\0" in chunk:
-            self.cmd_channel.binary_in_ascii()
-        return super()._posix_ascii_data_wrapper(chunk)  # type: ignore[no-any-return]
-
-    def send(self, data: bytes) -> int:
-        if self.cmd == "RETR" and self.cmd_channel._current_type == "a" and b"\0" in data:
-            self.cmd_channel.binary_in_ascii()
-        return super().send(data)  # type: ignore[no-any-return]
-
-    def recv(self, buffer_size: int) -> bytes:
-        # pyftpdlib ends an upload the same way whether the client closed the data
-        # connection cleanly or it was reset or timed out (handle_close marks the transfer
-        # finished), which would commit a truncated file with 226. Here only a clean EOF
-        # (recv() == b"") completes an upload; see handle_close.
-        try:
-            data: bytes = self.socket.recv(buffer_size)
-        except OSError as err:
-            if err.errno in compat.ERRNOS_RETRY:
-                raise compat.RetryError from err
-            if err.errno not in compat.ERRNOS_DISCONNECTED:
-                raise
-            data = b""
-        else:
-            self._clean_eof = not data
-        if not data:
-            self.handle_close()
-        return data
-
-    def handle_close(self) -> None:
-        if self.receive and not self._closed and not self._clean_eof:
-            self._resp = ("426 Data connection lost; transfer aborted.", ftplog.warning)
-            self.transfer_finished = False
-            self.close()
-            return
-        super().handle_close()
-
-    def _fail(self, err: GatewayError) -> None:
-        """End the transfer with the reply ``err`` carries; a backend gone for good ends the session."""
-        control = self.cmd_channel
-        if self.receive and self.file_obj is not None and not self.file_obj.closed:
-            self.file_obj.abort()
-        self._resp = (err.transfer_reply(self.receive), ftplog.warning)
-        self.transfer_finished = False
-        super().close()  # pyftpdlib: close the socket, send _resp, log the transfer
-        self._drop_timers()
-        if err.fatal or (control.authenticated and not control.storage.alive):
-            control.backend_gone()
-
-    def close(self) -> None:
-        fobj = self.file_obj
-        if not self._closed and self.receive and fobj is not None and not fobj.closed:
-            if not self.transfer_finished:
-                fobj.abort()
-            else:
-                try:
-                    if self._had_cr:  # TYPE A: a CR at the very end is data, not half a CRLF
-                        fobj.write(b"\r")
-                    fobj.close()  # the backend confirms the whole file, or 226 is not sent
-                except GatewayError as err:
-                    self._fail(err)
-                    return
-        super().close()
-        self._drop_timers()
-
-    def _drop_timers(self) -> None:
-        # pyftpdlib cancels a closed data channel's timers (three per transfer, its passive
-        # listener's included) but leaves them in the scheduler until they would have
-        # fired, up to limits.data_timeout (300 s) later: at hundreds of transfers a second,
-        # tens of thousands of dead timers held at any time (bench/soak.py). The scheduler
-        # is this session's own (one IOLoop per session thread): clearing it is cheap.
-        self.ioloop.sched.reheapify()
-
-    def handle_error(self) -> None:
-        try:
-            raise
-        except GatewayError as err:
-            self._fail(err)
-        except Exception:
-            super().handle_error()
-
-
-class GatewayHandler(FTPHandler):  # type: ignore[misc]
+class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
     """Control channel for one FTP session; the server factory subclasses it per config."""
 
     authenticate: Authenticate  # set by gateway.ftp.server.build_server
@@ -502,8 +167,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         if self._discarding:
             # Still inside an overlong line: every further 2048 bytes count as another one.
             self._discarded += len(data)
-            while self._discarded > _LINE_LIMIT and not self._closing:
-                self._discarded -= _LINE_LIMIT
+            while self._discarded > policy.LINE_LIMIT and not self._closing:
+                self._discarded -= policy.LINE_LIMIT
                 self._overlong_line()
             return
         super().collect_incoming_data(data)
@@ -515,7 +180,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
 
     def _overlong_line(self) -> None:
         self._long_lines += 1
-        if self._long_lines >= MAX_LONG_LINES and not self._closing:
+        if self._long_lines >= policy.MAX_LONG_LINES and not self._closing:
             self.respond("421 Too many overlong command lines, closing control connection.")
             self.close_when_done()
 
@@ -548,7 +213,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             # sends Telnet IAC IP, then IAC DM as urgent data (read inline: SO_OOBINLINE),
             # then ABOR. The Telnet commands are signals, not part of the command: dropped,
             # so the ABOR is acted on at once. Only before the verb: a name may hold 0xFF.
-            self._in_buffer = [_TELNET_COMMANDS.sub(b"", line)]
+            self._in_buffer = [policy.TELNET_COMMANDS.sub(b"", line)]
         super().found_terminator()
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
@@ -566,22 +231,22 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             if (
                 login is not None
                 and login.commands is not None
-                and _governing_verb(cmd, arg) not in login.commands | _ALWAYS_ALLOWED
+                and policy.governing_verb(cmd, arg) not in login.commands | policy.ALWAYS_ALLOWED
             ):
                 self.respond(f"550 {cmd} is not allowed for this account.")
                 self.log_cmd(cmd, arg, 550, "not allowed on this route")
                 return
-            name = posixpath.basename(arg.rstrip("/")) if cmd in _CREATES_NAME else ""
+            name = posixpath.basename(arg.rstrip("/")) if cmd in policy.CREATES_NAME else ""
             if name and not listing.is_safe_name(name):
                 # A name the listings would hide (a control character in it): creating it
                 # would give the user files nobody sees in LIST, NLST or MLSD.
                 raise BadName("File name not allowed: control characters are refused.")
-            if cmd in _CANCELS_QUEUED_TRANSFER:
+            if cmd in policy.CANCELS_QUEUED_TRANSFER:
                 self._drop_queued_transfer()
             self._ls_flags = frozenset()
-            if cmd in _LS_COMMANDS:
+            if cmd in policy.LS_COMMANDS:
                 options = arg
-                self._ls_flags, arg = ls_options(arg)
+                self._ls_flags, arg = policy.ls_options(arg)
                 self._listing_arg = arg
                 self._ls_options = options[: len(options) - len(arg)].strip() if arg else options.strip()
             if cmd == "SITE" and self._relay_site(arg):
@@ -600,77 +265,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             if err.fatal:
                 self.close_when_done()
 
-    # --- vsftpd's and ProFTPD's SITE commands and time setting
-
-    def ftp_SITE_UMASK(self, line: str) -> None:
-        """SITE UMASK [mask]: the bits later uploads and MKDs of this session leave out (vsftpd)."""
-        if not line:
-            self.respond(f"200 Your current UMASK is 0{self.fs.umask or 0:o}.")
-            return
-        try:
-            self.fs.umask = modes.parse_octal(line.strip(), 0o777)
-        except ValueError:
-            self.respond("501 SITE UMASK needs an octal mask such as 022.")
-            return
-        self.respond(f"200 UMASK set to 0{self.fs.umask:o}.")
-
-    def ftp_SITE_CHMOD(self, path: str, mode: str) -> tuple[str, int] | None:
-        """SITE CHMOD octal or symbolic (``u+x``, ``go-w``, as ProFTPD and chmod(1))."""
-        try:
-            bits = modes.apply(mode, self.fs.attrs(path).mode, self.fs.isdir(path))
-        except ValueError:
-            self.respond("501 SITE CHMOD needs an octal (755) or symbolic (u+x) mode.")
-            return None
-        self.fs.chmod(path, bits)
-        self.respond("200 SITE CHMOD command successful.")
-        return path, bits
-
-    def ftp_SITE_UTIME(self, line: str) -> str | None:
-        """SITE UTIME as ProFTPD takes it: ``TIME PATH``, or ``PATH ATIME MTIME CTIME UTC`` (sets MTIME)."""
-        words = line.split(" ")
-        five = len(words) >= 5 and words[-1].upper() == "UTC"
-        if five and all(_TIMESTAMP.fullmatch(w) for w in words[-4:-1]):
-            stamp, name = words[-3], " ".join(words[:-4])
-        elif len(words) >= 2 and _TIMESTAMP.fullmatch(words[0]):
-            stamp, name = words[0], " ".join(words[1:])
-        else:
-            self.respond("501 Syntax: SITE UTIME YYYYMMDDhhmm[ss] path (or path atime mtime ctime UTC).")
-            return None
-        path = self.fs.ftp2fs(name)
-        if not self.authorizer.has_perm(self.username, "T", path):
-            self.respond("550 Not enough privileges.")
-            return None
-        when = calendar.timegm(time.strptime(stamp.ljust(14, "0"), "%Y%m%d%H%M%S"))
-        self.fs.utime(path, when)
-        self.respond("200 SITE UTIME command successful.")
-        return path
-
-    # --- checksums (gateway.checksums): replies as ProFTPD's mod_digest gives them
-
-    def _hash_feature(self) -> str:
-        """FEAT's HASH line, the selected algorithm starred."""
-        return "HASH " + ";".join(a + ("*" if a == self._hash else "") for a in checksums.ALGORITHMS)
-
-    def ftp_OPTS(self, line: str) -> None:
-        """OPTS HASH [algorithm] selects (or names) HASH's algorithm; OPTS UTF8 is noted for
-        names.wire; other options as pyftpdlib."""
-        option, _, value = line.strip().partition(" ")
-        if option.upper() in ("UTF8", "UTF-8"):
-            self._utf8 = value.strip().upper() != "OFF"
-            if self._name_encoding is not None:  # FileZilla announces UTF-8 after logging in
-                self.encoding, self.unicode_errors = names.wire(self._name_encoding, self._utf8)
-        if option.upper() != "HASH":
-            super().ftp_OPTS(line)
-            return
-        if value:
-            chosen = value.strip().upper()
-            if chosen not in checksums.ALGORITHMS:
-                self.respond(f"501 {value.strip()}: Unsupported algorithm.")
-                return
-            self._extra_feats.remove(self._hash_feature())
-            self._hash = chosen
-            self._extra_feats.append(self._hash_feature())
-        self.respond(f"200 {self._hash}")
+    # --- uploads: what a resume may continue
 
     def ftp_STOR(self, file: str, mode: str = "w") -> str | None:
         """STOR (and APPE): a REST position past what there is to resume gets 554 before
@@ -694,59 +289,6 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
             self.respond(f"213 {kept}")
             return path
         return super().ftp_SIZE(path)  # type: ignore[no-any-return]
-
-    def ftp_HASH(self, path: str) -> str | None:
-        """HASH: the selected algorithm over the whole file (213 ALGO 0-SIZE HEX PATH, the
-        path as the client gave it, as ProFTPD)."""
-        digest = self._checksum(path, self._hash)
-        size = self.fs.attrs(path).size
-        self.push(f"213-Computing {self._hash} digest\r\n")
-        self.respond(f"213 {self._hash} 0-{size} {digest} {self._arg}")
-        return path
-
-    def _x_checksum(self, line: str, algorithm: str) -> str | None:
-        """XSHA256/XSHA512/XSHA1/XMD5/XCRC <path> [<start> <end>]: 250 and the digest in upper case."""
-        words = line.split(" ")
-        start, end = 0, None
-        if len(words) >= 3 and words[-1].isdigit() and words[-2].isdigit():
-            start, end, words = int(words[-2]), int(words[-1]), words[:-2]
-        path = self.fs.ftp2fs(" ".join(words))
-        if not self.authorizer.has_perm(self.username, "r", path):
-            self.respond("550 Not enough privileges.")
-            return None
-        digest = self._checksum(path, algorithm, start, end, not_a_file=550)
-        self.push(f"250-Computing {algorithm.replace('-', '')} digest\r\n")  # ProFTPD: "SHA256"
-        self.respond(f"250 {digest.upper()}")
-        return path
-
-    def _checksum(
-        self, path: str, algorithm: str, start: int = 0, end: int | None = None, not_a_file: int = 553
-    ) -> str:
-        result = "ok"
-        try:
-            return self.checksum_limits.compute(self.storage, path, algorithm, start, end)
-        except checksums.NotAFile as err:
-            result = "not_a_file"
-            raise checksums.NotAFile(code=not_a_file) from err
-        except checksums.Busy:
-            result = "busy"
-            raise
-        except checksums.TooBig:
-            result = "too_big"
-            raise
-        except GatewayError:
-            result = "failed"
-            raise
-        finally:
-            if self.metrics is not None:
-                self.metrics.checksums.labels(algorithm, result).inc()
-
-    def _set_mtime_alias(self, cmd: str, arg: str) -> tuple[str, str]:
-        """vsftpd's ``MDTM YYYYMMDDhhmmss path`` sets the time: it is MFMT (and governed as MFMT)."""
-        stamp, _, name = arg.partition(" ")
-        if cmd == "MDTM" and name and _TIMESTAMP.fullmatch(stamp) and len(stamp) == 14:
-            return "MFMT", arg
-        return cmd, arg
 
     def ftp_CLNT(self, line: str) -> None:
         """CLNT: the client's name for itself (kept for the usage report)."""
@@ -948,7 +490,7 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
     def handle_auth_failed(self, msg: str, password: str) -> None:
         refusal = self.authorizer.refusal
         if isinstance(refusal, Retired) and self.metrics is not None:  # still trying FTP after the move
-            self.metrics.phase_login("retired", self.secure, self.username)
+            self.metrics.phase_login(Phase.RETIRED.value, self.secure, self.username)
         # As pyftpdlib's: the 530 after auth_failed_timeout, the control channel unread
         # meanwhile. Unlike pyftpdlib's, lines the client pipelined behind this PASS (more
         # USER/PASS pairs in one packet) wait for that 530 (found_terminator): each attempt
@@ -1043,161 +585,6 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         while self._retired:
             self._retired.pop().storage.close()
 
-    # --- listings (READDIR attrs, sanitised names; see gateway.listing)
-
-    def _entries(
-        self, path: str, glob: bool = False, everything: bool = False
-    ) -> tuple[bool, Iterator[Entry], str]:
-        """(is_directory, entries, their directory as the client named it) for a directory, a
-        file or (``glob``) a pattern.
-
-        As vsftpd and ``ls``: names starting with "." are left out unless asked for (``-a``,
-        ``everything``, a pattern starting with ".", or ``listing.dotfiles: shown``); ``-a``
-        adds "." and "..". A pick-up-and-delete job (``mget *; mdelete *``) must not take
-        ``.keep`` or ``.config`` along.
-        """
-        dotfiles = everything or "a" in self._ls_flags or self.show_dotfiles
-        arg = self._listing_arg
-        try:
-            if self.fs.attrs(path).kind is Kind.DIR:
-                entries: Iterable[Entry] = self.storage.list_dir(path)
-                if not dotfiles:
-                    entries = (e for e in entries if not e.name.startswith("."))
-                if everything or "a" in self._ls_flags:
-                    entries = itertools.chain(self._dot_entries(path), entries)
-                return True, listing.sorted_if_small(entries), arg
-            return (
-                False,
-                iter([Entry(posixpath.basename(path), self.fs.attrs(path, follow=False))]),
-                posixpath.dirname(arg),
-            )
-        except NotFound:
-            pattern = posixpath.basename(path)
-            if not (glob and listing.has_glob(pattern)):
-                raise
-        matches = listing.glob_filter(self.storage.list_dir(posixpath.dirname(path)), pattern, dotfiles)
-        # Matches are named as the client wrote the pattern's directory (``mget sub/*.csv``
-        # then RETRs ``sub/a.csv``); that text passed paths.check_argument already.
-        return False, listing.sorted_if_small(matches), posixpath.dirname(arg)
-
-    def _dot_entries(self, path: str) -> list[Entry]:
-        """The "." and ".." entries of directory ``path`` (".." of the root is the root)."""
-        parent = posixpath.dirname(path) if self.fs.validpath(posixpath.dirname(path)) else path
-        return [Entry(".", self.fs.attrs(path)), Entry("..", self.fs.attrs(parent))]
-
-    def _listing_or_nothing(self, path: str) -> tuple[Iterator[Entry], str]:
-        """Entries and directory for LIST/NLST; none for a path or pattern that matches nothing.
-
-        vsftpd answers such a listing with 226 and no lines, and scripts rely on it (ftplib's
-        ``nlst("*.csv")`` returns an empty list when no file waits): not 550.
-        """
-        try:
-            _, entries, directory = self._entries(path, glob=True)
-        except NotFound:
-            return iter(()), ""
-        return entries, directory
-
-    def _push_lines(self, lines: Iterable[str], cmd: str) -> None:
-        encoded = (f"{line}\r\n".encode(self.encoding, self.unicode_errors) for line in lines)
-        self.push_dtp_data(_LineProducer(encoded), isproducer=True, cmd=cmd)
-
-    # --- the legacy phases: the legacy server's own listings and SITE commands
-
-    def _passthrough(self) -> Passthrough | None:
-        """The legacy FTP session that serves this login (phases legacy, shadow), if any."""
-        login = self.authorizer.login
-        return login.storage if login is not None and isinstance(login.storage, Passthrough) else None
-
-    def _relay_listing(self, verb: str) -> bool:
-        """LIST/NLST in a legacy phase: the legacy server's lines as they are (True if relayed).
-
-        Its format, owners, dotfile rules and NLST prefixes are what the user's scripts were
-        written against. The client's options and path go as written (absolute paths mapped
-        under the route's root), run in the client's directory there.
-        """
-        relay = self._passthrough()
-        if relay is None:
-            return False
-        path = self._listing_arg
-        where = self.fs.ftp2fs(path) if path.startswith("/") else path
-        command = " ".join(word for word in (verb, self._ls_options, where) if word)
-        lines = relay.raw_listing(command, self.fs.ftp2fs(self.fs.cwd))
-        self._push_lines((line for line in lines if listing.is_name_text(line)), verb)
-        return True
-
-    def _relay_site(self, arg: str) -> bool:
-        """SITE in a legacy phase: the legacy server answers (True if relayed).
-
-        SITE CHMOD and UTIME stay the gateway's (route permissions, the shadow phase's replay);
-        any other subcommand (``SITE RECFM=FB``, ``SITE UMASK``, ``SITE HELP``) is the legacy
-        server's to answer. A read-only route refuses them: what they change is not known here.
-        """
-        relay = self._passthrough() if self.authenticated and arg else None
-        sub = arg.split(" ", 1)[0].upper()
-        if relay is None or sub in ("CHMOD", "UTIME"):
-            return False
-        login = self.authorizer.login
-        if login is not None and login.read_only:
-            self.respond(f"550 SITE {sub} is not allowed for this account.")
-            self.log_cmd("SITE", arg, 550, "read-only route")
-            return True
-        code, lines = relay.site(arg)
-        self.push("".join(f"{listing.wire_text(line)}\r\n" for line in lines[:-1]))
-        self.respond(lines[-1])
-        self.log_cmd("SITE", arg, code, lines[-1][4:])
-        return True
-
-    def ftp_LIST(self, path: str) -> str:
-        """LIST: ``ls -l`` lines (bare names) for a directory, a single file or a wildcard pattern."""
-        if self._relay_listing("LIST"):
-            return path
-        entries, _ = self._listing_or_nothing(path)
-        self._push_lines(listing.list_lines(entries), "LIST")
-        return path
-
-    def ftp_NLST(self, path: str) -> str:
-        """NLST: names usable as they are with RETR (``NLST sub`` gives ``sub/x.csv``); ``-l``: LIST lines."""
-        if self._relay_listing("NLST"):
-            return path
-        entries, directory = self._listing_or_nothing(path)
-        if "l" in self._ls_flags:
-            self._push_lines(listing.list_lines(entries), "NLST")
-        else:
-            self._push_lines(listing.nlst_names(entries, _nlst_prefix(directory)), "NLST")
-        return path
-
-    def ftp_MLSD(self, path: str) -> str | None:
-        """MLSD: RFC 3659 facts for each entry of a directory (501 for a non-directory)."""
-        is_dir, entries, _ = self._entries(path)
-        if not is_dir:
-            self.respond("501 Not a directory.")
-            return None
-        perms = self.authorizer.get_perms(self.username)
-        self._push_lines(listing.mlsd_lines(entries, perms, self._current_facts), "MLSD")
-        return path
-
-    def ftp_MLST(self, path: str) -> str:
-        """MLST: facts of one path on the control channel."""
-        virtual = self.fs.fs2ftp(path)
-        entry = Entry(posixpath.basename(path), self.fs.attrs(path))
-        facts = listing.mlsx_facts(entry, self.authorizer.get_perms(self.username), self._current_facts)
-        self.push(f'250-Listing "{virtual}":\r\n {facts} {virtual}\r\n')
-        self.respond("250 End MLST.")
-        return path
-
-    def ftp_STAT(self, path: str) -> str | None:
-        """STAT: server status without argument, else a listing on the control channel (capped)."""
-        if not path:
-            return super().ftp_STAT(path)  # type: ignore[no-any-return]
-        _, entries, _ = self._entries(path, everything=True)  # as vsftpd; no wildcards (pyftpdlib)
-        lines = list(itertools.islice(listing.list_lines(entries), STAT_MAX_LINES + 1))
-        self.push(f'213-Status of "{self.fs.fs2ftp(path)}":\r\n')
-        self.push("".join(f" {line}\r\n" for line in lines[:STAT_MAX_LINES]))
-        if len(lines) > STAT_MAX_LINES:
-            self.push(f" (only the first {STAT_MAX_LINES} entries; use LIST for the rest)\r\n")
-        self.respond("213 End of status.")
-        return path
-
     # --- metrics (counted once each: log_cmd and log_transfer run once per command/transfer)
 
     def on_connect(self) -> None:
@@ -1263,9 +650,8 @@ class GatewayHandler(FTPHandler):  # type: ignore[misc]
         if self.usage is None or self.record_usage is None:
             return
         login = self.authorizer.login
-        if login is not None and login.shadow_problems:
-            self.usage.shadow_problems(len(login.shadow_problems))
-            login.shadow_problems.clear()
+        if login is not None and (problems := login.shadow_problems.take()):
+            self.usage.shadow_problems(len(problems))
         records = self.usage.take(logout)
         if records:
             self.record_usage(records)

@@ -17,7 +17,8 @@ from pyftpdlib.servers import ThreadedFTPServer
 
 from gateway.checksums import Limits
 from gateway.config import GatewayConfig
-from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
+from gateway.ftp.data import GatewayDTPHandler
+from gateway.ftp.handler import GatewayHandler
 from gateway.ftp.tls import GatewayImplicitTLSHandler, GatewayTLSDTPHandler, GatewayTLSHandler, ssl_context
 from gateway.guard import Guard, SourceCounts
 from gateway.metrics import Metrics

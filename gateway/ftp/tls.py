@@ -17,7 +17,8 @@ from pyftpdlib.log import logger as ftplog
 
 from gateway.config import TLS12_CIPHERS
 from gateway.ftp import compat
-from gateway.ftp.handler import GatewayDTPHandler, GatewayHandler
+from gateway.ftp.data import GatewayDTPHandler
+from gateway.ftp.handler import GatewayHandler
 
 
 def session_reused(conn: SSL.Connection) -> bool:

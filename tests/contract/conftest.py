@@ -88,7 +88,8 @@ def tree(request: pytest.FixtureRequest) -> Iterator[Tree]:
         name, password = user.name, user.password
     else:
         legacy_ftp = stack.enter_context(legacy_server(request.getfixturevalue("tmp_path")))
-        doc = legacy_config(sshd, legacy_ftp, phase="legacy" if kind == "ftp" else "shadow")
+        phase = "legacy" if kind == "ftp" else "shadow"
+        doc = legacy_config(sshd, legacy_ftp, phase=phase, operation_timeout=5)  # a reply that never comes
         if kind == "shadow":
             user2 = request.getfixturevalue("user2")
             doc["routes"][0]["match"]["user"] = user2.name  # gwtest2 has an account on both
@@ -102,7 +103,7 @@ def tree(request: pytest.FixtureRequest) -> Iterator[Tree]:
     try:
         yield (tree := Tree(kind, login.storage, login.root))
         if kind == "shadow" and tree.diverges is None:
-            assert login.shadow_problems == []
+            assert login.shadow_problems.take() == []
             assert isinstance(login.storage, ShadowStorage)
             sftp_root = posixpath.join("/", str(request.getfixturevalue("user2").home).lstrip("/"))
             assert snapshot(login.storage.sftp, sftp_root) == snapshot(login.storage.legacy, login.root)

@@ -191,6 +191,13 @@ def split_config(sshd: OpenSSHServer, relay: Relay, **backend: Any) -> dict[str,
 # --- what the user sees
 
 
+def pooled(gw: RunningGateway) -> dict[str, int]:
+    """The gateway's SSH connections to backend ``main``, by state (active: a session's SFTP
+    channel is open on it; idle: none), as ``ftpgw_backend_connections`` reports them."""
+    counts = gw.gateway._connection_counts()
+    return {state: n for (backend, state), n in counts.items() if backend == "main"}
+
+
 def attempt(call: Callable[[], T]) -> T | str:
     """The result of ``call``, or the FTP reply (or client error) it failed with, as text."""
     try:

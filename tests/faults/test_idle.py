@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import seed
+from tests.conftest import seed, wait_for
 from tests.faults.conftest import (
     assert_alive,
     attempt,
@@ -22,6 +22,7 @@ from tests.faults.conftest import (
     fault_config,
     kill,
     login,
+    pooled,
     retr,
     sftp_subsystems,
     stop_listener,
@@ -37,7 +38,7 @@ def test_relay_reset_while_idle_the_next_commands_get_their_normal_replies(
     ftp = login(gw, user)
     assert attempt(ftp.nlst) == ["a.txt"]
     relay.reset()
-    time.sleep(0.5)  # idle: the gateway has seen its SSH connection go
+    assert wait_for(lambda: pooled(gw) == {})  # idle: the gateway has seen its SSH connection go
     # Not idempotent, so not a retry: the gateway reconnects before running it.
     assert command(ftp, "MKD made").startswith("257")
     assert (user.home / "made").is_dir()
@@ -61,7 +62,9 @@ def test_sftp_subsystem_killed_while_idle_the_next_commands_work(gateway_factory
     channel = sftp_subsystems(sshd, user) - before
     assert len(channel) == 1, channel
     os.kill(channel.pop(), signal.SIGKILL)
-    time.sleep(0.5)  # idle: the backend has closed the channel
+    # Idle while the backend closes the channel. Nothing to wait on: the gateway only
+    # learns of it at its next request (its connection stays "active" until then).
+    time.sleep(0.5)
     never_retried = [("DELE a.txt", "250"), ("MKD made", "257"), ("RNFR b.txt", "350"), ("RNTO c.txt", "250")]
     for line, reply in never_retried:
         assert command(ftp, line).startswith(reply), line
@@ -79,7 +82,7 @@ def test_backend_killed_while_idle_451_until_it_is_back_then_the_session_works(
     ftp = login(gw, user)
     assert attempt(ftp.nlst) == ["a.txt"]
     kill(fault_sshd)
-    time.sleep(0.3)
+    assert wait_for(lambda: pooled(gw) == {})  # the gateway has seen the backend go
     # Down: every backend command gets 451 quickly; the session stays open.
     for call in (lambda: ftp.sendcmd("CWD /"), lambda: ftp.sendcmd("MKD x"), ftp.nlst):
         started = time.monotonic()
@@ -109,7 +112,7 @@ def test_backend_unreachable_while_idle_451_not_a_hang_then_the_session_works(
     else:
         relay.blackhole()  # first, so that no reconnect slips through before the reset
         relay.reset()
-    time.sleep(0.3)
+    assert wait_for(lambda: pooled(gw) == {})  # the gateway has seen its connection go
     started = time.monotonic()
     reply = command(ftp, "MKD x")
     seconds = time.monotonic() - started

@@ -12,12 +12,11 @@ import calendar
 import ftplib
 import os
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import seed
+from tests.conftest import seed, wait_for
 from tests.faults.conftest import CLIENT_TIMEOUT, assert_alive, attempt, fault_config, login, retr
 
 CONTENT = b"retry me\n"
@@ -99,7 +98,8 @@ def test_an_idempotent_command_whose_request_dies_in_flight_is_retried(
     outcome: dict[str, object] = {}
     thread = threading.Thread(target=lambda: outcome.update(result=attempt(lambda: call(ftp))))
     thread.start()
-    time.sleep(0.5)
+    # The request waits in the relay (or, PWD, none was needed and the reply is already in).
+    assert wait_for(lambda: relay.held > 0 or not thread.is_alive())
     relay.reset()  # ... and its connection dies under it
     relay.resume()
     thread.join(CLIENT_TIMEOUT)

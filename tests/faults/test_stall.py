@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import seed
+from tests.conftest import seed, wait_for
 from tests.faults.conftest import (
     CLIENT_TIMEOUT,
     assert_alive,
@@ -89,7 +89,7 @@ def test_stalled_backend_does_not_stall_other_sessions(gateway_factory, sshd, re
 
     stuck = threading.Thread(target=slow_listing)
     stuck.start()
-    time.sleep(0.5)
+    assert wait_for(lambda: relay.held > 0)  # its listing request waits in the stalled relay
     # While the other session waits on its stalled backend, this one is served normally.
     for _ in range(5):
         assert fast.sendcmd("NOOP").startswith("200")

@@ -4,9 +4,9 @@ The control connection is relayed as it is, except that PASV (227) and EPSV (229
 are rewritten to a port of the relay, so the data connections pass through it too. That
 lets a test count exactly the bytes a client sends (how much a resume sends again) and
 end an upload after a given number of bytes as a broken link would: once the gateway has
-read them, the data and control connections are reset and new ones refused until
+read them, the data and control connections are reset and new ones reset at once until
 ``reopen()`` (so a client that retries by itself gives up, and the test resumes with a
-second run).
+second run; the listener stays open, so no other socket can take its port meanwhile).
 Passive mode only (curl's and lftp's default).
 """
 
@@ -92,19 +92,20 @@ class FTPRelay:
         self.uploaded: list[int] = []  # client-to-server bytes of each data connection, in order
         self.cuts = 0
         self._controls: list[socket.socket] = []
+        self._down = False
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._serve, args=(self._listener,), daemon=True).start()
 
     def reopen(self) -> None:
-        """The link is back: accept new connections again."""
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._serve, args=(self._listener,), daemon=True).start()
+        """The link is back: relay new connections again."""
+        with self._lock:
+            self._down = False
 
     def _link_down(self) -> None:
-        """Reset every control connection and refuse new ones."""
-        _close(self._listener)  # shutdown() first: a blocked accept() would keep it listening
+        """Reset every control connection and new ones."""
         with self._lock:
+            self._down = True
             controls, self._controls = self._controls, []
         for sock in controls:
             _reset(sock)
@@ -131,6 +132,11 @@ class FTPRelay:
                 client, _ = listener.accept()
             except OSError:
                 return
+            with self._lock:
+                down = self._down
+            if down:
+                _reset(client)
+                continue
             server = socket.create_connection(("127.0.0.1", self.target), timeout=10)
             server.settimeout(None)
             with self._lock:

@@ -66,6 +66,7 @@ class Relay:
         self._closed = False
         self.accepted = 0  # connections relayed to the target so far
         self.blackholed = 0  # connections accepted into the blackhole so far
+        self.held = 0  # chunks of data waiting in a stall right now
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._start_accepting(self._listener)
@@ -123,8 +124,11 @@ class Relay:
                 if not data:
                     break
                 with self._cond:
+                    if stalled := flow.mode == STALL:
+                        self.held += 1
                     while flow.mode == STALL and not flow.closed:
                         self._cond.wait()
+                    self.held -= stalled
                     if flow.closed:
                         break
                     discard = flow.mode == BLACKHOLE or dst is None

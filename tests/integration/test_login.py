@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import base_config, seed
+from tests.conftest import base_config, seed, wait_for
 
 
 def test_good_login_lands_in_the_backend_home(ftp, user):
@@ -119,8 +119,8 @@ def test_connection_limits(gateway_factory, sshd, user):
     with pytest.raises(ftplib.error_temp, match=r"^421"):
         gw.connect()
     second.close()
-    time.sleep(0.5)
-    third = gw.login(user)  # a slot is free again
+    assert wait_for(lambda: gw.gateway.sessions_open() == 1)  # its slot is free again
+    third = gw.login(user)
     assert third.sendcmd("NOOP").startswith("200")
     first.close()
 
