@@ -29,7 +29,7 @@ from gateway import __version__, config, errors, logs, malloc
 from gateway.workers import early_reloads, remember_reload
 
 if TYPE_CHECKING:  # imported where used: `--help` and check-config stay quick
-    from gateway.app import Logins
+    from gateway.logins import Logins
     from gateway.sync_run import Job
 
 log = logging.getLogger("gateway")
@@ -147,8 +147,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def _connect(cfg: config.GatewayConfig, args: argparse.Namespace) -> int:
     """``--connect``: 0 if every backend (and the user's login) answered as it should, else 1."""
-    from gateway.app import Logins
     from gateway.connectivity import check
+    from gateway.logins import Logins
     from gateway.metrics import Metrics
 
     if args.password_env and args.password_env not in os.environ:
@@ -256,7 +256,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     """Copy users' trees from their route's legacy FTP server to its SFTP backend."""
     from gateway import sync_run
-    from gateway.app import Logins
+    from gateway.logins import Logins
     from gateway.metrics import Metrics
     from gateway.usage.journal import SQLiteJournal
     from gateway.usage.store import StoreError

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from gateway import errors
-from gateway.app import Logins
 from gateway.config import BackendConfig, GatewayConfig, Phase
+from gateway.logins import Logins
 from gateway.routing import match_route, render_root
 from gateway.storage import Kind
 

@@ -20,8 +20,8 @@ from typing import TextIO
 from tqdm import tqdm
 
 from gateway import errors
-from gateway.app import Logins, open_pair
 from gateway.config import GatewayConfig, RouteConfig, ServiceAccount
+from gateway.logins import Logins, open_pair
 from gateway.routing import match_route, render_root
 from gateway.storage import Kind, Storage
 from gateway.sync import Journal, Plan, Summary, Trees, apply, plan

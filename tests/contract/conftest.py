@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from gateway import config
-from gateway.app import Logins
+from gateway.logins import Logins
 from gateway.memory_storage import MemoryStorage
 from gateway.metrics import Metrics
 from gateway.shadow import ShadowStorage

@@ -8,13 +8,13 @@ import pytest
 PACKAGE = Path(__file__).parents[2] / "gateway"
 #: The pure core: the model, the rules, the storage interface and what works on it alone.
 CORE = [
-    *("config", "paths", "routing", "listing", "errors", "storage", "memory_storage", "logs"),
+    *("paths", "routing", "listing", "errors", "storage", "memory_storage", "logs"),
     *("proxy_protocol", "names", "modes", "checksums", "guard", "passwords", "shadow", "sync"),
 ]
 #: The edges: processes, the command line, HTTP, metrics, the pieces that wire adapters up.
 EDGES = [
     *("__init__", "__main__", "app", "cli", "workers", "metrics", "httpd", "malloc"),
-    *("auth_external", "sync_run", "connectivity"),
+    *("auth_external", "logins", "sync_run", "connectivity"),
 ]
 #: What only the edges may import (besides the adapters).
 _EDGE_IMPORTS = tuple(
@@ -41,8 +41,9 @@ def imports_of(path: Path) -> set[str]:
 def modules():
     for name in CORE:
         yield "core", PACKAGE / f"{name}.py"
-    for path in sorted((PACKAGE / "usage").glob("*.py")):  # the usage report: no framework either
-        yield "core", path
+    for package in ("config", "usage"):  # the configuration and the usage report: core too
+        for path in sorted((PACKAGE / package).glob("*.py")):
+            yield "core", path
     for layer in ("ftp", "backends"):
         for path in sorted((PACKAGE / layer).rglob("*.py")):
             yield layer, path
