@@ -3,6 +3,10 @@
 The gateway process: its listeners, the login policy around ``gateway.logins`` (guard,
 audit, metrics, usage record), readiness, reload, drain and signals. The only module
 (besides the CLI) that imports both ``gateway.ftp`` and ``gateway.backends``.
+
+Over 400 lines: the login policy and the process life cycle share the gateway's state (the
+config a reload replaces, the guard, the backends); the logins themselves are in
+``gateway.logins``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from gateway.ftp.server import METRIC_COMMANDS, build_server, share_limits
 from gateway.ftp.tls import session_reuse_supported
 from gateway.guard import Guard
 from gateway.logins import Logins, RootUnusable, serving
-from gateway.metrics import Admin, Metrics
+from gateway.metrics import Metrics
+from gateway.metrics_http import Admin, MetricsListener
 from gateway.passwords import verify_password
 from gateway.routing import acceptable_user, match_route
 from gateway.storage import Login, Refused
@@ -149,13 +154,21 @@ class Gateway(Logins):
             share_limits(self.servers)
         self._readiness: list[str] = ["starting: backends not checked yet"]
         self.metrics_port: int | None = None
+        self._listener: MetricsListener | None = None
         if cfg.metrics.enabled:  # the checks only feed /readyz
             m = cfg.metrics
             with ListenError.naming("metrics", m.address, m.port, "metrics.port"):
                 admin = Admin(self.guard.bans, self._unban)
-                self.metrics_port = self.metrics.serve(
-                    m.address, m.port, lambda: self._readiness, m.basic_auth, m.tls, admin
+                self._listener = MetricsListener(
+                    self.metrics.registry,
+                    m.address,
+                    m.port,
+                    lambda: self._readiness,
+                    m.basic_auth,
+                    m.tls,
+                    admin,
                 )
+                self.metrics_port = self._listener.port
             self.loop.submit(self._check_backends_forever())
             self.metrics.watch_backend_connections(self._connection_counts)
             if (database := cfg.report.database) is not None:
@@ -363,7 +376,8 @@ class Gateway(Logins):
             if self.usage is not None:
                 self.usage.close()  # after close_all: the sessions' last records are queued
             self.close_backends()
-            self.metrics.stop()
+            if self._listener is not None:
+                self._listener.stop()
 
     def on_signal(self, signum: int, frame: object = None) -> None:
         """Signal handler: only records the signal; ``serve_forever`` acts on it.

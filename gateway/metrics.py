@@ -1,7 +1,4 @@
-"""Prometheus metrics and health: the objects both sides feed, and the HTTP listener.
-
-The listener serves ``/metrics`` (Prometheus text), ``/healthz`` (the process answers) and
-``/readyz`` (every backend reachable with its known host key, from a cached background check).
+"""Prometheus metrics: the objects both sides feed (served by ``gateway.metrics_http``).
 
 One ``Metrics`` per gateway process, on its own registry (tests run several gateways in one
 process). Labels stay low-cardinality: FTP verbs outside pyftpdlib's command table are
@@ -11,27 +8,18 @@ folded into ``OTHER``, reply codes into classes (``2xx``), user names appear onl
 
 from __future__ import annotations
 
-import base64
-import gzip
-import hmac
-import ipaddress
-import json
 import re
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.config import PHASES, TLS12_CIPHERS, BasicAuth, Phase, TLSFiles
+from gateway.config import PHASES, Phase
 from gateway.errors import GatewayError
-from gateway.httpd import HTTPListener, Request, Response, server_context
 
 # The *_created series double the series count and no dashboard here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -195,7 +183,6 @@ class Metrics:
         Info("ftpgw_build", "Gateway version", registry=r).info({"version": __version__})
         self._connection_counts: Callable[[], ConnectionCounts] = dict
         r.register(_BackendConnections(lambda: self._connection_counts()))
-        self._server: HTTPListener | None = None
 
     def start_at_zero(self, backends: Iterable[str], routes: Iterable[str]) -> None:
         """Create the series alerts watch at 0, so that their first event is an increase."""
@@ -277,60 +264,6 @@ class Metrics:
         self.transfer_bytes.labels(direction, backend).inc(nbytes)
         self.transfer_seconds.labels(direction).observe(seconds)
 
-    def serve(
-        self,
-        address: str,
-        port: int,
-        readiness: Callable[[], list[str]],
-        auth: BasicAuth | None = None,
-        tls: TLSFiles | None = None,
-        admin: Admin | None = None,
-    ) -> int:
-        """Start the HTTP(S) listener (gateway.httpd) in a daemon thread; returns its port.
-
-        ``readiness`` returns the reasons the gateway is not ready (empty when it is).
-        ``auth`` protects /metrics and /admin/: probes of /healthz and /readyz carry none.
-        ``admin``: the guard's ban list and unban (``ftp-sftp-gateway bans``/``unban``).
-        """
-        expected = base64.b64encode(f"{auth.username}:{auth.password}".encode()) if auth else b""
-
-        def handle(request: Request) -> Response | Callable[[], Response]:
-            if request.path == "/healthz":
-                return Response(200, b"ok\n")
-            if request.path == "/readyz":
-                problems = readiness()
-                body = "".join(f"{p}\n" for p in problems or ["ready"]).encode()
-                return Response(503 if problems else 200, body)
-            if request.path != "/metrics" and not (admin and request.path.startswith("/admin/")):
-                return Response(404, b"not found: /metrics, /healthz, /readyz\n")
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            given = token.strip().encode("latin-1", "replace")
-            # The scheme name is case-insensitive (RFC 7235 2.1); the comparison takes the
-            # same time whatever the credentials (hmac.compare_digest).
-            if auth and not (scheme.lower() == "basic" and hmac.compare_digest(given, expected)):
-                challenge = (("WWW-Authenticate", 'Basic realm="ftp-sftp-gateway"'),)
-                return Response(401, b"unauthorized\n", headers=challenge)
-            if admin is not None and request.path.startswith("/admin/"):
-                return _admin(admin, request)
-            return lambda: self._exposition(request.headers)
-
-        context = server_context(tls.certfile, tls.keyfile, TLS12_CIPHERS) if tls is not None else None
-        self._server = HTTPListener(address, port, handle, context)
-        return self._server.port
-
-    def _exposition(self, headers: dict[str, str]) -> Response:
-        """/metrics in the format the scraper asked for (gzip if it takes it)."""
-        encoder, content_type = choose_encoder(headers.get("accept", ""))
-        body = encoder(self.registry)
-        if gzip_accepted(headers.get("accept-encoding", "")):
-            return Response(200, gzip.compress(body), content_type, (("Content-Encoding", "gzip"),))
-        return Response(200, body, content_type)
-
-    def stop(self) -> None:
-        """Stop the listener."""
-        if self._server is not None:
-            self._server.stop()
-
 
 class _BackendConnections(Collector):
     """``ftpgw_backend_connections{backend,state}``: read from the pools at scrape time."""
@@ -354,41 +287,6 @@ class _BackendConnections(Collector):
             "Pooled SSH connections to the backends: active (serving sessions) or idle",
             labels=["backend", "state"],
         )
-
-
-@dataclass(frozen=True)
-class Admin:
-    """What /admin/ offers: the guard's bans and their lifting."""
-
-    bans: Callable[[], list[tuple[str, str, float]]]
-    unban: Callable[[str], int]
-
-
-def _admin(admin: Admin, request: Request) -> Response:
-    """GET /admin/bans, POST /admin/unban?address=A; loopback clients only.
-
-    Lifting a ban is a way around the brute-force guard: only a client on the gateway's own
-    host (the operator's ``ftp-sftp-gateway unban``) may, with the metrics credentials when
-    they are set, even on a listener bound to all addresses.
-    """
-    try:
-        loopback = ipaddress.ip_address(request.peer).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        return Response(403, b"admin endpoints answer clients on this host only\n")
-    if request.path == "/admin/bans" and request.method in ("GET", "HEAD"):
-        bans = [{"source": s, "user": u, "seconds_left": round(left)} for s, u, left in admin.bans()]
-        return Response(200, json.dumps({"bans": bans}).encode() + b"\n", "application/json")
-    if request.path == "/admin/unban" and request.method == "POST":
-        address = urllib.parse.parse_qs(request.query).get("address", [""])[0]
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            return Response(400, b"unban needs ?address=IP\n")
-        body = {"address": address, "lifted": admin.unban(address)}
-        return Response(200, json.dumps(body).encode() + b"\n", "application/json")
-    return Response(404, b"not found: GET /admin/bans, POST /admin/unban?address=IP\n")
 
 
 class _UsageView(Collector):

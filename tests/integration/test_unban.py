@@ -9,7 +9,7 @@ import re
 import subprocess
 
 from gateway.httpd import Request
-from gateway.metrics import Admin, _admin
+from gateway.metrics_http import Admin, admin_response
 from tests.conftest import CLI, base_config, write_config
 
 
@@ -76,10 +76,12 @@ def test_unban_says_why_when_no_gateway_answers(sshd, tmp_path):
 
 def test_admin_answers_clients_on_this_host_only():
     admin = Admin(bans=lambda: [("192.0.2.1", "", 600.0)], unban=lambda address: 1)
-    far = _admin(admin, Request("POST", "/admin/unban", {}, "address=192.0.2.1", peer="198.51.100.9"))
+    far = admin_response(admin, Request("POST", "/admin/unban", {}, "address=192.0.2.1", peer="198.51.100.9"))
     assert far.status == 403
-    near = _admin(admin, Request("POST", "/admin/unban", {}, "address=192.0.2.1", peer="127.0.0.1"))
+    near = admin_response(admin, Request("POST", "/admin/unban", {}, "address=192.0.2.1", peer="127.0.0.1"))
     assert (near.status, near.body) == (200, b'{"address": "192.0.2.1", "lifted": 1}\n')
-    assert _admin(admin, Request("POST", "/admin/unban", {}, "address=nope", peer="::1")).status == 400
-    listed = _admin(admin, Request("GET", "/admin/bans", {}, "", peer="127.0.0.1"))
+    assert (
+        admin_response(admin, Request("POST", "/admin/unban", {}, "address=nope", peer="::1")).status == 400
+    )
+    listed = admin_response(admin, Request("GET", "/admin/bans", {}, "", peer="127.0.0.1"))
     assert listed.body == b'{"bans": [{"source": "192.0.2.1", "user": "", "seconds_left": 600}]}\n'

@@ -13,7 +13,7 @@ CORE = [
 ]
 #: The edges: processes, the command line, HTTP, metrics, the pieces that wire adapters up.
 EDGES = [
-    *("__init__", "__main__", "app", "cli", "workers", "metrics", "httpd", "malloc"),
+    *("__init__", "__main__", "app", "cli", "workers", "metrics", "metrics_http", "httpd", "malloc"),
     *("auth_external", "logins", "sync_run", "connectivity"),
 ]
 #: What only the edges may import (besides the adapters).

@@ -3,6 +3,9 @@
 Session threads are blocking already, so ftplib is used as it is. Every ftplib outcome is
 translated into a gateway error here; the legacy server's reply text reaches the client
 (escaped to one line) because it is what the user saw before the migration.
+
+Over 400 lines: one control connection carries metadata, listings (MLSD, or LIST lines
+parsed) and transfers, and every one of them must leave it in step with the server.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ failed binary upload got onto the backend is kept under a hidden name of its use
 partial, gateway.storage.partial_name) for ``partial_ttl`` seconds: SIZE, REST+STOR and
 APPE of that name continue it, and it is renamed over the final name once complete.
 Resumed uploads without a partial, and STOU, write in place.
+
+Over 400 lines: the atomic-upload and resume rules work on this session's state (its
+partials, the replacements it left in place) and are still here; moving them next to
+``files.py`` and ``replacements.py`` into one module of their own is the next split.
 """
 
 from __future__ import annotations
