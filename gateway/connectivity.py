@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from gateway import errors
 from gateway.config import BackendConfig, GatewayConfig, Phase
 from gateway.logins import Logins
-from gateway.routing import match_route, render_root
+from gateway.routing import match_route
 from gateway.storage import Kind
 
 #: Seconds on top of a backend's connect_timeout before its probe counts as hung.
@@ -53,8 +53,8 @@ def _service(name: str, backend: BackendConfig, logins: Logins) -> tuple[bool, s
         storage = logins.backends[name].login(service.user, service.password, service.key_file)
     except errors.GatewayError as err:
         return False, f"{where}: cannot log in: {err.reply()}"
+    parent = service.users_dir
     try:
-        parent = render_root(service.root.split("{user}")[0] or "/", "", storage.home())
         trees = sum(1 for entry in storage.list_dir(parent) if entry.attrs.kind is Kind.DIR)
     except errors.GatewayError as err:
         return False, f"{where}: logged in, but cannot list {parent}: {err.reply()}"

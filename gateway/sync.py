@@ -170,10 +170,7 @@ def plan(trees: Trees, overwrite: bool = False, journal: Journal | None = None) 
         step = Step(relative, name, legacy, "mkdir")
         if not relative.endswith("/"):
             try:
-                last = journal.get(name) if journal is not None else None
-                found = _attrs(trees.target, trees.dst(step))
-                action, why = _decide(trees, step, found, last, overwrite)
-                step = dataclasses.replace(step, action=action, why=why, found=found)
+                step = _decided(trees, step, _attrs(trees.target, trees.dst(step)), journal, overwrite)
             except errors.GatewayError as err:
                 step = dataclasses.replace(step, action="error", why=f"{err.code} {err.text}")
         steps.append(step)
@@ -205,11 +202,8 @@ def apply(
             continue
         summary.files += 1
         try:
-            if step.action in _COPIES and not dry_run and _attrs(trees.target, dst) != step.found:
-                last = journal.get(step.name) if journal is not None else None
-                found = _attrs(trees.target, dst)
-                action, why = _decide(trees, step, found, last, overwrite)
-                step = dataclasses.replace(step, action=action, why=why, found=found)
+            if step.action in _COPIES and not dry_run and (found := _attrs(trees.target, dst)) != step.found:
+                step = _decided(trees, step, found, journal, overwrite)
             if step.action == "error":
                 summary.errors.append(f"{step.relative}: {step.why}")
                 progress.step(step.relative, f"error {step.why.split()[0]}")
@@ -218,7 +212,7 @@ def apply(
                 summary.skipped += 1
                 progress.step(step.relative, "skip")
                 if journal is not None and step.why and not dry_run:  # matching, not yet journalled
-                    journal.put(step.name, _journal_entry(step.legacy, step.why, _attrs(trees.target, dst)))
+                    journal.put(step.name, _journal_entry(step.legacy, step.why, step.found))
                 continue
             if step.action == "conflict":
                 summary.conflicts.append(f"{step.relative}: {step.why}")
@@ -243,6 +237,13 @@ def apply(
         if journal is not None:
             journal.put(step.name, _journal_entry(step.legacy, digest, _attrs(trees.target, dst)))
     return summary
+
+
+def _decided(trees: Trees, step: Step, found: Attrs | None, journal: Journal | None, overwrite: bool) -> Step:
+    """``step`` with what to do with it, the SFTP side being ``found``."""
+    last = journal.get(step.name) if journal is not None else None
+    action, why = _decide(trees, step, found, last, overwrite)
+    return dataclasses.replace(step, action=action, why=why, found=found)
 
 
 def _decide(

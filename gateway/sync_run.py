@@ -71,8 +71,7 @@ def route_users(cfg: GatewayConfig, route: RouteConfig, logins: Logins) -> list[
     assert route.legacy is not None
     storage = logins.backends[route.legacy].login(legacy.user, legacy.password)
     try:
-        parent = render_root(legacy.root.split("{user}")[0] or "/", "", storage.home())
-        listed = [entry.name for entry in storage.list_dir(parent) if entry.attrs.kind is Kind.DIR]
+        listed = [e.name for e in storage.list_dir(legacy.users_dir) if e.attrs.kind is Kind.DIR]
     finally:
         storage.close()
     users = []

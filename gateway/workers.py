@@ -87,20 +87,20 @@ class GuardBus:
         self._inbox.bind(where.own)
         self._outbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._outbox.settimeout(_SEND_TIMEOUT)
-        self._lock = threading.Lock()
         threading.Thread(target=self._listen, name="guard-bus", daemon=True).start()
 
     def publish(self, event: Event) -> None:
         """Send ``event`` to every other worker (one that is restarting misses it)."""
         data = json.dumps(event).encode()
-        with self._lock:
-            for path in self._others:
-                try:
-                    self._outbox.sendto(data, path)
-                except (FileNotFoundError, ConnectionRefusedError):
-                    pass  # that worker is restarting: it starts with a clean slate anyway
-                except OSError as err:
-                    log.warning("guard event for worker %s dropped: %s", path, err)
+        # No lock: sendto on one datagram socket is safe from many threads, and a session
+        # must not wait behind another one's send to a sibling whose queue is full.
+        for path in self._others:
+            try:
+                self._outbox.sendto(data, path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass  # that worker is restarting: it starts with a clean slate anyway
+            except OSError as err:
+                log.warning("guard event for worker %s dropped: %s", path, err)
 
     def _listen(self) -> None:
         while True:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import posixpath
 from dataclasses import dataclass, field
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -142,6 +143,11 @@ class ServiceAccount:
     key_file: str | None = None  # sftp only
     #: Where a user's tree is, as this account sees it; ``{user}`` is a whole path component.
     root: str = "/home/{user}"
+
+    @property
+    def users_dir(self) -> str:
+        """The directory that holds the users' trees: ``root`` up to ``{user}`` (absolute)."""
+        return posixpath.normpath(self.root.split("{user}")[0] or "/")
 
 
 @dataclass(frozen=True)

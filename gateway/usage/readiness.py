@@ -235,6 +235,11 @@ def _span(seen: dict[str, list[float]], problems: list[str]) -> str:
     return _between(min(s[0] for s in spans), max(s[1] for s in spans))
 
 
+def _rows_span(rows: list[Row]) -> str:
+    """ " (first ..., last ... UTC)" of the sessions counted in ``rows``."""
+    return _between(min(row.first_seen for row in rows), max(row.last_seen for row in rows))
+
+
 def _between(first: float, last: float) -> str:
     return f" (first {_short(first)}, last {_short(last)} UTC)"
 
@@ -273,7 +278,7 @@ def _judge(r: UserReport, rows: list[Row], sftp_since: float, now: float, ready_
     plain = r.logins + r.refused_logins - r.tls_logins
     if plain:
         clear = [row for row in rows if not row.key.tls and row.key.outcome not in FAILED_LOGINS]
-        when = _between(min(row.first_seen for row in clear), max(row.last_seen for row in clear))
+        when = _rows_span(clear)
         r.warnings.append(f"{plain} of {r.logins + r.refused_logins} logins in plain FTP (no TLS){when}")
     if t.active and not t.passive:
         r.warnings.append(
@@ -301,13 +306,13 @@ def _judge(r: UserReport, rows: list[Row], sftp_since: float, now: float, ready_
     attempts = sum(r.failed_logins.values())
     failing = [row for row in rows if row.key.outcome in FAILED_LOGINS]
     if attempts and r.locked_out_since is None and r.logins:
-        when = _between(min(row.first_seen for row in failing), max(row.last_seen for row in failing))
+        when = _rows_span(failing)
         r.warnings.append(f"{plural(attempts, 'failed login')}: {_counted(r.failed_logins)}{when}")
 
     if latest.key.outcome == "retired":
         r.verdict = "retired"
         refused = [row for row in rows if row.key.outcome == "retired"]
-        when = _between(min(row.first_seen for row in refused), max(row.last_seen for row in refused))
+        when = _rows_span(refused)
         r.reasons = [
             f"FTP is off for route {latest.key.route}, yet {plural(r.refused_logins, 'refused login')}, "
             f"the last from {latest.key.client_ip} (client: {latest.key.client}){when}"
