@@ -8,7 +8,9 @@ pyftpdlib's classes and modules. Every such name is listed here:
 * module-level names are imported here and only here, and re-exported without the underscore;
 * attributes of pyftpdlib's classes that the gateway's subclasses read or set are listed in
   ``PRIVATE_ATTRIBUTES``;
-* texts of pyftpdlib's log lines the gateway recognises are the constants below.
+* what the handler knows of pyftpdlib's own log calls, without reading their text: its
+  ``__init__`` logs only the session's opening, and ``pre_process_command`` echoes the
+  command line through ``logline`` before anything else (``GatewayHandler.log``/``logline``).
 
 ``tests/unit/test_compat.py`` checks each of them against the installed pyftpdlib, and
 ``pyproject.toml`` pins pyftpdlib to the minor version they were checked against. To
@@ -21,11 +23,6 @@ from OpenSSL._util import lib as openssl_lib  # SSL_session_reused: pyOpenSSL do
 from pyftpdlib.exceptions import _RetryError as RetryError
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED as ERRNOS_DISCONNECTED
 from pyftpdlib.ioloop import _ERRNOS_RETRY as ERRNOS_RETRY
-
-#: pyftpdlib's log line when a session starts (the gateway logs it itself behind a PROXY header).
-SESSION_OPENED = "FTP session opened (connect)"
-#: How pyftpdlib's debug log echoes a command line (the gateway escapes what follows).
-COMMAND_ECHO = "<- "
 
 #: The private attributes of pyftpdlib's classes the gateway's subclasses use, by class.
 PRIVATE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -61,12 +58,10 @@ PRIVATE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
 OPENSSL_CONNECTION_ATTRIBUTE = "_ssl"
 
 __all__ = [
-    "COMMAND_ECHO",
     "ERRNOS_DISCONNECTED",
     "ERRNOS_RETRY",
     "OPENSSL_CONNECTION_ATTRIBUTE",
     "PRIVATE_ATTRIBUTES",
-    "SESSION_OPENED",
     "RetryError",
     "openssl_lib",
 ]

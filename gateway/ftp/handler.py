@@ -28,7 +28,7 @@ from pyftpdlib.log import logger as ftplog
 from gateway import checksums, listing, logs, names, paths, proxy_protocol
 from gateway.config import Network, Phase
 from gateway.errors import BadName, Banned, GatewayError, Retired
-from gateway.ftp import compat, policy
+from gateway.ftp import policy
 from gateway.ftp.authorizer import SessionAuthorizer
 from gateway.ftp.data import GatewayActiveDTP, GatewayDTPHandler, GatewayPassiveDTP
 from gateway.ftp.filesystem import GatewayFS
@@ -135,8 +135,14 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
             peer = ""
         #: From a trusted balancer: the greeting waits for the PROXY header (see greet_proxied).
         self.proxied = proxy_protocol.trusted(peer, self.proxy_trusted)
-        self._opened_logged = False
+        # pyftpdlib's __init__ logs "session opened" with the peer's address; the gateway logs
+        # it itself after (greet_proxied does, with the client's address, behind a balancer).
+        self._constructing = True
+        self._echoed = False  # pre_process_command logged the command line (pyftpdlib's echo follows)
         super().__init__(conn, server, ioloop=ioloop)
+        self._constructing = False
+        if hasattr(self, "remote_ip") and not self.proxied:
+            self.log("FTP session opened (connect)")
         if self.usage is not None:
             self.usage.client_ip = getattr(self, "remote_ip", "-")
         self._hash = checksums.ALGORITHMS[0]  # HASH's algorithm (OPTS HASH)
@@ -217,6 +223,8 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
         super().found_terminator()
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        shown = line if cmd != "PASS" else f"{line.split(' ')[0]} {'*' * 6}"
+        self.logline(f"<- {logs.escape(shown)}")  # client text, escaped: see "logging" below
         if self.fs is not None:
             self.fs.forget()
         cmd, arg = self._set_mtime_alias(cmd, arg)
@@ -252,6 +260,7 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
             if cmd == "SITE" and self._relay_site(arg):
                 return
             self._arg = arg
+            self._echoed = True
             super().pre_process_command(line, cmd, arg)
         except GatewayError as err:
             if not err.fatal and self.authenticated and not self.storage.alive:
@@ -365,7 +374,6 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
             self.remote_ip, self.remote_port = header.source
             if self.usage is not None:
                 self.usage.client_ip = self.remote_ip
-        self._opened_logged = True
         self.log(
             f"FTP session opened (connect) through {balancer}: "
             f"client address from a PROXY v{header.version} header"
@@ -699,15 +707,16 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
         return f"{self.remote_ip}:{self.remote_port} sess={self.session_id} [{user}] route={self.route}"
 
     def log(self, msg: str, logfun: Any = ftplog.info) -> None:
-        if msg == compat.SESSION_OPENED and self.proxied and not self._opened_logged:
-            return  # greet_proxied logs it, with the client's address instead of the balancer's
+        if self._constructing:
+            return  # pyftpdlib's "session opened": see __init__
         logfun(f"{self._log_prefix()} {listing.printable(msg)}")
 
     def logline(self, msg: str, logfun: Any = ftplog.debug) -> None:
+        if self._echoed:
+            self._echoed = False
+            return  # pyftpdlib's raw echo of the line pre_process_command logged escaped
         if not self._log_debug:
             return
-        if msg.startswith(compat.COMMAND_ECHO):  # pyftpdlib's echo of the client's command line
-            msg = compat.COMMAND_ECHO + logs.escape(msg[len(compat.COMMAND_ECHO) :])
         logfun(f"{self._log_prefix()} {listing.printable(msg)}")
 
     def logerror(self, msg: str) -> None:

@@ -84,6 +84,8 @@ def test_the_readme_filter_bans_only_real_failures(process, sshd, user, tmp_path
     real.close()
     assert gw.stop() == 0
     assert any("6.6.6.1" in line for line in gw.lines)  # the hostile text did reach the logs
+    if level == "debug":  # each command line echoed once, escaped (not also pyftpdlib's raw echo)
+        assert sum("<- RMD" in line for line in gw.lines) == len(HOSTILE)
     log = tmp_path / f"gateway-{fmt}.log"
     log.write_text("\n".join(gw.lines) + "\n")
     assert banned(str(log), tmp_path) == {"127.0.0.3", "127.0.0.1"}
