@@ -25,8 +25,8 @@ from gateway import errors
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.backends.sftp.pool import Credential, Lease, SFTPPool
-from gateway.backends.sftp.replacements import FailedReplacements
 from gateway.backends.sftp.storage import SFTPStorage
+from gateway.backends.sftp.uploads import FailedReplacements
 from gateway.config import BackendConfig
 from gateway.metrics import Metrics
 

@@ -1,8 +1,8 @@
-"""The memory of failed atomic replacements (gateway.backends.sftp.replacements)."""
+"""The memory of failed atomic replacements (gateway.backends.sftp.uploads.FailedReplacements)."""
 
 from __future__ import annotations
 
-from gateway.backends.sftp.replacements import FailedReplacements
+from gateway.backends.sftp.uploads import FailedReplacements
 
 
 def test_remembered_per_user_and_path_until_forgotten_or_expired():
