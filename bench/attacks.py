@@ -34,7 +34,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.passwords import hash_password
+from gateway.core.passwords import hash_password
 from tests.helpers.sshd import OpenSSHServer, ensure_user, free_port, wait_port
 
 PASSWORD = "Gw-attack-pass-1"

@@ -1,5 +1,5 @@
 """``python -m gateway``: the command-line interface."""
 
-from gateway.cli import main
+from gateway.edges.cli import main
 
 raise SystemExit(main())

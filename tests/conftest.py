@@ -79,7 +79,7 @@ class RunningGateway:
     """A gateway serving in a background thread of the test process."""
 
     def __init__(self, doc: dict[str, Any]) -> None:
-        from gateway.app import Gateway  # here: unit tests need not load the whole stack
+        from gateway.edges.app import Gateway  # here: unit tests need not load the whole stack
 
         self.gateway = Gateway(config.parse(doc))
         self.host, self.port = self.gateway.address

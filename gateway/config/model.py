@@ -52,7 +52,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True)
 class ProxyProtocolConfig:
-    """PROXY protocol v1/v2 headers from load balancers (gateway.proxy_protocol)."""
+    """PROXY protocol v1/v2 headers from load balancers (gateway.core.proxy_protocol)."""
 
     trusted: tuple[Network, ...] = ()  # peers that must send the header; empty: off
     header_timeout: float = 5.0
@@ -99,13 +99,13 @@ class LimitsConfig:
     drain_timeout: float = 30.0
     checksum_max_mib: int = 16384  # HASH/XSHA*: the most a checksum reads (MiB)
     checksums_at_once: int = 2  # ... and how many the process computes at once
-    #: A regular expression every login name must match whole (see gateway.routing).
+    #: A regular expression every login name must match whole (see gateway.core.routing).
     user_names: str = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 
 
 @dataclass(frozen=True)
 class GuardConfig:
-    """The brute-force guard (gateway.guard) and limits on sessions that have not logged in."""
+    """The brute-force guard (gateway.features.guard) and limits on sessions that have not logged in."""
 
     enabled: bool = True
     max_failures: int = 5  # failed logins of one user from one address within `window` before a ban
@@ -188,7 +188,7 @@ class RouteConfig:
     read_only: bool = False
     commands: frozenset[str] | None = None  # allowed FTP verbs (None: all)
     #: The clients' encoding of names, translated to the UTF-8 names of the SFTP backend
-    #: (gateway.names); None: names are bytes, passed as they are.
+    #: (gateway.core.names); None: names are bytes, passed as they are.
     name_encoding: str | None = None
 
 

@@ -8,7 +8,6 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from gateway import names, passwords
 from gateway.config.files import _fingerprints, _known_hosts_file, _readable_file, _secret
 from gateway.config.model import (
     AUTH_MODES,
@@ -36,6 +35,7 @@ from gateway.config.reader import (
     _root_template,
     _Section,
 )
+from gateway.core import names, passwords
 
 
 def _ftp_backend(name: str, s: _Section, base_dir: Path) -> BackendConfig:

@@ -11,8 +11,8 @@ from typing import Any
 
 from pyftpdlib.authorizers import AuthenticationFailed
 
-from gateway.errors import LoginRefused
-from gateway.storage import Authenticate, Login, Storage
+from gateway.core.errors import LoginRefused
+from gateway.core.storage import Authenticate, Login, Storage
 
 #: pyftpdlib permission letters: read (e l r) and write (a d f m w M T).
 FULL_PERMS = "elradfmwMT"

@@ -16,8 +16,8 @@ from pyftpdlib.handlers import DTPHandler
 from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 from pyftpdlib.log import logger as ftplog
 
-from gateway import proxy_protocol
-from gateway.errors import GatewayError, NoPassivePort
+from gateway.core import proxy_protocol
+from gateway.core.errors import GatewayError, NoPassivePort
 from gateway.ftp import compat
 from gateway.ftp.proxy import read_header
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from pyftpdlib.filesystems import AbstractedFS
 
-from gateway import errors, paths
-from gateway.storage import Attrs, Kind, ReadStream, Storage, WriteStream
+from gateway.core import errors, paths
+from gateway.core.storage import Attrs, Kind, ReadStream, Storage, WriteStream
 
 _ABSENT = (errors.NotFound, errors.PermissionDenied, errors.NotADirectory)
 
@@ -44,7 +44,7 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
             self._attrs[key] = self.storage.stat(path) if follow else self.storage.lstat(path)
         return self._attrs[key]
 
-    # --- path translation (pure, see gateway.paths)
+    # --- path translation (pure, see gateway.core.paths)
 
     def ftpnorm(self, ftppath: str) -> str:
         return paths.resolve(self.cwd, ftppath)

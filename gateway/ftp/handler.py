@@ -25,9 +25,13 @@ from typing import Any
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.log import logger as ftplog
 
-from gateway import checksums, listing, logs, names, paths, proxy_protocol
 from gateway.config import Network, Phase
-from gateway.errors import BadName, Banned, GatewayError, Retired
+from gateway.core import checksums, listing, logs, names, paths, proxy_protocol
+from gateway.core.errors import BadName, Banned, GatewayError, Retired
+from gateway.core.storage import Authenticate, Login, Storage
+from gateway.features.guard import Guard
+from gateway.features.metrics import Metrics
+from gateway.features.usage.session import FILE_TRANSFERS, Record, SessionUsage
 from gateway.ftp import policy
 from gateway.ftp.authorizer import SessionAuthorizer
 from gateway.ftp.data import GatewayActiveDTP, GatewayDTPHandler, GatewayPassiveDTP
@@ -35,10 +39,6 @@ from gateway.ftp.filesystem import GatewayFS
 from gateway.ftp.listings import ListingCommands
 from gateway.ftp.proxy import NoHeader, read_header
 from gateway.ftp.site import SiteAndChecksumCommands
-from gateway.guard import Guard
-from gateway.metrics import Metrics
-from gateway.storage import Authenticate, Login, Storage
-from gateway.usage.session import FILE_TRANSFERS, Record, SessionUsage
 
 log = logging.getLogger("gateway.ftp")
 
@@ -223,8 +223,9 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
         super().found_terminator()
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
-        shown = line if cmd != "PASS" else f"{line.split(' ')[0]} {'*' * 6}"
-        self.logline(f"<- {logs.escape(shown)}")  # client text, escaped: see "logging" below
+        if self._log_debug:  # client text, escaped: see "logging" below
+            shown = line if cmd != "PASS" else f"{line.split(' ')[0]} {'*' * 6}"
+            self.logline(f"<- {logs.escape(shown)}")
         if self.fs is not None:
             self.fs.forget()
         cmd, arg = self._set_mtime_alias(cmd, arg)
@@ -646,7 +647,7 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
             failure = f" {logs.quote(respstr)}" if respcode >= 400 else ""
             self.log(f"{cmd} {logs.quote(arg)} {respcode}{failure}")
 
-    # --- the usage report (gateway.usage)
+    # --- the usage report (gateway.features.usage)
 
     def binary_in_ascii(self) -> None:
         """The running TYPE A transfer carries NUL bytes (called by the data channel)."""
@@ -698,7 +699,7 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
             "route": self.route,
         }
 
-    # --- logging: client text (names, paths, command lines) escaped by gateway.logs, every
+    # --- logging: client text (names, paths, command lines) escaped by gateway.core.logs, every
     # line through listing.printable. A log line is what fail2ban and analysers read: no
     # client text may pose as a line of the gateway's own (see README, "Logs").
 

@@ -1,5 +1,5 @@
 """LIST, NLST, MLSD, MLST and STAT: listings from the storage's READDIR attributes
-(``gateway.listing`` makes the lines), or the legacy server's own in the legacy phases.
+(``gateway.core.listing`` makes the lines), or the legacy server's own in the legacy phases.
 
 A mixin of the control channel (``gateway.ftp.handler.GatewayHandler``).
 """
@@ -12,11 +12,11 @@ from collections.abc import Iterable, Iterator
 
 from pyftpdlib.handlers import FTPHandler
 
-from gateway import listing
-from gateway.errors import NotFound
+from gateway.core import listing
+from gateway.core.errors import NotFound
+from gateway.core.storage import Entry, Kind, Passthrough
 from gateway.ftp import policy
 from gateway.ftp.filesystem import GatewayFS
-from gateway.storage import Entry, Kind, Passthrough
 
 
 class _LineProducer:
@@ -39,7 +39,7 @@ class ListingCommands(FTPHandler):  # type: ignore[misc]
 
     fs: GatewayFS
 
-    # --- listings (READDIR attrs, sanitised names; see gateway.listing)
+    # --- listings (READDIR attrs, sanitised names; see gateway.core.listing)
 
     def _entries(
         self, path: str, glob: bool = False, everything: bool = False

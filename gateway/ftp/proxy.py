@@ -1,12 +1,12 @@
-"""Reading a PROXY protocol header off an accepted socket (the parsing is gateway.proxy_protocol)."""
+"""Reading a PROXY protocol header off an accepted socket (the parsing is gateway.core.proxy_protocol)."""
 
 from __future__ import annotations
 
 import socket
 import time
 
-from gateway import proxy_protocol
-from gateway.proxy_protocol import ProxyHeader, ProxyHeaderError
+from gateway.core import proxy_protocol
+from gateway.core.proxy_protocol import ProxyHeader, ProxyHeaderError
 
 
 class NoHeader(ProxyHeaderError):

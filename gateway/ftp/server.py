@@ -15,15 +15,15 @@ from typing import Any
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
-from gateway.checksums import Limits
 from gateway.config import GatewayConfig
+from gateway.core.checksums import Limits
+from gateway.core.storage import Authenticate
+from gateway.features.guard import Guard, SourceCounts
+from gateway.features.metrics import Metrics
+from gateway.features.usage.session import Record
 from gateway.ftp.data import GatewayDTPHandler
 from gateway.ftp.handler import GatewayHandler
 from gateway.ftp.tls import GatewayImplicitTLSHandler, GatewayTLSDTPHandler, GatewayTLSHandler, ssl_context
-from gateway.guard import Guard, SourceCounts
-from gateway.metrics import Metrics
-from gateway.storage import Authenticate
-from gateway.usage.session import Record
 
 log = logging.getLogger("gateway.ftp")
 

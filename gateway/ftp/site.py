@@ -11,8 +11,8 @@ import time
 
 from pyftpdlib.handlers import FTPHandler
 
-from gateway import checksums, modes, names
-from gateway.errors import GatewayError
+from gateway.core import checksums, modes, names
+from gateway.core.errors import GatewayError
 from gateway.ftp import policy
 from gateway.ftp.filesystem import GatewayFS
 
@@ -68,7 +68,7 @@ class SiteAndChecksumCommands(FTPHandler):  # type: ignore[misc]
         self.respond("200 SITE UTIME command successful.")
         return path
 
-    # --- checksums (gateway.checksums): replies as ProFTPD's mod_digest gives them
+    # --- checksums (gateway.core.checksums): replies as ProFTPD's mod_digest gives them
 
     def _hash_feature(self) -> str:
         """FEAT's HASH line, the selected algorithm starred."""

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import pytest
 
 from gateway import config
-from gateway.logins import Logins
-from gateway.memory_storage import MemoryStorage
-from gateway.metrics import Metrics
-from gateway.shadow import ShadowStorage
-from gateway.storage import Kind, Storage
+from gateway.core.memory_storage import MemoryStorage
+from gateway.core.storage import Kind, Storage
+from gateway.edges.logins import Logins
+from gateway.features.metrics import Metrics
+from gateway.features.shadow import ShadowStorage
 from tests.conftest import PASSWORD, base_config, legacy_config, legacy_server
 
 KINDS = ["memory", "shadow-memory", "sftp", "ftp", "shadow"]

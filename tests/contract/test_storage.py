@@ -1,4 +1,4 @@
-"""The storage contract: what every implementation of ``gateway.storage.Storage`` does, run
+"""The storage contract: what every implementation of ``gateway.core.storage.Storage`` does, run
 over memory, SFTP (real sshd), a legacy FTP server and both shadows (tests/contract/conftest.py).
 
 Where a legacy FTP server cannot keep a promise of the interface (the gateway relays what
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import errors
-from gateway.storage import Kind
+from gateway.core import errors
+from gateway.core.storage import Kind
 from tests.contract.conftest import LEGACY, Tree
 
 DATA = bytes(range(256)) * 1024  # 256 KiB, every byte value

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway import cli, config
+from gateway import config
+from gateway.edges import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -292,7 +293,7 @@ def test_unknown_metrics_helper_finds_misspelt_names() -> None:
 
 
 def test_known_metrics_are_what_the_gateway_exports() -> None:
-    from gateway.metrics import Metrics
+    from gateway.features.metrics import Metrics
 
     exported = set()
     for family in Metrics(per_user=1).registry.collect():

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway import cli, config
+from gateway import config
+from gateway.edges import cli
 from tests.integration.test_deploy import DEPLOY, load_yaml, port_range, with_known_hosts
 
 SCALE = DEPLOY / "kubernetes-scale-out"

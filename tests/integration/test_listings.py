@@ -149,7 +149,7 @@ def test_wildcards_in_list_and_nlst(ftp, user):
 
 
 def test_a_directory_larger_than_the_sort_limit_streams_completely(ftp, user):
-    from gateway.listing import SORT_LIMIT
+    from gateway.core.listing import SORT_LIMIT
 
     big = user.home / "big"
     big.mkdir()

@@ -157,8 +157,8 @@ def test_a_backend_named_by_dns_name(gateway_factory, sshd, user, tmp_path):
     known.write_text(f"[localhost]:{sshd.port} " + sshd.known_hosts.read_text().split(" ", 1)[1])
     doc = base_config(sshd)
     doc["backends"]["main"].update(host="localhost", known_hosts=str(known))
-    from gateway.app import backend_problems
     from gateway.config import parse
+    from gateway.edges.app import backend_problems
 
     assert backend_problems(parse(doc)) == []
     ftp = gateway_factory(doc).login(user)

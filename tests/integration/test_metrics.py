@@ -298,11 +298,11 @@ def test_a_real_prometheus_sees_the_counters_move(gw, user, tmp_path):
 
 
 def test_readyz_follows_a_backend_sshd_that_stops_and_returns(gateway_factory, sshd, tmp_path, monkeypatch):
-    import gateway.app
+    import gateway.edges.app
     from tests.conftest import base_config
     from tests.helpers.sshd import OpenSSHServer
 
-    monkeypatch.setattr(gateway.app, "READY_INTERVAL", 0.5)
+    monkeypatch.setattr(gateway.edges.app, "READY_INTERVAL", 0.5)
     second = OpenSSHServer(tmp_path / "sshd2").start()
     try:
         doc = base_config(sshd)

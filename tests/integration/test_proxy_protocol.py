@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from gateway.proxy_protocol import V2_SIGNATURE
+from gateway.core.proxy_protocol import V2_SIGNATURE
 from tests.conftest import base_config, seed, tls_config
 
 BALANCER = "127.0.0.1/32"  # the tests connect from 127.0.0.1: that is the "balancer"

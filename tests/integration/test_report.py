@@ -19,7 +19,8 @@ import yaml
 
 from tests.conftest import CLI, base_config, legacy_config, seed, wait_for
 
-SCHEMA = json.loads((Path(__file__).parents[2] / "gateway" / "usage" / "report.schema.json").read_text())
+SCHEMA_FILE = Path(__file__).parents[2] / "gateway" / "features" / "usage" / "report.schema.json"
+SCHEMA = json.loads(SCHEMA_FILE.read_text())
 
 
 #: What every reason and warning ends with: when its problem was first and last seen.
@@ -217,7 +218,7 @@ def test_every_phase_of_a_migration_is_told_truthfully(gateway_factory, sshd, le
 
 
 def test_prometheus_view_by_phase_tls_and_capped_users(gateway_factory, sshd, user, user2, tmp_path):
-    from gateway.usage import store
+    from gateway.features.usage import store
     from tests.integration.test_metrics import scrape, value
 
     doc = with_report(base_config(sshd), tmp_path, per_user_metrics=1)
@@ -326,8 +327,8 @@ def test_since_counts_only_the_problems_inside_it(sshd, tmp_path):
     """A batch job's SITE RECFM and failed upload three hours ago, six clean uploads ten
     minutes ago (in one day's row, unless midnight fell between): blocked over the whole
     record, ready over the last hour."""
-    from gateway.usage import store
-    from gateway.usage.session import SessionUsage
+    from gateway.features.usage import store
+    from gateway.features.usage.session import SessionUsage
 
     doc = with_report(base_config(sshd), tmp_path)
     clock = [time.time() - 3 * 3600]

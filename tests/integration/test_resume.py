@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.passwords import hash_password
+from gateway.core.passwords import hash_password
 from tests.conftest import base_config, seed, start_upload, wait_for
 from tests.helpers.ftp_relay import FTPRelay
 

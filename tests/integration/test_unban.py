@@ -8,8 +8,8 @@ import ftplib
 import re
 import subprocess
 
-from gateway.httpd import Request
-from gateway.metrics_http import Admin, admin_response
+from gateway.edges.httpd import Request
+from gateway.edges.metrics_http import Admin, admin_response
 from tests.conftest import CLI, base_config, write_config
 
 

@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import base_config, seed
+from tests.conftest import base_config, seed, wait_for
 from tests.helpers.sshd import free_port, wait_port
 
 
@@ -33,9 +32,7 @@ def workers_gateway(sshd, tmp_path: Path):
     cfg.write_text(yaml.safe_dump(doc))
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(cfg)])
     wait_port("127.0.0.1", port)
-    deadline = time.monotonic() + 10
-    while len(children_of(proc.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_for(lambda: len(children_of(proc.pid)) == 2)
     yield proc, port
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -72,12 +69,7 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(workers_gateway, user):
     proc, port = workers_gateway
     first, second = children_of(proc.pid)
     os.kill(first, signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        now = children_of(proc.pid)
-        if len(now) == 2 and first not in now:
-            break
-        time.sleep(0.1)
+    assert wait_for(lambda: len(children_of(proc.pid)) == 2 and first not in children_of(proc.pid), 15)
     now = children_of(proc.pid)
     assert len(now) == 2 and first not in now and second in now
     for i in range(4):
@@ -91,13 +83,11 @@ def test_sigterm_right_after_a_worker_died_stops_everything(workers_gateway):
     proc, _ = workers_gateway
     first, second = children_of(proc.pid)
     os.kill(first, signal.SIGKILL)
-    time.sleep(0.2)  # the supervisor is now waiting to restart it
+    # Reaped (no longer a zombie child): the supervisor is now waiting to restart it.
+    assert wait_for(lambda: first not in children_of(proc.pid))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{second}"):
-        time.sleep(0.1)
-    assert not os.path.exists(f"/proc/{second}")
+    assert wait_for(lambda: not os.path.exists(f"/proc/{second}"))
 
 
 def test_workers_need_enough_passive_ports(sshd):

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.listing import is_name_text
+from gateway.core.listing import is_name_text
 from tests.conftest import PASSWORD, GatewayProcess, base_config, wait_for
 
 EXAMPLES = int(os.environ.get("FTPGW_FUZZ_EXAMPLES", "200"))

@@ -12,7 +12,7 @@ import socket
 import time
 import urllib.request
 
-from gateway import httpd
+from gateway.edges import httpd
 
 
 def healthz(port: int) -> int:

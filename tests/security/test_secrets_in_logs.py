@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from gateway.passwords import hash_password
+from gateway.core.passwords import hash_password
 from tests.conftest import base_config
 
 

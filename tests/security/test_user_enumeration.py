@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from gateway.passwords import hash_password
+from gateway.core.passwords import hash_password
 from tests.conftest import base_config
 
 

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from gateway import config
-from gateway.passwords import hash_password
+from gateway.core.passwords import hash_password
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "gateway.example.yaml"
 
@@ -544,7 +544,7 @@ def test_service_account_problems(known_hosts, tmp_path, sftp, legacy, problem):
 def test_print_gives_a_document_check_config_accepts(known_hosts, tmp_path, tls_files, monkeypatch):
     """check-config --print: every section written out, secrets as their file or variable;
     parsed again it is the same config (and never holds a secret's value)."""
-    from gateway.passwords import hash_password
+    from gateway.core.passwords import hash_password
 
     (tmp_path / "admin.pass").write_text("legacy-admin-secret\n")
     (tmp_path / "acme.pw").write_text("acme-sftp-secret\n")

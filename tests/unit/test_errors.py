@@ -1,8 +1,8 @@
 import asyncssh
 import pytest
 
-from gateway import errors
 from gateway.backends.sftp.errors import translate
+from gateway.core import errors
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import calendar
 import ftplib
 
-from gateway import errors
 from gateway.backends.ftp.storage import parse_list_line, parse_mlsx, translate
-from gateway.storage import Kind
+from gateway.core import errors
+from gateway.core.storage import Kind
 
 NOW = calendar.timegm((2026, 11, 25, 12, 0, 0))
 

@@ -6,7 +6,7 @@ import ipaddress
 import time
 
 from gateway.config import GuardConfig
-from gateway.guard import Guard
+from gateway.features.guard import Guard
 
 
 class Clock:
@@ -128,7 +128,7 @@ def test_allowed_networks_are_never_scored_or_banned():
 
 
 def test_workers_guards_share_failures_and_unbans():
-    """Two workers' guards, wired as gateway.workers.GuardBus wires them (without the sockets)."""
+    """Two workers' guards, wired as gateway.edges.workers.GuardBus wires them (without the sockets)."""
     clock = Clock()
     cfg = GuardConfig(max_failures=3, max_failures_per_address=10, window=60, ban_time=100)
     peers: list[Guard] = []
@@ -147,7 +147,7 @@ def test_workers_guards_share_failures_and_unbans():
 
 
 def test_the_guard_bus_carries_events_between_processes_sockets(tmp_path):
-    from gateway.workers import GuardBus, Siblings
+    from gateway.edges.workers import GuardBus, Siblings
 
     a, b = str(tmp_path / "a.sock"), str(tmp_path / "b.sock")
     got: list[dict[str, str]] = []

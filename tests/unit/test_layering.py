@@ -1,4 +1,13 @@
-"""The dependency rule (README, "Architecture"): a pure core, adapters that never import each other."""
+"""The dependency rule (README, "Architecture"): the top-level packages are the layers.
+
+    core/ config/   the pure rules and the storage interface: import only each other
+    features/       guard, shadow, sync, usage: import the core
+    ftp/            the FTP front end (pyftpdlib): imports the core and the features
+    backends/       the storages (asyncssh, ftplib): import the core and the features
+    edges/          processes, CLI, HTTP, wiring: import anything
+
+No layer imports one to its right, and the two adapters never import each other.
+"""
 
 import ast
 from pathlib import Path
@@ -6,26 +15,19 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[2] / "gateway"
-#: The pure core: the model, the rules, the storage interface and what works on it alone.
-CORE = [
-    *("paths", "routing", "listing", "errors", "storage", "memory_storage", "logs"),
-    *("proxy_protocol", "names", "modes", "checksums", "guard", "passwords", "shadow", "sync"),
-]
-#: The edges: processes, the command line, HTTP, metrics, the pieces that wire adapters up.
-EDGES = [
-    *("__init__", "__main__", "app", "cli", "workers", "metrics", "metrics_http", "httpd", "malloc"),
-    *("auth_external", "logins", "sync_run", "connectivity"),
-]
-#: What only the edges may import (besides the adapters).
-_EDGE_IMPORTS = tuple(
-    f"gateway.{name}" for name in ("app", "cli", "workers", "sync_run", "connectivity", "httpd")
-)
+LAYERS = ("core", "config", "features", "ftp", "backends", "edges")
+_ADAPTERS = ("pyftpdlib", "asyncssh", "gateway.ftp", "gateway.backends", "gateway.edges")
 FORBIDDEN = {
-    "core": ("pyftpdlib", "asyncssh", "gateway.ftp", "gateway.backends", "gateway.metrics", *_EDGE_IMPORTS),
-    "ftp": ("asyncssh", "gateway.backends", *_EDGE_IMPORTS),
-    "backends": ("pyftpdlib", "gateway.ftp", *_EDGE_IMPORTS),
-    "edge": (),
+    "core": ("gateway.features", *_ADAPTERS),
+    "config": ("gateway.features", *_ADAPTERS),
+    "features": _ADAPTERS,
+    "ftp": ("asyncssh", "gateway.backends", "gateway.edges"),
+    "backends": ("pyftpdlib", "gateway.ftp", "gateway.edges"),
+    "edges": (),
+    "top": ("pyftpdlib", "asyncssh", "gateway.ftp", "gateway.backends", "gateway.features", "gateway.core"),
 }
+#: The top level holds nothing but the packages, the version and ``python -m gateway``.
+TOP = {"__init__.py": "top", "__main__.py": "edges"}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -39,16 +41,11 @@ def imports_of(path: Path) -> set[str]:
 
 
 def modules():
-    for name in CORE:
-        yield "core", PACKAGE / f"{name}.py"
-    for package in ("config", "usage"):  # the configuration and the usage report: core too
-        for path in sorted((PACKAGE / package).glob("*.py")):
-            yield "core", path
-    for layer in ("ftp", "backends"):
+    for name, layer in TOP.items():
+        yield layer, PACKAGE / name
+    for layer in LAYERS:
         for path in sorted((PACKAGE / layer).rglob("*.py")):
             yield layer, path
-    for name in EDGES:
-        yield "edge", PACKAGE / f"{name}.py"
 
 
 @pytest.mark.parametrize(("layer", "path"), list(modules()), ids=lambda v: getattr(v, "name", v))
@@ -61,3 +58,4 @@ def test_every_module_has_a_layer():
     placed = [path for _, path in modules()]
     assert len(placed) == len(set(placed))  # one layer each
     assert sorted(set(PACKAGE.rglob("*.py")) - set(placed)) == []
+    assert sorted(p.name for p in PACKAGE.iterdir() if p.suffix == ".py") == sorted(TOP)

@@ -3,8 +3,8 @@ import calendar
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import listing
-from gateway.storage import Attrs, Entry, Kind
+from gateway.core import listing
+from gateway.core.storage import Attrs, Entry, Kind
 
 NOW = calendar.timegm((2026, 11, 25, 12, 0, 0))
 RECENT = calendar.timegm((2026, 10, 1, 8, 5, 0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-from gateway import logs
+from gateway.core import logs
 
 
 def test_audit_lines_cannot_carry_a_second_client_address(caplog):

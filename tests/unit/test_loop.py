@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from gateway.backends.sftp.loop import BackgroundLoop
-from gateway.errors import BackendTimeout
+from gateway.core.errors import BackendTimeout
 
 
 @pytest.fixture

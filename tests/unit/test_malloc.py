@@ -1,10 +1,10 @@
-"""glibc malloc tuning (gateway.malloc): applied on glibc, harmless elsewhere."""
+"""glibc malloc tuning (gateway.edges.malloc): applied on glibc, harmless elsewhere."""
 
 import platform
 
 import pytest
 
-from gateway import malloc
+from gateway.edges import malloc
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import modes
+from gateway.core import modes
 
 WHO = st.text(alphabet="ugoa", max_size=3)
 PERMS = st.one_of(st.text(alphabet="rwxXst", max_size=4), st.sampled_from("ugo"))

@@ -1,10 +1,10 @@
-"""gateway.names: which bytes a name is on the FTP wire, per route and client."""
+"""gateway.core.names: which bytes a name is on the FTP wire, per route and client."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway import names
+from gateway.core import names
 
 
 def test_without_a_name_encoding_names_are_bytes_whatever_the_client_announced():

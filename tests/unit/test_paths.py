@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import paths
-from gateway.errors import BadArgument
+from gateway.core import paths
+from gateway.core.errors import BadArgument
 
 segment = st.sampled_from(["..", ".", "", "a", "b c", "ü", "...", "x..y"])
 raw_path = st.lists(segment, max_size=12).map("/".join)

@@ -1,4 +1,4 @@
-"""PROXY protocol v1/v2 parsing and the trusted-network check (gateway.proxy_protocol)."""
+"""PROXY protocol v1/v2 parsing and the trusted-network check (gateway.core.proxy_protocol)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.proxy_protocol import (
+from gateway.core.proxy_protocol import (
     V1_MAX,
     V2_SIGNATURE,
     ProxyHeader,

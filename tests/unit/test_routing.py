@@ -1,7 +1,7 @@
 import pytest
 
 from gateway.config import LimitsConfig, RouteConfig
-from gateway.routing import acceptable_user, is_safe_user, match_route, render_root
+from gateway.core.routing import acceptable_user, is_safe_user, match_route, render_root
 
 ROUTES = (
     RouteConfig(name="partners", user="partner-*", backend="b1", root="/data/{user}"),

@@ -10,7 +10,7 @@ from asyncssh import SFTPAttrs
 from asyncssh import constants as fx
 
 from gateway.backends.sftp.attrs import to_attrs
-from gateway.storage import Kind
+from gateway.core.storage import Kind
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import asyncssh
 import pytest
 
-from gateway import errors
 from gateway.backends.sftp.pool import Credential, SFTPPool
 from gateway.config import PoolConfig
+from gateway.core import errors
 
 
 @dataclass

@@ -1,8 +1,8 @@
-"""Hidden names of uploads in progress and kept partials (gateway.storage)."""
+"""Hidden names of uploads in progress and kept partials (gateway.core.storage)."""
 
 from __future__ import annotations
 
-from gateway.storage import is_upload_in_progress, partial_name
+from gateway.core.storage import is_upload_in_progress, partial_name
 
 
 def test_a_partial_is_per_login_and_next_to_its_target():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 
 from gateway.config import RouteConfig
-from gateway.sync import Summary
-from gateway.sync_run import Display, Job, Outcome, failed, summary_lines
+from gateway.edges.sync_run import Display, Job, Outcome, failed, summary_lines
+from gateway.features.sync import Summary
 
 ROUTE = RouteConfig("partners", "p*", "main", legacy="old-ftp", phase="shadow")
 

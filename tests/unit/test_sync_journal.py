@@ -1,12 +1,12 @@
-"""sync's journal in the report database (gateway.usage.journal)."""
+"""sync's journal in the report database (gateway.features.usage.journal)."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from gateway.sync import Copied
-from gateway.usage import store
-from gateway.usage.journal import SQLiteJournal
+from gateway.features.sync import Copied
+from gateway.features.usage import store
+from gateway.features.usage.journal import SQLiteJournal
 
 COPY = Copied(
     legacy_size=10, legacy_mtime=1_700_000_000, sha256="ab" * 32, sftp_size=10, sftp_mtime=1_700_000_000

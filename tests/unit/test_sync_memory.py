@@ -1,12 +1,12 @@
-"""gateway.sync on two in-memory storages: what is copied, skipped and left alone as a
+"""gateway.features.sync on two in-memory storages: what is copied, skipped and left alone as a
 conflict, with the journal; no servers needed (the same rules run against real servers in
 tests/integration/test_sync*.py)."""
 
 from __future__ import annotations
 
-from gateway.memory_storage import MemoryStorage
-from gateway.storage import Kind
-from gateway.sync import PARTIAL_SUFFIX, Copied, Trees, apply, plan
+from gateway.core.memory_storage import MemoryStorage
+from gateway.core.storage import Kind
+from gateway.features.sync import PARTIAL_SUFFIX, Copied, Trees, apply, plan
 
 
 class Journal:

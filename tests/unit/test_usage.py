@@ -15,11 +15,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from gateway.usage import render, store
-from gateway.usage.clients import from_clnt, identify
-from gateway.usage.readiness import Evidence, assess
-from gateway.usage.session import MAX_KEYS, MAX_TEXT, Key, Record, SessionUsage, Totals, verb_name
-from gateway.usage.store import Row, StoreError, UsageStore
+from gateway.features.usage import render, store
+from gateway.features.usage.clients import from_clnt, identify
+from gateway.features.usage.readiness import Evidence, assess
+from gateway.features.usage.session import MAX_KEYS, MAX_TEXT, Key, Record, SessionUsage, Totals, verb_name
+from gateway.features.usage.store import Row, StoreError, UsageStore
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 DAY = 86400.0
@@ -1055,7 +1055,7 @@ def test_table():
 
 
 def test_refused_names_never_take_a_per_user_metrics_slot():
-    from gateway.metrics import Metrics
+    from gateway.features.metrics import Metrics
 
     metrics = Metrics(per_user=1)
     metrics.phase_login("retired", False, "made-up")  # before any password check
@@ -1071,7 +1071,7 @@ def test_refused_names_never_take_a_per_user_metrics_slot():
 
 @pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin", "America/New_York", "Australia/Sydney"])
 def test_since_dates_are_utc_days_in_any_time_zone(tz, monkeypatch):
-    from gateway.cli import since_arg
+    from gateway.edges.cli import since_arg
 
     monkeypatch.setenv("TZ", tz)
     time.tzset()

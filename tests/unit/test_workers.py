@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import config
-from gateway.workers import worker_config
+from gateway.edges.workers import worker_config
 
 
 @given(low=st.integers(1024, 60000), size=st.integers(1, 5000), workers=st.integers(1, 64))

@@ -11,11 +11,11 @@ import ssl
 import time
 from typing import Any
 
-from gateway import errors
 from gateway.backends.ftp.storage import FTPStorage
 from gateway.config import BackendConfig
-from gateway.listing import printable
-from gateway.metrics import Metrics
+from gateway.core import errors
+from gateway.core.listing import printable
+from gateway.features.metrics import Metrics
 
 log = logging.getLogger("gateway.ftp_backend")
 

@@ -20,9 +20,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from gateway import errors
-from gateway.listing import printable
-from gateway.storage import Attrs, Entry, Kind
+from gateway.core import errors
+from gateway.core.listing import printable
+from gateway.core.storage import Attrs, Entry, Kind
 
 # English month names as `ls -l` on FTP servers writes them (not the locale's).
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -222,7 +222,7 @@ class FTPWriteStream(_Transfer):
 
 
 class FTPStorage:
-    """A logged-in session on a legacy FTP server (implements gateway.storage.Storage)."""
+    """A logged-in session on a legacy FTP server (implements gateway.core.storage.Storage)."""
 
     def __init__(self, ftp: ftplib.FTP) -> None:
         self.ftp = ftp
@@ -291,7 +291,7 @@ class FTPStorage:
         """The FTP login directory on the legacy server."""
         return str(self._home)
 
-    # --- pass-through (gateway.storage.Passthrough): the legacy server's own answers
+    # --- pass-through (gateway.core.storage.Passthrough): the legacy server's own answers
 
     def site(self, command: str) -> tuple[int, list[str]]:
         """``SITE command`` as the legacy server answers it (any code: its reply is the answer)."""

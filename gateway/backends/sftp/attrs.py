@@ -8,7 +8,7 @@ import stat as statmod
 import asyncssh
 from asyncssh import constants as fx
 
-from gateway.storage import Attrs, Kind
+from gateway.core.storage import Attrs, Kind
 
 KIND_BY_TYPE = {
     fx.FILEXFER_TYPE_REGULAR: Kind.FILE,

@@ -21,14 +21,14 @@ from typing import Any
 
 import asyncssh
 
-from gateway import errors
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.backends.sftp.pool import Credential, Lease, SFTPPool
 from gateway.backends.sftp.storage import SFTPStorage
 from gateway.backends.sftp.uploads import FailedReplacements
 from gateway.config import BackendConfig
-from gateway.metrics import Metrics
+from gateway.core import errors
+from gateway.features.metrics import Metrics
 
 log = logging.getLogger("gateway.sftp")
 

@@ -7,7 +7,7 @@ import asyncio
 import asyncssh
 from asyncssh import constants as fx
 
-from gateway import errors
+from gateway.core import errors
 
 # SFTP status codes (draft-ietf-secsh-filexfer, v3 codes 0-8 plus the v4-v6 extras) to the
 # gateway error that carries the FTP reply. OpenSSH speaks v3 and folds EEXIST, ENOTEMPTY,

@@ -19,7 +19,7 @@ import asyncssh
 
 from gateway.backends.sftp.errors import translate
 from gateway.backends.sftp.loop import BackgroundLoop, wait
-from gateway.errors import BackendTimeout, GatewayError, NoSpace, QuotaExceeded
+from gateway.core.errors import BackendTimeout, GatewayError, NoSpace, QuotaExceeded
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from gateway.errors import BackendTimeout
+from gateway.core.errors import BackendTimeout
 
 T = TypeVar("T")
 

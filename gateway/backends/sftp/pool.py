@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
-from gateway import errors
 from gateway.config import PoolConfig
+from gateway.core import errors
 
 log = logging.getLogger("gateway.sftp.pool")
 

@@ -28,14 +28,14 @@ from typing import Any, TypeVar, cast
 import asyncssh
 from asyncssh import constants as fx
 
-from gateway import errors
 from gateway.backends.sftp.attrs import to_attrs
 from gateway.backends.sftp.errors import translate
 from gateway.backends.sftp.files import Budget, Discard, Report, SFTPReadStream, SFTPWriteStream, no_report
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.backends.sftp.pool import Lease
 from gateway.backends.sftp.uploads import AtomicUploads, FailedReplacements, remove_quietly
-from gateway.storage import Attrs, Entry, Kind, is_upload_in_progress
+from gateway.core import errors
+from gateway.core.storage import Attrs, Entry, Kind, is_upload_in_progress
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.sftp")
@@ -50,7 +50,7 @@ _OPEN_FLAGS = {
 
 
 class SFTPStorage(AtomicUploads):
-    """A logged-in SFTP session for one FTP user (implements gateway.storage.Storage)."""
+    """A logged-in SFTP session for one FTP user (implements gateway.core.storage.Storage)."""
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ may write (``may_replace``); anything else (a symlink, special file, read-only o
 file, a directory that refuses new files) is written in place, as without atomic uploads.
 
 What a failed binary upload got onto the backend is kept under a hidden name of its user
-(the partial, gateway.storage.partial_name) for ``partial_ttl`` seconds: SIZE, REST+STOR
+(the partial, gateway.core.storage.partial_name) for ``partial_ttl`` seconds: SIZE, REST+STOR
 and APPE of that name continue it, and it is renamed over the final name once complete.
 Temporary files and partials older than ``partial_ttl`` are removed when their directory
 is listed. Resumed uploads without a partial, and STOU, write in place.
@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncssh
 from asyncssh import constants as fx
 
-from gateway import errors, logs
 from gateway.backends.sftp.attrs import kind_of, to_attrs
 from gateway.backends.sftp.files import SFTPWriteStream
 from gateway.backends.sftp.loop import BackgroundLoop
-from gateway.storage import UPLOAD_TEMP_PREFIX, Attrs, Kind, partial_name
+from gateway.core import errors, logs
+from gateway.core.storage import UPLOAD_TEMP_PREFIX, Attrs, Kind, partial_name
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.sftp")

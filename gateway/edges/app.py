@@ -1,12 +1,12 @@
 """Composition: wires the FTP front end to the SFTP and legacy FTP backends per the config.
 
-The gateway process: its listeners, the login policy around ``gateway.logins`` (guard,
+The gateway process: its listeners, the login policy around ``gateway.edges.logins`` (guard,
 audit, metrics, usage record), readiness, reload, drain and signals. The only module
 (besides the CLI) that imports both ``gateway.ftp`` and ``gateway.backends``.
 
 Over 400 lines: the login policy and the process life cycle share the gateway's state (the
 config a reload replaces, the guard, the backends); the logins themselves are in
-``gateway.logins``.
+``gateway.edges.logins``.
 """
 
 from __future__ import annotations
@@ -24,21 +24,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from gateway import auth_external, config, errors, logs, workers
+from gateway import config
 from gateway.backends.sftp.backend import key_problem, known_hosts_problem
-from gateway.checksums import Limits
 from gateway.config import GatewayConfig, Phase, RouteConfig
+from gateway.core import errors, logs
+from gateway.core.checksums import Limits
+from gateway.core.passwords import verify_password
+from gateway.core.routing import acceptable_user, match_route
+from gateway.core.storage import Login, Refused
+from gateway.edges import auth_external, workers
+from gateway.edges.logins import Logins, RootUnusable, serving
+from gateway.edges.metrics_http import Admin, MetricsListener
+from gateway.edges.workers import GuardBus
+from gateway.features.guard import Guard
+from gateway.features.metrics import Metrics
+from gateway.features.usage.store import StoreError, UsageStore, active_users, headcount
 from gateway.ftp.server import METRIC_COMMANDS, build_server, share_limits
 from gateway.ftp.tls import session_reuse_supported
-from gateway.guard import Guard
-from gateway.logins import Logins, RootUnusable, serving
-from gateway.metrics import Metrics
-from gateway.metrics_http import Admin, MetricsListener
-from gateway.passwords import verify_password
-from gateway.routing import acceptable_user, match_route
-from gateway.storage import Login, Refused
-from gateway.usage.store import StoreError, UsageStore, active_users, headcount
-from gateway.workers import GuardBus
 
 log = logging.getLogger("gateway")
 shadow_log = logging.getLogger("gateway.shadow")
@@ -232,7 +234,7 @@ class Gateway(Logins):
         """
         label = "yes" if tls else "no"
         # The guard first: a banned address (or user from it) never reaches a backend, and
-        # attempts in flight count, so parallel sessions cannot outrun it (see gateway.guard).
+        # attempts in flight count, so parallel sessions cannot outrun it (see gateway.features.guard).
         if not self.guard.begin_attempt(client_ip, user):
             self._refused(client_ip, user, "banned", "-", label)  # before routing, for the metric and audit
             if refused is not None and (route := self._route_of(user, client_ip)) is not None:
@@ -261,7 +263,7 @@ class Gateway(Logins):
     def _attempt(self, user: str, password: str, client_ip: str, tls: bool, label: str) -> Login:
         if not acceptable_user(user, self.cfg.limits.user_names):
             # Refused before any route or backend sees it: another spelling of a user that
-            # the backend would log in as that user (see gateway.routing) must not reach
+            # the backend would log in as that user (see gateway.core.routing) must not reach
             # the catch-all route, a pooled connection, a usage row or a metric of its own.
             self._refused(client_ip, user, "bad_user_name", "-", label)
             raise errors.LoginRefused()

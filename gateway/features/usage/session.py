@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.listing import printable
-from gateway.usage.clients import identify
+from gateway.core.listing import printable
+from gateway.features.usage.clients import identify
 
 #: Distinct command names (and SITE subcommands, reply codes) kept per record; more are "OTHER".
 MAX_KEYS = 64

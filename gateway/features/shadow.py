@@ -14,8 +14,8 @@ import posixpath
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gateway import errors, names
-from gateway.storage import Attrs, Entry, Passthrough, Storage, WriteStream
+from gateway.core import errors, names
+from gateway.core.storage import Attrs, Entry, Passthrough, Storage, WriteStream
 
 #: Called with (operation, backend path, what went wrong) when the SFTP copy diverges.
 Report = Callable[[str, str, str], None]

@@ -25,11 +25,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from gateway.usage.session import Key, Record, Totals
+from gateway.features.usage.session import Key, Record, Totals
 
 log = logging.getLogger("gateway.usage")
 
-#: 2: the sync journal (gateway.usage.journal) joined the usage table.
+#: 2: the sync journal (gateway.features.usage.journal) joined the usage table.
 SCHEMA_VERSION = 2
 _KEY_COLUMNS = ("day", "user", "route", "phase", "backend", "client_ip", "tls", "client", "outcome")
 _SCHEMA = f"""

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from gateway import errors
 from gateway.config import BackendConfig, GatewayConfig, Phase
-from gateway.logins import Logins
-from gateway.routing import match_route
-from gateway.storage import Kind
+from gateway.core import errors
+from gateway.core.routing import match_route
+from gateway.core.storage import Kind
+from gateway.edges.logins import Logins
 
 #: Seconds on top of a backend's connect_timeout before its probe counts as hung.
 _SLACK = 5.0

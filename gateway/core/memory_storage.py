@@ -4,7 +4,7 @@ Pure core. It is what ``tests/contract/`` runs the storage contract over besides
 backends, and what unit tests of ``shadow``, ``sync`` and the FTP side use instead of an SSH
 server: no root, no sshd, no network. It behaves as an SFTP server with atomic uploads does
 ("w" replaces the file when the upload closes, "a" and "r+" write in place), with the
-errors of ``gateway.errors`` a POSIX file system gives.
+errors of ``gateway.core.errors`` a POSIX file system gives.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from gateway import errors
-from gateway.storage import Attrs, Entry, Kind
+from gateway.core import errors
+from gateway.core.storage import Attrs, Entry, Kind
 
 _MAX_LINKS = 40  # symlinks followed before ELOOP, as Linux
 

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway import errors, names
-from gateway.storage import Attrs, Kind, Storage
+from gateway.core import errors, names
+from gateway.core.storage import Attrs, Kind, Storage
 
 _BLOCK = 256 * 1024
 PARTIAL_SUFFIX = ".ftpgw-sync"

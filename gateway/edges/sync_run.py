@@ -2,7 +2,7 @@
 
 Who is synced, with which credentials (the user's own password, or the backends' service
 accounts), how many users at once, and the progress display. What happens to each file is
-gateway.sync's. A run plans every user first (so the display knows how many bytes are to
+gateway.features.sync's. A run plans every user first (so the display knows how many bytes are to
 go), then copies; both passes run ``jobs`` users at a time.
 """
 
@@ -19,12 +19,12 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from gateway import errors
 from gateway.config import GatewayConfig, RouteConfig, ServiceAccount
-from gateway.logins import Logins, open_pair
-from gateway.routing import match_route, render_root
-from gateway.storage import Kind, Storage
-from gateway.sync import Journal, Plan, Summary, Trees, apply, plan
+from gateway.core import errors
+from gateway.core.routing import match_route, render_root
+from gateway.core.storage import Kind, Storage
+from gateway.edges.logins import Logins, open_pair
+from gateway.features.sync import Journal, Plan, Summary, Trees, apply, plan
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class Display:
         self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=out, disable=not tty)
 
     def for_job(self, job: Job) -> JobProgress:
-        """The gateway.sync Progress of one job."""
+        """The gateway.features.sync Progress of one job."""
         return JobProgress(self, self.label(job))
 
     def say(self, line: str) -> None:

@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from gateway.usage.readiness import UserReport, plural
+from gateway.features.usage.readiness import UserReport, plural
 
 #: 2: failed_logins, locked_out_since and the verdicts "locked out" and "never logged in".
 SCHEMA_VERSION = 2

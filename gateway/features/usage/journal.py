@@ -1,7 +1,7 @@
 """sync's journal in the report database: per route, user and file, what sync last copied.
 
 A second run of ``ftp-sftp-gateway sync`` reads it to tell its own earlier copies (still
-the size and time it left) from files changed on the SFTP side since (see gateway.sync).
+the size and time it left) from files changed on the SFTP side since (see gateway.features.sync).
 Paths are kept as the gateway reads names (UTF-8, other bytes as surrogate escapes).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from gateway.sync import Copied
-from gateway.usage.store import StoreError, connect
+from gateway.features.sync import Copied
+from gateway.features.usage.store import StoreError, connect
 
 _COLUMNS = "legacy_size, legacy_mtime, sha256, sftp_size, sftp_mtime"
 

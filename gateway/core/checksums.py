@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway import errors
-from gateway.storage import Kind, Storage
+from gateway.core import errors
+from gateway.core.storage import Kind, Storage
 
 #: The algorithms in their IANA names (OPTS HASH, the HASH reply) as FEAT lists them.
 ALGORITHMS = ("SHA-256", "SHA-512", "SHA-1", "MD5", "CRC32")

@@ -7,7 +7,7 @@ range, so a data connection always reaches the process that announced the port, 
 its own background loop, connection pool and transfer budget (its share of the configured
 totals). Forking happens before any thread exists.
 
-The workers' guards share what they learn (gateway.guard): each worker has a Unix datagram
+The workers' guards share what they learn (gateway.features.guard): each worker has a Unix datagram
 socket in a directory only the gateway's user may enter, made by the supervisor, and sends
 every failed login and unban to the sockets of the others (``GuardBus``).
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 from types import FrameType
 
 from gateway.config import GatewayConfig, passive_share
-from gateway.guard import Event
+from gateway.features.guard import Event
 
 log = logging.getLogger("gateway.workers")
 

@@ -17,7 +17,7 @@ Addresses are counted by ``source``: an IPv6 /64 is one client. ``SourceCounts``
 sessions that way, for the guard's not-logged-in caps and the server's per-address limit.
 
 With ``workers: N`` every worker process has a guard, and each tells the others of every
-failure and unban (``publish``; gateway.workers carries the events). Each guard scores the
+failure and unban (``publish``; gateway.edges.workers carries the events). Each guard scores the
 same failures, so all reach the same bans: a client spread over the workers by the kernel
 gets ``max_failures`` attempts in all, not N times as many. Attempts in flight stay per
 worker (a burst of parallel first attempts may exceed the limit by up to N - 1).

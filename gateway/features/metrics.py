@@ -1,4 +1,4 @@
-"""Prometheus metrics: the objects both sides feed (served by ``gateway.metrics_http``).
+"""Prometheus metrics: the objects both sides feed (served by ``gateway.edges.metrics_http``).
 
 One ``Metrics`` per gateway process, on its own registry (tests run several gateways in one
 process). Labels stay low-cardinality: FTP verbs outside pyftpdlib's command table are
@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.config import PHASES, Phase
-from gateway.errors import GatewayError
+from gateway.core.errors import GatewayError
 
 # The *_created series double the series count and no dashboard here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]

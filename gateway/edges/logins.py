@@ -1,7 +1,7 @@
 """Logging a routed user in: the backends, the credentials a route presents to them, the
 route's root and home checked, a shadow phase's second login; ``open_pair`` for sync.
 
-No listeners and no guard (``gateway.app`` adds them): what ``sync`` and ``check-config
+No listeners and no guard (``gateway.edges.app`` adds them): what ``sync`` and ``check-config
 --connect`` need to reach the backends as a session would.
 """
 
@@ -10,17 +10,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from gateway import auth_external, errors, logs, paths
 from gateway.backends.ftp.backend import FTPBackend
 from gateway.backends.sftp.backend import SFTPBackend
 from gateway.backends.sftp.files import Budget
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.config import LEGACY_PHASES, BackendConfig, GatewayConfig, Phase, RouteConfig
-from gateway.metrics import Metrics
-from gateway.passwords import verify_password
-from gateway.routing import render_root
-from gateway.shadow import ShadowStorage
-from gateway.storage import Kind, Login, ShadowProblems, Storage
+from gateway.core import errors, logs, paths
+from gateway.core.passwords import verify_password
+from gateway.core.routing import render_root
+from gateway.core.storage import Kind, Login, ShadowProblems, Storage
+from gateway.edges import auth_external
+from gateway.features.metrics import Metrics
+from gateway.features.shadow import ShadowStorage
 
 log = logging.getLogger("gateway")
 shadow_log = logging.getLogger("gateway.shadow")

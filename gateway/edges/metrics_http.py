@@ -1,6 +1,6 @@
 """The metrics listener: ``/metrics`` (Prometheus text), ``/healthz`` (the process answers),
 ``/readyz`` (every backend reachable with its known host key, from a cached background
-check) and the loopback-only ``/admin/`` (the guard's bans), over ``gateway.httpd``.
+check) and the loopback-only ``/admin/`` (the guard's bans), over ``gateway.edges.httpd``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from gateway.config import TLS12_CIPHERS, BasicAuth, TLSFiles
-from gateway.httpd import HTTPListener, Request, Response, server_context
+from gateway.edges.httpd import HTTPListener, Request, Response, server_context
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class MetricsListener:
         tls: TLSFiles | None = None,
         admin: Admin | None = None,
     ) -> None:
-        """Start the HTTP(S) listener (gateway.httpd) in a daemon thread (``port``: where).
+        """Start the HTTP(S) listener (gateway.edges.httpd) in a daemon thread (``port``: where).
 
         ``readiness`` returns the reasons the gateway is not ready (empty when it is).
         ``auth`` protects /metrics and /admin/: probes of /healthz and /readyz carry none.

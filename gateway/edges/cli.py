@@ -2,7 +2,8 @@
 
 Over 400 lines: one function per subcommand and the argument parser; each imports what it
 runs when it runs (``--help`` and ``check-config`` stay quick), and the work itself lives in
-the modules they call (``gateway.sync_run``, ``gateway.connectivity``, ``gateway.usage``).
+the modules they call (``gateway.edges.sync_run``, ``gateway.edges.connectivity``,
+``gateway.features.usage``).
 """
 
 from __future__ import annotations
@@ -30,19 +31,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import __version__, config, errors, logs, malloc
-from gateway.workers import early_reloads, remember_reload
+from gateway import __version__, config
+from gateway.core import errors, logs
+from gateway.edges import malloc
+from gateway.edges.workers import early_reloads, remember_reload
 
 if TYPE_CHECKING:  # imported where used: `--help` and check-config stay quick
-    from gateway.logins import Logins
-    from gateway.sync_run import Job
+    from gateway.edges.logins import Logins
+    from gateway.edges.sync_run import Job
 
 log = logging.getLogger("gateway")
 
 
 def _load(path: str) -> config.GatewayConfig | None:
     """The validated config, or None after printing every problem."""
-    from gateway.app import backend_problems
+    from gateway.edges.app import backend_problems
 
     try:
         cfg = config.load(path)
@@ -62,7 +65,7 @@ def _serve(cfg: config.GatewayConfig, banner: str | None = None, config_path: st
     if banner:
         print(banner, flush=True)
     if cfg.report.database:  # before any worker: a bad file must stop the start, not loop restarts
-        from gateway.usage.store import StoreError, connect
+        from gateway.features.usage.store import StoreError, connect
 
         try:
             connect(cfg.report.database).close()
@@ -70,7 +73,7 @@ def _serve(cfg: config.GatewayConfig, banner: str | None = None, config_path: st
             print(f"report.database: {err} (fix or move the file, or set another path)", file=sys.stderr)
             return 2
     if cfg.workers > 1:
-        from gateway.workers import listen_sockets, supervise
+        from gateway.edges.workers import listen_sockets, supervise
 
         try:
             sock, implicit = listen_sockets(cfg)
@@ -94,8 +97,8 @@ def _serve_one(
     config_path: str | None = None,
 ) -> int:
     """Run one gateway process until SIGTERM/SIGINT (SIGHUP reloads ``config_path``)."""
-    from gateway.app import Gateway, ListenError
-    from gateway.usage.store import StoreError
+    from gateway.edges.app import Gateway, ListenError
+    from gateway.features.usage.store import StoreError
 
     try:
         gateway = Gateway(cfg, sock, implicit, config_path, adapt)
@@ -152,9 +155,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def _connect(cfg: config.GatewayConfig, args: argparse.Namespace) -> int:
     """``--connect``: 0 if every backend (and the user's login) answered as it should, else 1."""
-    from gateway.connectivity import check
-    from gateway.logins import Logins
-    from gateway.metrics import Metrics
+    from gateway.edges.connectivity import check
+    from gateway.edges.logins import Logins
+    from gateway.features.metrics import Metrics
 
     if args.password_env and args.password_env not in os.environ:
         print(f"check-config: --password-env {args.password_env}: that variable is not set", file=sys.stderr)
@@ -242,7 +245,7 @@ def _port_range(value: str) -> tuple[int, int]:
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
     """Print the password_hash for a gateway-local user (`users.NAME.password_hash`)."""
-    from gateway.passwords import hash_password
+    from gateway.core.passwords import hash_password
 
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
@@ -260,11 +263,11 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """Copy users' trees from their route's legacy FTP server to its SFTP backend."""
-    from gateway import sync_run
-    from gateway.logins import Logins
-    from gateway.metrics import Metrics
-    from gateway.usage.journal import SQLiteJournal
-    from gateway.usage.store import StoreError
+    from gateway.edges import sync_run
+    from gateway.edges.logins import Logins
+    from gateway.features.metrics import Metrics
+    from gateway.features.usage.journal import SQLiteJournal
+    from gateway.features.usage.store import StoreError
 
     cfg = _load(args.config)
     if cfg is None:
@@ -307,8 +310,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def _sync_jobs(cfg: config.GatewayConfig, args: argparse.Namespace, logins: Logins) -> list[Job] | str:
     """Whose trees ``sync`` copies, with which credentials; or why it cannot start."""
-    from gateway import sync_run
-    from gateway.routing import match_route
+    from gateway.core.routing import match_route
+    from gateway.edges import sync_run
 
     by_name = {route.name: route for route in cfg.routes}
     if args.route and args.route not in by_name:
@@ -384,7 +387,7 @@ def since_arg(value: str) -> float:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the migration readiness report from the usage database."""
-    from gateway.usage import readiness, render, store
+    from gateway.features.usage import readiness, render, store
 
     try:
         cfg = config.load(args.config)

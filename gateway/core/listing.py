@@ -15,7 +15,7 @@ import time
 import unicodedata
 from collections.abc import Iterable, Iterator
 
-from gateway.storage import Attrs, Entry, Kind, is_upload_in_progress
+from gateway.core.storage import Attrs, Entry, Kind, is_upload_in_progress
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SIX_MONTHS = 182 * 24 * 3600  # vsftpd's "six months"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import posixpath
 
-from gateway.errors import BadArgument
+from gateway.core.errors import BadArgument
 
 # RFC 959 ends every command with CRLF; a bare CR, LF or a NUL inside an argument is either
 # an injection attempt (a second command or a forged reply line echoed back in 257/550

@@ -2,7 +2,7 @@
 
 Pure core. Backends (SFTP over asyncssh, a legacy FTP server over ftplib, both in shadow) implement
 ``Storage``; every method is synchronous, called from an FTP session thread, takes absolute
-backend paths and raises only ``gateway.errors.StorageError`` subclasses.
+backend paths and raises only ``gateway.core.errors.StorageError`` subclasses.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ class Login:
     shadow_problems: ShadowProblems = field(default_factory=ShadowProblems)
     #: The backend directory a session starts in (inside ``root``; "": ``root`` itself).
     home: str = ""
-    #: The codec of names on the FTP wire (gateway.names); None: names are bytes as they are.
+    #: The codec of names on the FTP wire (gateway.core.names); None: names are bytes as they are.
     name_encoding: str | None = None
 
 

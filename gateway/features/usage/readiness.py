@@ -36,8 +36,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from gateway.usage.session import CHECKSUM_VERBS, FAILED_LOGINS, Totals
-from gateway.usage.store import Row
+from gateway.features.usage.session import CHECKSUM_VERBS, FAILED_LOGINS, Totals
+from gateway.features.usage.store import Row
 
 #: SITE subcommands the SFTP path honours (CHMOD, UMASK and UTIME become SFTP setstats).
 HONOURED_SITE = frozenset({"CHMOD", "HELP", "UMASK", "UTIME"})

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from gateway.listing import printable
+from gateway.core.listing import printable
 
 #: The session fields a record may carry (set by SessionFields from ``bind_session``).
 SESSION_FIELDS = ("session", "client_ip", "user", "route")
