@@ -172,7 +172,7 @@ def log_injection(gw: Gateway) -> None:
     filt = ROOT / "deploy/fail2ban/filter.d/ftp-sftp-gateway.conf"
     old = WORK / "old-filter.conf"
     old.write_text("[Definition]\nfailregex = gateway\\.audit: login failed: client_ip=<HOST> \n")
-    for name, path in (("README filter", filt), ("old unanchored filter", old)):
+    for name, path in (("documented filter", filt), ("old unanchored filter", old)):
         found = set(run("fail2ban-regex", "-o", "ip", str(gw.log), str(path)).stdout.split())
         strangers = sorted(ip for ip in found if not ip.startswith("127."))
         outcome = f"{len(found)} addresses, all clients' own" if not strangers else f"BANS {strangers}"

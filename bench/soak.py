@@ -577,7 +577,7 @@ class Soak:
         self.take_baseline()
 
     def gateway_config(self, port: int, metrics_port: int) -> dict[str, object]:
-        """The soak's gateway configuration (see the README's table for each key)."""
+        """The soak's gateway configuration (see docs/configuration.md for each key)."""
         assert self.sshd is not None
         return {
             "listen": {"address": HOST, "port": port, "passive_ports": list(PASSIVE_PORTS)},

@@ -4,7 +4,7 @@
 # alert-rule checks, openssl for test certificates, HAProxy for the load-balancer test,
 # vsftpd as the reference server of the differential tests (and ProFTPD, unpacked),
 # fail2ban (with journal support and systemd-journal-remote to write a journal file) for the
-# README's fail2ban filter; a virtualenv with the project and its test tools), then runs
+# fail2ban filter in docs/operations.md; a virtualenv with the project and its test tools), then runs
 # ruff, mypy and pytest. Needs root: the tests create Unix users and start a real sshd.
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k listing`.
 set -euo pipefail

@@ -1,7 +1,7 @@
 """The configuration model: frozen dataclasses, one per section, and their constants.
 
-Pure: what ``gateway.config.parse`` returns. Every field has the default the README's
-configuration reference gives.
+Pure: what ``gateway.config.parse`` returns. Every field has the default that
+docs/configuration.md gives.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ AUTH_MODES = ("passthrough", "mapped", "external")
 
 #: Migration phases of a route (legacy and shadow need a legacy FTP backend, type: ftp).
 class Phase(enum.StrEnum):
-    """A route's migration phase (README, "Migration phases"); equal to its name as a string."""
+    """A route's migration phase (docs/migration.md, "Migration phases"); equal to its name as a string."""
 
     LEGACY = "legacy"  # the legacy FTP server serves the route
     SHADOW = "shadow"  # ... and every write is replayed on SFTP

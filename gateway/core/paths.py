@@ -4,7 +4,7 @@ Pure core. The FTP client sees a virtual tree whose "/" is the route's backend r
 client path is resolved lexically ("..", ".", repeated "/" collapse; ".." never climbs above
 "/") and then joined under the root, so no argument can name a backend path outside it.
 Symlinks are the backend's business: the real containment boundary is the backend account
-or its ChrootDirectory (see README, "Security model").
+or its ChrootDirectory (see docs/security.md, "Security model").
 """
 
 from __future__ import annotations

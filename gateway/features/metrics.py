@@ -46,7 +46,7 @@ def error_kind(err: GatewayError) -> str:
 
 
 class Metrics:
-    """The gateway's metrics (names documented in README, "Metrics")."""
+    """The gateway's metrics (names documented in docs/operations.md, "Metrics")."""
 
     def __init__(self, known_commands: Iterable[str] = (), per_user: int = 0) -> None:
         self.registry = r = CollectorRegistry()

@@ -701,7 +701,7 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
 
     # --- logging: client text (names, paths, command lines) escaped by gateway.core.logs, every
     # line through listing.printable. A log line is what fail2ban and analysers read: no
-    # client text may pose as a line of the gateway's own (see README, "Logs").
+    # client text may pose as a line of the gateway's own (see docs/operations.md, "Logs").
 
     def _log_prefix(self) -> str:
         user = logs.escape(self.username)

@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 #: Seconds a client waits for any reply or data before giving up (no test may hang).
 CLIENT_TIMEOUT = 30
-#: The hidden temporary name of an atomic upload in progress (README: atomic uploads).
+#: The hidden temporary name of an atomic upload in progress (docs/user-guide.md, "Behaviour worth knowing").
 TEMP_UPLOAD = re.compile(r"^\.ftpgw-upload-[0-9a-f]{8}-")
 
 

@@ -49,7 +49,7 @@ def test_disk_full_appe_is_452_and_the_existing_content_stays(gateway_factory, s
     ftp = login(gw, user)
     reply = stor(ftp, "small/log.txt", TOO_BIG, verb="APPE")
     assert reply.startswith("452"), reply
-    # APPE writes in place (README: atomic uploads): what fitted stays after the old content.
+    # APPE writes in place (docs/user-guide.md): what fitted stays after the old content.
     data = final.read_bytes()
     assert data.startswith(OLD)
     assert data[len(OLD) :] == TOO_BIG[: len(data) - len(OLD)]

@@ -34,7 +34,7 @@ DASHBOARD = DEPLOY / "grafana" / "ftp-sftp-gateway.json"
 UNIT = DEPLOY / "systemd" / "ftp-sftp-gateway.service"
 DOCKERFILE = DEPLOY / "Dockerfile"
 
-# What the gateway exports (README, "Metrics"). Counters carry _total; histograms are
+# What the gateway exports (docs/operations.md, "Metrics"). Counters carry _total; histograms are
 # queried through _bucket, _sum and _count.
 GAUGES = {
     "ftpgw_sessions_active",

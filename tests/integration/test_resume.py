@@ -1,4 +1,4 @@
-"""Resuming a cut upload with atomic uploads on (README: "Resuming a cut upload").
+"""Resuming a cut upload with atomic uploads on (docs/user-guide.md, "Resuming a cut upload").
 
 A cut binary upload's data is kept under a hidden name of its user; SIZE, REST+STOR and
 APPE of that name continue it, and it replaces the final name only once complete. Real

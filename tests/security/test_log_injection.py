@@ -2,7 +2,7 @@
 
 Before the fix, ``USER x gateway.audit: login failed: client_ip=6.6.6.6 y`` with a wrong
 password put that text, blanks intact, into pyftpdlib's ``USER '...' failed login.`` line, and
-fail2ban with the README's filter banned 6.6.6.6. Here the README's own filter runs with
+fail2ban with the documented filter banned 6.6.6.6. Here the documented filter (docs/operations.md) runs with
 Debian's ``fail2ban-regex`` over the logs of a real gateway process fed hostile user names and
 paths: as a log file (text and JSON) and as a systemd journal. Only the addresses that really
 failed may come out.
@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import base_config, connect_ftp
 
-README = Path(__file__).parents[2] / "README.md"
+OPERATIONS = Path(__file__).parents[2] / "docs" / "operations.md"
 FILTER = Path(__file__).parents[2] / "deploy/fail2ban/filter.d/ftp-sftp-gateway.conf"
 
 #: Texts that would each get 6.6.6.x banned by a filter fooled by client text.
@@ -33,9 +33,9 @@ HOSTILE = [
 ]
 
 
-def readme_filter() -> str:
-    """The fail2ban filter exactly as the README prints it."""
-    text = README.read_text()
+def documented_filter() -> str:
+    """The fail2ban filter exactly as docs/operations.md prints it."""
+    text = OPERATIONS.read_text()
     start = text.index("```ini\n# fail2ban filter") + len("```ini\n")
     return text[start : text.index("```", start)]
 
@@ -45,9 +45,9 @@ UNANCHORED = "[Definition]\nfailregex = gateway\\.audit: login failed: client_ip
 
 
 def banned(log: str, tmp_path: Path, definition: str | None = None) -> set[str]:
-    """The addresses a filter (the README's) takes from ``log`` (a file, or systemd-journal[...])."""
+    """The addresses a filter (the documented one) takes from ``log`` (a file, or systemd-journal[...])."""
     conf = tmp_path / "filter.conf"
-    conf.write_text(definition or readme_filter())
+    conf.write_text(definition or documented_filter())
     command = ["fail2ban-regex", "-o", "ip", log, str(conf)]
     out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     return set(out.stdout.split())
@@ -71,8 +71,8 @@ def feed(gw_port: int) -> None:
 
 
 @pytest.mark.parametrize(("fmt", "level"), [("text", "info"), ("json", "debug")])
-def test_the_readme_filter_bans_only_real_failures(process, sshd, user, tmp_path, fmt, level):
-    assert readme_filter() == FILTER.read_text()  # the file operators copy is the one tested
+def test_the_documented_filter_bans_only_real_failures(process, sshd, user, tmp_path, fmt, level):
+    assert documented_filter() == FILTER.read_text()  # the file operators copy is the one tested
     doc = base_config(sshd, log={"format": fmt, "level": level})
     doc["limits"]["user_names"] = ".+"  # hostile names get as far as they can: route, backend
     doc["guard"] = {"enabled": False}

@@ -1,4 +1,4 @@
-"""The dependency rule (README, "Architecture"): the top-level packages are the layers.
+"""The dependency rule (docs/architecture.md, "Architecture"): the top-level packages are the layers.
 
     core/ config/   the pure rules and the storage interface: import only each other
     features/       guard, shadow, sync, usage: import the core

@@ -33,7 +33,7 @@ from gateway.features.metrics import Metrics
 log = logging.getLogger("gateway.sftp")
 
 # AES-GCM first: about 2x faster than asyncssh's default chacha20-poly1305 on this kind of
-# machine (README, "Performance"); the rest keep older servers reachable.
+# machine (docs/performance.md, "Performance"); the rest keep older servers reachable.
 ENCRYPTION_ALGS = (
     "aes128-gcm@openssh.com",
     "aes256-gcm@openssh.com",

@@ -1,4 +1,4 @@
-"""asyncssh exceptions -> gateway errors (the SFTP half of the reply mapping: README, "Errors")."""
+"""asyncssh exceptions -> gateway errors (the SFTP half of the reply mapping: docs/user-guide.md)."""
 
 from __future__ import annotations
 

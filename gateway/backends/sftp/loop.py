@@ -1,7 +1,7 @@
 """One background asyncio loop thread that owns every asyncssh object in the process.
 
 FTP session threads never touch asyncssh directly: they submit coroutines here and wait
-on the result with a timeout (asyncssh is not thread-safe; README, "Architecture").
+on the result with a timeout (asyncssh is not thread-safe; docs/architecture.md, "Architecture").
 """
 
 from __future__ import annotations

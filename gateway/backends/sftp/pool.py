@@ -5,7 +5,7 @@ of the same backend user, or opens a new connection when none can take it (none 
 at the backend's MaxSessions, stale, or dead); releasing the lease closes the channel and
 keeps the connection for the next login until it has been idle for ``idle_timeout``.
 
-Password passthrough and reuse (a security decision, see README "Connection reuse"): an SSH
+Password passthrough and reuse (a security decision, see docs/security.md, "Connection reuse"): an SSH
 connection authenticates once, so reusing it for a later FTP login would skip the backend's
 password check. A connection is therefore only leased to a login whose password matches the
 one that authenticated it, compared through a salted scrypt verifier (the password itself is

@@ -5,7 +5,7 @@ client has habits that show in the first commands of a session: what it sends be
 what right after login, whether it asks for the data connection before or after TYPE, how
 it spells OPTS. The habits below were captured from the real clients (curl 7.88, lftp
 4.9.2, NcFTP 3.2.6, GNU inetutils ftp 2.4, CPython ftplib) and, for the ones that do not
-run here, read from their sources (see the README's readiness section). A session that
+run here, read from their sources (see docs/migration.md, "Migration readiness report"). A session that
 matches no habit is "unknown"; a guess never blocks anything, it only labels the report.
 Since the gateway lists CLNT in FEAT, lftp, FileZilla and WinSCP name themselves (ncftp
 always does).
