@@ -59,6 +59,18 @@ class Logins:
             return FTPBackend(cfg, self.metrics)
         return SFTPBackend(self.loop, cfg, self.budget, self.metrics, self.cfg.uploads.partial_ttl)
 
+    def use(self, cfg: GatewayConfig) -> None:
+        """Take a reloaded config. A backend whose settings changed is replaced; the old one
+        keeps serving the sessions that use it (its pool closes idle connections by itself)
+        and is closed at shutdown."""
+        backends = {}
+        for name, backend_cfg in cfg.backends.items():
+            current = self.backends.get(name)
+            same = current is not None and current.cfg == backend_cfg
+            backends[name] = current if same and current is not None else self._make_backend(backend_cfg)
+        self._old_backends += [b for name, b in self.backends.items() if backends.get(name) is not b]
+        self.backends, self.cfg = backends, cfg
+
     def close_backends(self) -> None:
         """Close every backend (also those a reload replaced) and stop the background loop."""
         for backend in [*self.backends.values(), *self._old_backends]:
@@ -75,9 +87,9 @@ class Logins:
     ) -> Login:
         """Log ``user`` in on the route's backend for its phase and check its root.
 
-        ``credentials``: what ``_credentials`` already returned for this login, if it ran.
+        ``credentials``: what ``credentials()`` already returned for this login, if it ran.
         """
-        account, secret, key = credentials or self._credentials(route, user, password, decision)
+        account, secret, key = credentials or self.credentials(route, user, password, decision)
         # phase legacy: the organisation's FTP server still serves this route, in the
         # user's FTP home there; shadow: the same, with every write replayed on SFTP.
         on_legacy = route.legacy is not None and serving(route) == route.legacy
@@ -128,7 +140,7 @@ class Logins:
             name_encoding=None if on_legacy else route.name_encoding,
         )
 
-    def _credentials(
+    def credentials(
         self, route: RouteConfig, user: str, password: str, decision: auth_external.Decision | None
     ) -> Credentials:
         """(backend account, password, key file) this login presents to the backend."""

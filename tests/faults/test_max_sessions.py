@@ -39,7 +39,7 @@ def test_max_sessions_exhausted_login_is_421_the_others_go_on_and_a_freed_slot_i
         assert sorted(attempt(first.nlst)) == ["a.txt", "b.txt"]
         assert command(first, "QUIT").startswith("221")
         # Its channel closed on the backend, the slot takes the next login (no new connection).
-        pool = gw.gateway.backends["main"].pool
+        pool = gw.gateway.logins.backends["main"].pool
         assert wait_for(lambda: [c.channels for c in pool.connections(user.name)] == [0]), [
             (c.channels, c.max_channels, c.stale) for c in pool.connections(user.name)
         ]

@@ -134,7 +134,7 @@ def test_failed_logins_leave_nothing_in_the_pool(gw, user):
         ftp = gw.connect()
         with pytest.raises(ftplib.error_perm, match=r"^530"):
             ftp.login(name, "wrong")
-    assert gw.gateway.backends["main"].pool.connections() == []
+    assert gw.gateway.logins.backends["main"].pool.connections() == []
 
 
 def test_pool_disabled_opens_a_connection_per_login(gateway_factory, sshd, relay, user):
@@ -173,7 +173,7 @@ def test_logout_then_login_keeps_the_channel_limit(gateway_factory, sshd_max_two
             second.quit()
         # No channel was refused, so the pool never lowered its limit. (Logins that arrive
         # while a release is still closing its channel may open another connection.)
-        pooled = gw.gateway.backends["main"].pool.connections(user.name)
+        pooled = gw.gateway.logins.backends["main"].pool.connections(user.name)
         assert pooled and all(c.max_channels == 2 for c in pooled)
     finally:
         relay.close()

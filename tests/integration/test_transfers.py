@@ -321,7 +321,7 @@ def test_a_tiny_transfer_budget_bounds_memory_and_keeps_data_intact(gateway_fact
     doc = base_config(sshd)
     doc["limits"]["transfer_buffer_mib"] = 1
     gw = gateway_factory(doc)
-    budget = gw.gateway.budget
+    budget = gw.gateway.logins.budget
     payloads = {f"f{i}.bin": os.urandom(6 * 2**20 + i) for i in range(4)}
     for name, data in payloads.items():
         seed(user, name, data)
