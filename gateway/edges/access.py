@@ -36,7 +36,7 @@ _LOGIN_RESULTS: dict[type[errors.GatewayError], str] = {
 }
 
 
-#: Who hears of a refused login in progress on this thread (``Gateway.authenticate``'s
+#: Who hears of a refused login in progress on this thread (``Access.authenticate``'s
 #: ``refused``: the session's usage record); a context variable, so each session's own.
 _REFUSED: contextvars.ContextVar[Refused | None] = contextvars.ContextVar("refused", default=None)
 

@@ -14,6 +14,9 @@ connection suspect: the next operation starts on a new one.
 Uploads: STOR is atomic by default and a cut upload can be resumed; those rules live in
 ``gateway.backends.sftp.uploads`` (mixed in as ``AtomicUploads``), the streams in
 ``files.py``, the attribute conversion in ``attrs.py``.
+
+Just over 400 lines: the session's plumbing (reconnect, retry, timeouts) and every storage
+operation that runs on it.
 """
 
 from __future__ import annotations
