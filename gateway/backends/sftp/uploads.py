@@ -98,7 +98,7 @@ async def _replace(sftp: asyncssh.SFTPClient, src: str, dst: str) -> None:
         await sftp.rename(src, dst)
 
 
-def _may_replace(old: asyncssh.SFTPAttrs, new: asyncssh.SFTPAttrs) -> bool:
+def may_replace(old: asyncssh.SFTPAttrs, new: asyncssh.SFTPAttrs) -> bool:
     """True if the new file may be renamed over ``old``: the same owner and group, and
     ``old`` writable by its owner.
 
@@ -206,7 +206,7 @@ class AtomicUploads:
         over ``path`` once complete; None if there is no partial to resume.
 
         The file now at ``path`` must be one the rename may replace, as for any atomic
-        upload (``_may_replace``); if it is not (someone else's file appeared meanwhile),
+        upload (``may_replace``); if it is not (someone else's file appeared meanwhile),
         the partial is dropped and the resume refused: the client sends the whole file.
 
         REST names its offset; APPE does not, the client sends from the size it was told.
@@ -238,7 +238,7 @@ class AtomicUploads:
                 return None
             if mode == "a" and told != partial.size:
                 raise errors.ResumeRefused(errors.RESUME_UNKNOWN, code=code)
-            if target is not None and (kind_of(target) is not Kind.FILE or not _may_replace(target, partial)):
+            if target is not None and (kind_of(target) is not Kind.FILE or not may_replace(target, partial)):
                 await remove_quietly(sftp, kept)
                 raise errors.ResumeRefused(code=code)
             fh = await sftp.open(kept, fx.FXF_WRITE, encoding=None, block_size=None)
@@ -318,7 +318,7 @@ class AtomicUploads:
                     # The new file keeps the old one's permission bits; the temporary file
                     # shows whose it would be (the login's uid, its group or the directory's).
                     mine, _ = await asyncio.gather(fh.stat(), fh.chmod(mode))
-                    if _may_replace(found, mine):
+                    if may_replace(found, mine):
                         return fh, temp, (found.size or 0, found.mtime)
             except BaseException:
                 await _drop(sftp, fh, temp)
