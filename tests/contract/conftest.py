@@ -22,7 +22,7 @@ from gateway.core.storage import Kind, Storage
 from gateway.edges.logins import Logins
 from gateway.features.metrics import Metrics
 from gateway.features.shadow import ShadowStorage
-from tests.conftest import PASSWORD, base_config, legacy_config, legacy_server
+from tests.helpers.gateway_env import PASSWORD, base_config, legacy_config, legacy_server
 
 KINDS = ["memory", "shadow-memory", "sftp", "ftp", "shadow"]
 #: A legacy FTP server is what it is: the gateway relays its behaviour in phases legacy and

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningGateway
+from tests.helpers.gateway_env import RunningGateway
 from tests.helpers.proftpd import ProftpdServer
 from tests.helpers.sshd import BASE, TestUser, reset_home
 from tests.helpers.vsftpd import VsftpdServer

@@ -16,7 +16,7 @@ import zlib
 
 import pytest
 
-from tests.conftest import base_config, seed
+from tests.helpers.gateway_env import base_config, seed
 
 DATA = os.urandom(300_000)
 

@@ -13,8 +13,8 @@ import io
 
 import pytest
 
-from tests.conftest import seed
 from tests.differential.conftest import Server, compare, reply
+from tests.helpers.gateway_env import seed
 
 
 def test_type_opts_and_epsv_all_as_on_vsftpd(servers, user):

@@ -12,8 +12,8 @@ import ftplib
 
 import pytest
 
-from tests.conftest import base_config, seed
 from tests.differential.conftest import Server, compare, reply
+from tests.helpers.gateway_env import base_config, seed
 
 
 def script(server: Server, user) -> dict[str, object]:

@@ -15,8 +15,8 @@ import shutil
 
 import pytest
 
-from tests.conftest import base_config, seed
 from tests.differential.conftest import Server, compare, reply
+from tests.helpers.gateway_env import base_config, seed
 
 COMMANDS = [
     "LIST",

@@ -135,7 +135,7 @@ def test_ftplib_fetches_every_file_nlst_names_in_a_subdirectory(servers, user):
 
 
 def test_dotfiles_shown_when_the_config_says_so(gateway_factory, sshd, user):
-    from tests.conftest import base_config
+    from tests.helpers.gateway_env import base_config
 
     seed_tree(user)
     gw = gateway_factory(base_config(sshd, listing={"dotfiles": "shown"}))

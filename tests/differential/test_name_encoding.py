@@ -17,8 +17,9 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import CLI, base_config, reset_home, seed
 from tests.differential.conftest import Server, reply
+from tests.helpers.gateway_env import CLI, base_config, seed
+from tests.helpers.sshd import reset_home
 
 # (name as cp1252 clients write it, content); on vsftpd its cp1252 bytes, on SFTP UTF-8.
 FILES = [("café.txt", b"cafe\n"), ("€uro.csv", b"1,2\n"), ("plain.txt", b"p\n")]

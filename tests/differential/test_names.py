@@ -17,8 +17,8 @@ import subprocess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import base_config, seed
 from tests.differential.conftest import Server, compare, reply
+from tests.helpers.gateway_env import base_config, seed
 
 LATIN = "r\xe9sum\xe9.txt"  # as ftplib with encoding="latin-1" sends b"r\xe9sum\xe9.txt"
 

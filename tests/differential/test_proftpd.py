@@ -16,8 +16,8 @@ import shutil
 
 import pytest
 
-from tests.conftest import seed
 from tests.differential.conftest import Server, compare, reply
+from tests.helpers.gateway_env import seed
 
 DATA = os.urandom(100_000)
 CHECKSUMS = [

@@ -15,8 +15,8 @@ import os
 
 import pytest
 
-from tests.conftest import base_config, seed
 from tests.differential.conftest import Server, compare, reply
+from tests.helpers.gateway_env import base_config, seed
 
 WHEN = calendar.timegm((2020, 1, 2, 3, 4, 5))
 

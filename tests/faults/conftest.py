@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import RunningGateway, base_config, relay_known_hosts, relayed_config
+from tests.helpers.gateway_env import RunningGateway, base_config, relay_known_hosts, relayed_config
 from tests.helpers.relay import Relay
 from tests.helpers.sshd import BASE, OpenSSHServer, TestUser
 

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from tests.conftest import seed, wait_for
 from tests.faults.conftest import (
     assert_alive,
     attempt,
@@ -28,6 +27,7 @@ from tests.faults.conftest import (
     stop_listener,
     stor,
 )
+from tests.helpers.gateway_env import seed, wait_for
 
 
 def test_relay_reset_while_idle_the_next_commands_get_their_normal_replies(

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import seed, wait_for
 from tests.faults.conftest import assert_alive, attempt, command, fault_config, login, retr, stor
+from tests.helpers.gateway_env import seed, wait_for
 from tests.helpers.relay import Relay
 
 

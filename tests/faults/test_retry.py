@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import seed, wait_for
 from tests.faults.conftest import CLIENT_TIMEOUT, assert_alive, attempt, fault_config, login, retr
+from tests.helpers.gateway_env import seed, wait_for
 
 CONTENT = b"retry me\n"
 MTIME = calendar.timegm((2024, 1, 2, 3, 4, 5))

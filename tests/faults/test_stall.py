@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from tests.conftest import seed, wait_for
 from tests.faults.conftest import (
     CLIENT_TIMEOUT,
     assert_alive,
@@ -25,6 +24,7 @@ from tests.faults.conftest import (
     split_config,
     stor,
 )
+from tests.helpers.gateway_env import seed, wait_for
 
 
 def test_stalled_session_451_after_operation_timeout_others_unaffected_then_it_goes_on(

@@ -19,7 +19,6 @@ import threading
 
 import pytest
 
-from tests.conftest import seed, wait_for
 from tests.faults.conftest import (
     assert_alive,
     command,
@@ -33,6 +32,7 @@ from tests.faults.conftest import (
     strays,
     temp_files,
 )
+from tests.helpers.gateway_env import seed, wait_for
 
 BIG = 64 * 2**20
 OLD = b"the previous version, which must survive\n"

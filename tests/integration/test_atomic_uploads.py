@@ -18,7 +18,7 @@ import stat
 
 import pytest
 
-from tests.conftest import base_config, seed, start_upload, wait_for
+from tests.helpers.gateway_env import base_config, seed, start_upload, wait_for
 
 TEMP = re.compile(r"^\.ftpgw-upload-[0-9a-f]{8}-(?P<name>.+)$")
 PARTIAL = re.compile(r"^\.ftpgw-partial-[0-9a-f]{8}-(?P<name>.+)$")

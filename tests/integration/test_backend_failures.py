@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import base_config, relayed_config, wait_for
+from tests.helpers.gateway_env import base_config, relayed_config, wait_for
 from tests.helpers.sshd import free_port
 
 

@@ -8,7 +8,7 @@ import subprocess
 
 import yaml
 
-from tests.conftest import CLI, PASSWORD, base_config, legacy_config
+from tests.helpers.gateway_env import CLI, PASSWORD, base_config, legacy_config
 
 
 def check(tmp_path, doc, *args, env=None):

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import CLI, base_config, seed, write_config
+from tests.helpers.gateway_env import CLI, base_config, seed, write_config
 from tests.helpers.sshd import free_port, wait_port
 
 

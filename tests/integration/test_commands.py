@@ -9,7 +9,7 @@ import stat
 import threading
 import time
 
-from tests.conftest import seed
+from tests.helpers.gateway_env import seed
 
 
 def reply_code(func, *args):

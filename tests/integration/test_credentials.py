@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from gateway.core.passwords import hash_password, verify_password
-from tests.conftest import CLI, base_config, seed
+from tests.helpers.gateway_env import CLI, base_config, seed
 from tests.helpers.sshd import BASE, OpenSSHServer
 
 

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from tests.conftest import base_config
+from tests.helpers.gateway_env import base_config
 
 
 def authority(tmp_path, answer: dict, seen: str = "seen.json") -> list[str]:

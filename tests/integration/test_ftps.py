@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import seed, tls_config
+from tests.helpers.gateway_env import seed, tls_config
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import GatewayProcess, base_config, seed, wait_for
+from tests.helpers.gateway_env import GatewayProcess, base_config, seed, wait_for
 
 if TYPE_CHECKING:
     from tests.helpers.sshd import TestUser

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import legacy_config
+from tests.helpers.gateway_env import legacy_config
 
 
 @pytest.fixture

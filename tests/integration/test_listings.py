@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.conftest import seed
+from tests.helpers.gateway_env import seed
 
 LS_LINE = re.compile(
     r"^(?P<mode>[-dlpscb][-rwxsStT]{9}) +\d+ +(?P<owner>\S+) +(?P<group>\S+) +(?P<size>\d+) "

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import base_config, seed, wait_for
+from tests.helpers.gateway_env import base_config, seed, wait_for
 
 
 def test_good_login_lands_in_the_backend_home(ftp, user):

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import seed, wait_for
+from tests.helpers.gateway_env import seed, wait_for
 
 
 def scrape(gw) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -171,7 +171,7 @@ def test_healthz_and_readyz_with_a_good_backend(gw):
 
 
 def test_readyz_names_the_failing_backend(gateway_factory, sshd, tmp_path):
-    from tests.conftest import base_config
+    from tests.helpers.gateway_env import base_config
     from tests.helpers.sshd import free_port
 
     wrong = tmp_path / "known_hosts"
@@ -202,7 +202,7 @@ def test_metrics_over_tls_with_basic_auth(gateway_factory, sshd, tmp_path):
     import ssl
     import subprocess
 
-    from tests.conftest import base_config
+    from tests.helpers.gateway_env import base_config
 
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -299,7 +299,7 @@ def test_a_real_prometheus_sees_the_counters_move(gw, user, tmp_path):
 
 def test_readyz_follows_a_backend_sshd_that_stops_and_returns(gateway_factory, sshd, tmp_path, monkeypatch):
     import gateway.edges.app
-    from tests.conftest import base_config
+    from tests.helpers.gateway_env import base_config
     from tests.helpers.sshd import OpenSSHServer
 
     monkeypatch.setattr(gateway.edges.app, "READY_INTERVAL", 0.5)

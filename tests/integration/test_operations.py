@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import base_config, connect_ftp, seed, start_upload, wait_for
+from tests.helpers.gateway_env import base_config, connect_ftp, seed, start_upload, wait_for
 
 
 def test_json_logs_audit_lines_and_xferlog(process, sshd, user, tmp_path):

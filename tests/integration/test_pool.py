@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import PASSWORD, base_config, relay_known_hosts, seed, wait_for
+from tests.helpers.gateway_env import PASSWORD, base_config, relay_known_hosts, seed, wait_for
 from tests.helpers.relay import Relay
 from tests.helpers.sshd import BASE, OpenSSHServer
 

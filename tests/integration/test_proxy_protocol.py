@@ -16,7 +16,7 @@ import time
 import pytest
 
 from gateway.core.proxy_protocol import V2_SIGNATURE
-from tests.conftest import base_config, seed, tls_config
+from tests.helpers.gateway_env import base_config, seed, tls_config
 
 BALANCER = "127.0.0.1/32"  # the tests connect from 127.0.0.1: that is the "balancer"
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import seed
+from tests.helpers.gateway_env import seed
 
 
 def run(*cmd, timeout=60):

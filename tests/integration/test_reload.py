@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.conftest import base_config, connect_ftp, start_upload, wait_for
+from tests.helpers.gateway_env import base_config, connect_ftp, start_upload, wait_for
 
 
 def sample(gw, line: str) -> float:

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import CLI, base_config, legacy_config, seed, wait_for
+from tests.helpers.gateway_env import CLI, base_config, legacy_config, seed, wait_for
 
 SCHEMA_FILE = Path(__file__).parents[2] / "gateway" / "features" / "usage" / "report.schema.json"
 SCHEMA = json.loads(SCHEMA_FILE.read_text())

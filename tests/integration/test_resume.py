@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from gateway.core.passwords import hash_password
-from tests.conftest import base_config, seed, start_upload, wait_for
 from tests.helpers.ftp_relay import FTPRelay
+from tests.helpers.gateway_env import base_config, seed, start_upload, wait_for
 
 PARTIAL = re.compile(r"^\.ftpgw-partial-[0-9a-f]{8}-(?P<name>.+)$")
 OLD = b"the previous version\n" * 50_000  # ~1 MiB

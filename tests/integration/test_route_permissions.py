@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from tests.conftest import base_config, seed
+from tests.helpers.gateway_env import base_config, seed
 
 
 def test_a_read_only_route(gateway_factory, sshd, user):

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.conftest import legacy_config, seed
+from tests.helpers.gateway_env import legacy_config, seed
 
 
 @pytest.fixture

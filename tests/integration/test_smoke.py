@@ -1,4 +1,4 @@
-from tests.conftest import seed
+from tests.helpers.gateway_env import seed
 
 
 def test_login_and_list(ftp, user):

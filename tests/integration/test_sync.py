@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import CLI, PASSWORD, legacy_config
+from tests.helpers.gateway_env import CLI, PASSWORD, legacy_config
 
 
 def write_config(sshd, legacy_ftp, user2, tmp_path, phase="shadow", journal=False):

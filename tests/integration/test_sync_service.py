@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CLI, PASSWORD, base_config, wait_for
+from tests.helpers.gateway_env import CLI, PASSWORD, base_config, wait_for
 from tests.helpers.sshd import BASE, OpenSSHServer, ensure_user, reset_home
 
 

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from tests.conftest import seed
+from tests.helpers.gateway_env import seed
 
 
 def retr(ftp, name, rest=None):
@@ -316,7 +316,7 @@ def test_a_latin1_name_is_created_as_its_bytes(ftp, user):
 def test_a_tiny_transfer_budget_bounds_memory_and_keeps_data_intact(gateway_factory, sshd, user):
     import threading
 
-    from tests.conftest import base_config
+    from tests.helpers.gateway_env import base_config
 
     doc = base_config(sshd)
     doc["limits"]["transfer_buffer_mib"] = 1
@@ -357,7 +357,7 @@ def test_a_tiny_transfer_budget_bounds_memory_and_keeps_data_intact(gateway_fact
 
 
 def test_passive_range_exhausted_is_425_never_a_port_outside_it(gateway_factory, sshd, user):
-    from tests.conftest import base_config
+    from tests.helpers.gateway_env import base_config
     from tests.helpers.sshd import free_port
 
     port = free_port()
@@ -382,7 +382,7 @@ def test_a_passive_port_whose_listen_fails_is_skipped(gateway_factory, sshd, use
     import asyncore
     import errno
 
-    from tests.conftest import base_config
+    from tests.helpers.gateway_env import base_config
     from tests.helpers.sshd import free_port
 
     low = free_port()

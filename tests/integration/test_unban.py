@@ -10,7 +10,7 @@ import subprocess
 
 from gateway.edges.httpd import Request
 from gateway.edges.metrics_http import Admin, admin_response
-from tests.conftest import CLI, base_config, write_config
+from tests.helpers.gateway_env import CLI, base_config, write_config
 
 
 def login_from(port: int, source: str, user, password: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import base_config, seed, wait_for
+from tests.helpers.gateway_env import base_config, seed, wait_for
 from tests.helpers.sshd import free_port, wait_port
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import base_config, seed
+from tests.helpers.gateway_env import base_config, seed
 
 
 def connect_from(gw, source: str) -> ftplib.FTP:

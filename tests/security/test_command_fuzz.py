@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.core.listing import is_name_text
-from tests.conftest import PASSWORD, GatewayProcess, base_config, wait_for
+from tests.helpers.gateway_env import PASSWORD, GatewayProcess, base_config, wait_for
 
 EXAMPLES = int(os.environ.get("FTPGW_FUZZ_EXAMPLES", "200"))
 #: The most one example may take to be answered (a hang is a failure, not a slow test).

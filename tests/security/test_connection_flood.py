@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from tests.conftest import base_config, wait_for
+from tests.helpers.gateway_env import base_config, wait_for
 
 
 def greeting(gw, source: str) -> bytes:
@@ -34,7 +34,7 @@ def test_one_address_cannot_take_every_session(gateway_factory, sshd, user):
 
 
 def test_the_implicit_ftps_listener_shares_the_limits(gateway_factory, sshd, tls_files):
-    from tests.conftest import tls_config
+    from tests.helpers.gateway_env import tls_config
 
     doc = tls_config(sshd, tls_files)
     doc["limits"].update(max_connections_per_ip=2)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.conftest import seed
+from tests.helpers.gateway_env import seed
 
 REPLY_LINE = re.compile(r"^(\d{3}[ -]| )")
 

@@ -12,7 +12,7 @@ import io
 
 import pytest
 
-from tests.conftest import seed
+from tests.helpers.gateway_env import seed
 
 
 @pytest.mark.parametrize("name", ["tab\there.csv", "esc\x1b[8m.csv", "del\x7f.csv", "bell\x07", "c1\x85next"])

@@ -24,7 +24,7 @@ def test_port_and_eprt_to_a_third_party_or_privileged_port_are_refused(ftp, cmd)
 
 
 def test_active_mode_can_be_disabled(gateway_factory, sshd, user):
-    from tests.conftest import base_config
+    from tests.helpers.gateway_env import base_config
 
     doc = base_config(sshd)
     doc["listen"]["active_mode"] = False

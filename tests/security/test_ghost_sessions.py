@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 
-from tests.conftest import base_config, seed, wait_for
+from tests.helpers.gateway_env import base_config, seed, wait_for
 from tests.integration.test_metrics import scrape, value
 
 SESSIONS = 40

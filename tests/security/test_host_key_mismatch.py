@@ -7,7 +7,7 @@ import ftplib
 
 import pytest
 
-from tests.conftest import base_config
+from tests.helpers.gateway_env import base_config
 from tests.helpers.sshd import OpenSSHServer
 
 

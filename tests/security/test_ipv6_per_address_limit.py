@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import time
 
-from tests.conftest import base_config
+from tests.helpers.gateway_env import base_config
 
 
 def greeting(gw, client: str) -> tuple[socket.socket, bytes]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import base_config, connect_ftp
+from tests.helpers.gateway_env import base_config, connect_ftp
 
 OPERATIONS = Path(__file__).parents[2] / "docs" / "operations.md"
 FILTER = Path(__file__).parents[2] / "deploy/fail2ban/filter.d/ftp-sftp-gateway.conf"

@@ -13,7 +13,7 @@ import io
 
 import pytest
 
-from tests.conftest import PASSWORD, base_config, seed, wait_for
+from tests.helpers.gateway_env import PASSWORD, base_config, seed, wait_for
 from tests.helpers.sshd import ensure_user, reset_home
 from tests.integration.test_external_auth import authority
 from tests.integration.test_metrics import scrape, value

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 
-from tests.conftest import base_config, seed
+from tests.helpers.gateway_env import base_config, seed
 from tests.integration.test_metrics import scrape, value
 
 PORTS = [41300, 41309]

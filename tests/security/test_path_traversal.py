@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.conftest import seed
+from tests.helpers.gateway_env import seed
 
 
 def test_cwd_cannot_leave_the_root(ftp, user):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 
-from tests.conftest import base_config
+from tests.helpers.gateway_env import base_config
 
 
 def failed_passwords(sshd, name: str) -> int:

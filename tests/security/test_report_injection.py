@@ -11,7 +11,7 @@ import ftplib
 
 import pytest
 
-from tests.conftest import base_config
+from tests.helpers.gateway_env import base_config
 from tests.integration.test_report import report, with_report
 
 

@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from gateway.core.passwords import hash_password
-from tests.conftest import base_config
+from tests.helpers.gateway_env import base_config
 
 
 def test_no_secret_in_any_log_record_even_at_debug(

@@ -12,7 +12,7 @@ import io
 
 import pytest
 
-from tests.conftest import base_config, seed
+from tests.helpers.gateway_env import base_config, seed
 
 
 def test_stat_of_a_path_needs_the_list_permission(gateway_factory, sshd, user):

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import base_config, tls_config
+from tests.helpers.gateway_env import base_config, tls_config
 
 
 @pytest.fixture

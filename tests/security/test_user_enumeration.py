@@ -15,7 +15,7 @@ import time
 import pytest
 
 from gateway.core.passwords import hash_password
-from tests.conftest import base_config
+from tests.helpers.gateway_env import base_config
 
 
 def group_config(sshd, tmp_path, user, **retired):
