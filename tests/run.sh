@@ -47,7 +47,7 @@ if [ ! -x $proftpd/usr/sbin/proftpd ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,speed]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
 echo "== ruff"
 .venv/bin/ruff check gateway tests bench

@@ -4,6 +4,7 @@ report) and the whole document put together.
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 from pathlib import Path
@@ -277,6 +278,18 @@ def _days_of_evidence(value: float) -> str | None:
     return None if 0 <= value <= 365 else "must be a number of days from 0 to 365"
 
 
+def _workers(top: _Section) -> int:
+    """``workers``: a number, or ``auto`` for one per core this process may run on (at most 64)."""
+    value = top.raw("workers", 1)
+    if value == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return min(64, cores or 1)
+    if isinstance(value, str):
+        top.problem("workers", f"must be a number from 1 to 64, or auto (not {value!r})")
+        return 1
+    return top.typed("workers", int, 1, _at_least(1, 64))
+
+
 def _parse(top: _Section, base: Path, problems: list[str]) -> GatewayConfig:
     backends = _backends(top.raw("backends"), problems, base)
     cfg = GatewayConfig(
@@ -293,7 +306,7 @@ def _parse(top: _Section, base: Path, problems: list[str]) -> GatewayConfig:
         report=_report(top.raw("report", None), problems, base),
         listing=_listing(top.raw("listing", None), problems),
         uploads=_uploads(top.raw("uploads", None), problems),
-        workers=top.typed("workers", int, 1, _at_least(1, 64)),
+        workers=_workers(top),
     )
     for name in cfg.users:
         if not re.fullmatch(cfg.limits.user_names, name):

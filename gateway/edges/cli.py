@@ -119,7 +119,11 @@ def _serve_one(
     signal.signal(signal.SIGINT, gateway.on_signal if sock is None else signal.SIG_IGN)
     host, port = gateway.address
     tls = {"off": "plain FTP only", "optional": "FTPS optional", "required": "FTPS required"}[cfg.tls.mode]
-    log.info("ftp-sftp-gateway %s listening on %s:%d, %s (pid %d)", __version__, host, port, tls, os.getpid())
+    loop = gateway.logins.loop.kind
+    log.info(
+        "ftp-sftp-gateway %s listening on %s:%d, %s, SSH on %s (pid %d)",
+        *(__version__, host, port, tls, loop, os.getpid()),
+    )
     if gateway.implicit_address is not None:
         log.info("implicit FTPS on %s:%d", *gateway.implicit_address)
     gateway.serve_forever()

@@ -110,3 +110,16 @@ def _refused(port: int) -> bool:
     except ConnectionRefusedError:
         return True
     return False
+
+
+def test_the_default_install_runs_the_ssh_loop_on_uvloop(process, sshd, user):
+    """tests/run.sh installs the project without extras, as `pip install .` does: uvloop comes
+    with it (a default dependency where it has wheels), and the start line says so."""
+    gw = process(base_config(sshd))
+    assert wait_for(lambda: any(" listening on " in line for line in gw.lines))
+    started = next(line for line in gw.lines if " listening on " in line)
+    assert "SSH on uvloop" in started, started
+    ftp = connect_ftp(gw.port)
+    ftp.login(user.name, user.password)
+    assert ftp.nlst() == []
+    ftp.quit()

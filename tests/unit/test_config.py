@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -605,3 +606,17 @@ def test_print_gives_a_document_check_config_accepts(known_hosts, tmp_path, tls_
     elsewhere.mkdir()
     again = config.parse(yaml.safe_load(printed), elsewhere)  # absolute names: any directory
     assert again == cfg
+
+
+def test_workers_auto_is_one_per_core_this_process_may_use(known_hosts):
+    doc = example_doc(known_hosts)
+    doc["workers"] = "auto"
+    assert config.parse(doc).workers == min(64, len(os.sched_getaffinity(0)))
+    doc["workers"] = "many"
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc)
+    assert err.value.problems == ["workers: must be a number from 1 to 64, or auto (not 'many')"]
+    doc["workers"] = 0
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc)
+    assert err.value.problems == ["workers: must be from 1 to 64"]

@@ -25,19 +25,20 @@ T = TypeVar("T")
 EXECUTOR_THREADS = 4
 
 
-def _new_event_loop() -> asyncio.AbstractEventLoop:
+def _new_event_loop() -> tuple[asyncio.AbstractEventLoop, str]:
+    """uvloop's loop (a default dependency where it has wheels), else asyncio's own; and its name."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        return asyncio.new_event_loop(), "asyncio"
+    return uvloop.new_event_loop(), "uvloop"
 
 
 class BackgroundLoop:
     """An event loop running in a daemon thread, with blocking helpers for other threads."""
 
     def __init__(self) -> None:
-        self.loop = _new_event_loop()
+        self.loop, self.kind = _new_event_loop()  # kind: "uvloop" or "asyncio"
         self._thread = threading.Thread(target=self._run, name="sftp-loop", daemon=True)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             EXECUTOR_THREADS, thread_name_prefix="sftp-loop-worker"
