@@ -98,7 +98,7 @@ class MemoryStorage:
             [Entry(p[len(prefix) :], self._nodes[p].attrs(), self._nodes[p].target) for p in children]
         )
 
-    def open_read(self, path: str) -> _Reader:
+    def open_read(self, path: str, known: Attrs | None = None) -> _Reader:
         """Open a regular file for download."""
         node = self._node(path, follow=True)
         if node.kind is not Kind.FILE:

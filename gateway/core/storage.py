@@ -167,8 +167,12 @@ class Storage(Protocol):
         """Entries of a directory, without "." and ".."; symlink targets filled in."""
         ...
 
-    def open_read(self, path: str) -> ReadStream:
-        """Open a regular file for download; NotRegularFile for anything else."""
+    def open_read(self, path: str, known: Attrs | None = None) -> ReadStream:
+        """Open a regular file for download; NotRegularFile for anything else.
+
+        ``known``: the file's attributes as the same command sequence just fetched them (a
+        SIZE or MDTM before the RETR); a storage may open it without asking again.
+        """
         ...
 
     def open_write(

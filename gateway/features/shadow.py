@@ -82,9 +82,9 @@ class ShadowStorage:
         """From the legacy server."""
         return self.legacy.list_dir(path)
 
-    def open_read(self, path: str) -> Any:
+    def open_read(self, path: str, known: Attrs | None = None) -> Any:
         """From the legacy server."""
-        return self.legacy.open_read(path)
+        return self.legacy.open_read(path, known)
 
     # --- writes: legacy first (its result is the client's), then SFTP
 

@@ -15,6 +15,7 @@ from pyftpdlib.filesystems import AbstractedFS
 
 from gateway.core import errors, paths
 from gateway.core.storage import Attrs, Kind, ReadStream, Storage, WriteStream
+from gateway.ftp import policy
 
 _ABSENT = (errors.NotFound, errors.PermissionDenied, errors.NotADirectory)
 
@@ -26,19 +27,25 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         super().__init__(root, cmd_channel)
         self.storage: Storage = cmd_channel.storage
         self._attrs: dict[tuple[str, bool], Attrs] = {}
+        #: The file the last upload completed: a regular file for the MFMT that follows it.
+        self.written: str | None = None
+        self._mtime_set: tuple[str, int] | None = None  # what MFMT just set, for its reply
         #: SITE UMASK: the bits new files and directories leave out (None: the backend decides).
         self.umask: int | None = None
         self._resuming: str | None = None  # the path the current REST+STOR or APPE resumes
         #: Partial sizes SIZE gave the client in this session, by path (what APPE continues).
         self.told: dict[str, int] = {}
 
-    def forget(self) -> None:
-        """Drop attrs cached during the previous command (no stale state across commands)."""
-        self._attrs.clear()
-        self._resuming = None
+    def forget(self, cmd: str = "") -> None:
+        """Drop attrs cached by earlier commands, unless ``cmd`` continues their transfer's
+        sequence (policy.KEEPS_ATTRS: SIZE, MDTM, PASV, ... before RETR; MFMT after STOR)."""
+        if cmd not in policy.KEEPS_ATTRS:
+            self._attrs.clear()
+            self.written = None
+        self._resuming, self._mtime_set = None, None
 
     def attrs(self, path: str, follow: bool = True) -> Attrs:
-        """stat/lstat of a backend path, cached for the current command only."""
+        """stat/lstat of a backend path, cached for the current command's sequence (forget)."""
         key = (path, follow)
         if key not in self._attrs:
             self._attrs[key] = self.storage.stat(path) if follow else self.storage.lstat(path)
@@ -64,9 +71,10 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
     # --- files
 
     def open(self, filename: str, mode: str) -> ReadStream | WriteStream:
+        known = self._attrs.get((filename, True))  # from the SIZE or MDTM just before
         self.forget()
         if mode == "rb":
-            return self.storage.open_read(filename)
+            return self.storage.open_read(filename, known)
         new = self.umask is not None and not self.lexists(filename)
         # TYPE I: the bytes are the client's file as it is, so a cut upload can be resumed
         # from what arrived (TYPE A changed line ends: sizes are not the client's).
@@ -114,6 +122,7 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
     def utime(self, path: str, timeval: float) -> None:
         self.storage.set_mtime(path, int(timeval))
         # pyftpdlib's MFMT reads the time back for its reply: answer from what was just set.
+        self._mtime_set = (path, int(timeval))
         for key, attrs in list(self._attrs.items()):
             if key[0] == path:
                 self._attrs[key] = dataclasses.replace(attrs, mtime=int(timeval))
@@ -130,7 +139,7 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
             return None
 
     def isfile(self, path: str) -> bool:
-        return self._kind(path) is Kind.FILE
+        return path == self.written or self._kind(path) is Kind.FILE
 
     def isdir(self, path: str) -> bool:
         return self._kind(path) is Kind.DIR
@@ -162,6 +171,8 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         return kept
 
     def getmtime(self, path: str) -> float:
+        if self._mtime_set is not None and self._mtime_set[0] == path:
+            return float(self._mtime_set[1])
         mtime = self.attrs(path).mtime
         if mtime is None:
             raise errors.BackendFailure("Modification time not available.")

@@ -227,7 +227,7 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
             shown = line if cmd != "PASS" else f"{line.split(' ')[0]} {'*' * 6}"
             self.logline(f"<- {logs.escape(shown)}")
         if self.fs is not None:
-            self.fs.forget()
+            self.fs.forget(cmd)
         cmd, arg = self._set_mtime_alias(cmd, arg)
         if cmd != "QUIT" and self._end_if_draining():
             return
@@ -289,6 +289,12 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
                     self.respond(f"554 REST position ({rest}) > file size ({size})")
                     return None
         return super().ftp_STOR(file, mode)  # type: ignore[no-any-return]
+
+    def on_file_received(self, file: str) -> None:
+        """A completed upload: the MFMT a client sends next knows it is a file without a stat."""
+        super().on_file_received(file)
+        if self.fs is not None:
+            self.fs.written = file
 
     def ftp_SIZE(self, path: str) -> str | None:
         """SIZE: while this user has a cut upload of the file kept, its size (what a resume

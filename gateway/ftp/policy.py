@@ -32,6 +32,11 @@ TIMESTAMP = re.compile(r"\d{12}(\d\d)?")
 #: Commands that create a name from their argument's last component (STOU: a prefix).
 CREATES_NAME = frozenset({"STOR", "APPE", "STOU", "MKD", "XMKD", "RNTO"})
 
+#: Commands of one transfer's sequence (lftp and FileZilla: SIZE, MDTM, PASV, RETR; after a
+#: STOR: MFMT): attributes the previous command fetched still answer these, so the sequence
+#: stats a file once. Any other command starts afresh: other SFTP users' changes show at once.
+KEEPS_ATTRS = frozenset({"SIZE", "MDTM", "MFMT", "PASV", "EPSV", "PORT", "EPRT", "TYPE", "REST"})
+
 
 def governing_verb(cmd: str, arg: str) -> str:
     """The verb a route's ``permissions.commands`` must allow for ``cmd arg``.

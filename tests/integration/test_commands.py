@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import ftplib
+import io
 import os
 import stat
 import threading
@@ -204,3 +205,38 @@ def test_many_sequential_sessions_leave_no_threads_behind(gw, user):
     while threading.active_count() > baseline and time.monotonic() < deadline:
         time.sleep(0.1)
     assert threading.active_count() <= baseline
+
+
+def _backend_ops(gw, op: str) -> float:
+    registry = gw.gateway.metrics.registry
+    return (
+        registry.get_sample_value("ftpgw_backend_op_duration_seconds_count", {"backend": "main", "op": op})
+        or 0
+    )
+
+
+def test_a_transfer_sequence_stats_once_and_still_sees_other_users_changes(gw, user):
+    """lftp's SIZE, MDTM, PASV, RETR stat the file once (MDTM and RETR reuse SIZE's answer),
+    and STOR, MFMT need no stat at all; a file changed by someone else in between is still
+    sent whole, and any other command asks the backend afresh."""
+    path = seed(user, "f.bin", b"old")
+    ftp = gw.login(user)
+    ftp.voidcmd("TYPE I")
+    before = _backend_ops(gw, "stat")
+    assert ftp.sendcmd("SIZE f.bin") == "213 3"
+    mdtm = ftp.sendcmd("MDTM f.bin")
+    new = os.urandom(300_000)  # another SFTP user replaces it between SIZE and RETR
+    path.write_bytes(new)
+    os.utime(path, (1_600_000_000, 1_600_000_000))
+    got = bytearray()
+    ftp.retrbinary("RETR f.bin", got.extend)
+    assert bytes(got) == new  # the whole new file: SIZE's answer was only a read-ahead hint
+    assert _backend_ops(gw, "stat") - before == 1
+    ftp.voidcmd("NOOP")  # not part of a transfer: the next MDTM asks the backend
+    assert ftp.sendcmd("MDTM f.bin") == "213 20200913122640" != mdtm
+    before = _backend_ops(gw, "stat")
+    ftp.storbinary("STOR up.bin", io.BytesIO(b"data"))
+    assert ftp.sendcmd("MFMT 20200101000000 up.bin") == "213 Modify=20200101000000; /up.bin."
+    assert _backend_ops(gw, "stat") == before
+    assert os.stat(user.home / "up.bin").st_mtime == calendar.timegm((2020, 1, 1, 0, 0, 0))
+    ftp.quit()

@@ -357,9 +357,9 @@ class FTPStorage:
 
     # --- files
 
-    def open_read(self, path: str) -> FTPReadStream:
+    def open_read(self, path: str, known: Attrs | None = None) -> FTPReadStream:
         """Open for download (550 from the legacy server for what it cannot send)."""
-        if self.stat(path).kind is not Kind.FILE:
+        if (known or self.stat(path)).kind is not Kind.FILE:
             raise errors.NotRegularFile()
         self._call(self.ftp.voidcmd, "TYPE I")
         return FTPReadStream(self, path)

@@ -253,26 +253,24 @@ class SFTPStorage(AtomicUploads):
 
     # --- files
 
-    def open_read(self, path: str) -> SFTPReadStream:
-        """Open a regular file for download (550 before any 150 for anything else)."""
+    def open_read(self, path: str, known: Attrs | None = None) -> SFTPReadStream:
+        """Open a regular file for download (550 before any 150 for anything else); with
+        ``known`` attributes of a regular file (the SIZE or MDTM just before), without a stat."""
 
-        async def opened() -> tuple[asyncssh.SFTPClientFile, asyncssh.SFTPAttrs]:
-            # stat first: opening a FIFO or device would block the backend's sftp-server.
-            attrs = await self._sftp.stat(path)
-            if to_attrs(attrs).kind is not Kind.FILE:
-                raise errors.NotRegularFile()
-            return await self._sftp.open(path, fx.FXF_READ, encoding=None, block_size=None), attrs
+        async def opened() -> tuple[asyncssh.SFTPClientFile, int]:
+            size = known.size if known is not None and known.kind is Kind.FILE else None
+            if size is None:
+                # stat first: opening a FIFO or device would block the backend's sftp-server.
+                attrs = to_attrs(await self._sftp.stat(path))
+                if attrs.kind is not Kind.FILE:
+                    raise errors.NotRegularFile()
+                size = attrs.size
+            # The size is a read-ahead hint: a file changed since still reads to its end.
+            return await self._sftp.open(path, fx.FXF_READ, encoding=None, block_size=None), size
 
-        fh, attrs = self._run("open", opened)
+        fh, size = self._run("open", opened)
         return SFTPReadStream(
-            self._loop,
-            fh,
-            path,
-            self._timeout,
-            attrs.size or 0,
-            self._block,
-            self._budget,
-            report=self._observe,
+            self._loop, fh, path, self._timeout, size, self._block, self._budget, report=self._observe
         )
 
     def open_write(
