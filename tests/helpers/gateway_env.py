@@ -161,7 +161,10 @@ class GatewayProcess:
     def __init__(self, tmp_path, doc) -> None:
         self.port = doc["listen"]["port"] = free_port()
         workers = int(doc.get("workers", 1))  # worker i serves metrics on metrics.port + i
-        doc["metrics"]["port"] = self.metrics_port = free_ports(workers)
+        metrics = free_ports(workers)
+        while self.port in range(metrics, metrics + workers):  # free_port may give a port twice
+            metrics = free_ports(workers)
+        doc["metrics"]["port"] = self.metrics_port = metrics
         path = write_config(tmp_path, doc)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
@@ -174,6 +177,7 @@ class GatewayProcess:
         if doc["metrics"].get("enabled", True):  # every worker up, not just the first
             for port in range(self.metrics_port, self.metrics_port + workers):
                 wait_port("127.0.0.1", port, timeout=30)
+        assert self.proc.poll() is None, "\n".join(["the gateway exited:", *self.lines])
 
     def _read(self) -> None:
         assert self.proc.stderr is not None

@@ -241,7 +241,8 @@ def cluster(sshd, tmp_path: Path) -> Iterator[Cluster]:
         )
         haproxy = HAProxy(tmp_path, config)
         up = wait_for(lambda: haproxy.server_status("ftp_control") == {"gw1": "UP", "gw2": "UP"}, 20)
-        assert up, f"HAProxy: {haproxy.server_status('ftp_control')}\n{haproxy.log.read_text()}"
+        states = [(gw.port, gw.proc.poll(), gw.lines[-5:]) for gw in gateways]  # (port, exit code, log)
+        assert up, f"HAProxy: {haproxy.server_status('ftp_control')}\n{haproxy.log.read_text()}\n{states}"
         yield Cluster(gateways, haproxy, port)
     finally:
         if haproxy is not None:
