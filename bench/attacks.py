@@ -9,7 +9,7 @@ raw sockets where no client does it) and one line per attack says what came out.
 
 Needs root (Unix users, sshd), lftp, curl, openssl and fail2ban-regex. Not part of the test
 run; tests/security holds the same attacks as assertions.
-Usage: sudo .venv/bin/python bench/attacks.py
+Usage (as root): .venv/bin/python bench/attacks.py
 """
 
 from __future__ import annotations

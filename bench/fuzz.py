@@ -3,7 +3,7 @@ more examples than the test run's 200 (same invariants: well-formed replies, not
 that is not printable, the process alive, threads and file descriptors back to baseline).
 
 Needs root, like the tests (it starts the test sshd and creates its users).
-Usage: sudo .venv/bin/python bench/fuzz.py [--examples 20000] [--minutes 30]
+Usage (as root): .venv/bin/python bench/fuzz.py [--examples 20000] [--minutes 30]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ are printed and saved with the machine and versions to bench/results/. FTP clien
 (reconnect loop, idle sessions).
 
 Needs root (it creates a Unix user and runs sshd). Not part of the test run.
-Usage: sudo .venv/bin/python bench/run.py [--quick] [--runs 3]"""
+Usage (as root): .venv/bin/python bench/run.py [--quick] [--runs 3]"""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ end of the warm-up to the end of the run under 10%, threads and fds back to thei
 once every session has quit and the pooled SSH connections have expired.
 
 Needs root (it creates a Unix user and runs sshd). Not part of the test run.
-Usage: sudo .venv/bin/python bench/soak.py [--sessions 200] [--minutes 10]
+Usage (as root): .venv/bin/python bench/soak.py [--sessions 200] [--minutes 10]
        (quick check: --sessions 20 --minutes 1)
 """
 
