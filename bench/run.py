@@ -454,7 +454,7 @@ class Bench:
             if s.name == "gateway" and s.proc is not None and "idle" in a.only:
                 try:
                     self.idle_sessions(s)
-                except (RuntimeError, OSError, ValueError) as err:
+                except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as err:
                     self.notes.append(f"{s.name}: idle sessions failed: {str(err)[:300]}")
 
     def measure_one(self, s: System, rep: int) -> None:

@@ -22,7 +22,7 @@ UPLOAD_TEMP_PREFIX = ".ftpgw-upload-"
 #: resumed (and renamed over the target once complete) or expires (``uploads.partial_ttl``).
 PARTIAL_PREFIX = ".ftpgw-partial-"
 _UPLOAD_TEMP = re.compile(r"\.ftpgw-(?:upload|partial)-[0-9a-f]{8}-")
-_NAME_MAX = 255  # bytes in one name on POSIX file systems
+NAME_MAX = 255  # bytes in one name on POSIX file systems
 
 
 def is_upload_in_progress(name: str) -> bool:
@@ -39,7 +39,7 @@ def partial_name(path: str, owner: str) -> str | None:
     directory, _, name = path.rpartition("/")
     tag = hashlib.sha256(owner.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     kept = f"{PARTIAL_PREFIX}{tag}-{name}"
-    if len(kept.encode("utf-8", "surrogateescape")) > _NAME_MAX:
+    if len(kept.encode("utf-8", "surrogateescape")) > NAME_MAX:
         return None
     return f"{directory}/{kept}"
 

@@ -29,7 +29,7 @@ def check(
         where = f"backends.{name} ({backend.type} {backend.host}:{backend.port})"
         try:
             problem = logins.loop.run(logins.backends[name].probe(), backend.connect_timeout + _SLACK)
-        except TimeoutError:
+        except errors.BackendTimeout:
             problem = "no answer"
         if problem is not None:
             yield False, f"{where}: {problem}"

@@ -105,7 +105,7 @@ class Logins:
         # The login directory: "/" of the tree, or the route's home inside it (a server that
         # logged users in at /home/u without a chroot: root "/", home "~").
         home = root if on_legacy or route.home is None else render_root(route.home, user, storage.home())
-        for what, path in (("root", root), ("home", home)):
+        for what, path in (("root", root), ("home", home))[: 1 if home == root else 2]:
             try:
                 if paths.to_virtual(root, path) is None:
                     raise errors.NotFound("outside the route's root")

@@ -112,7 +112,10 @@ class GuardBus:
             except ValueError:
                 continue
             if isinstance(event, dict):
-                self._apply(event)
+                try:
+                    self._apply(event)
+                except Exception:  # a bad event (or one before the guard exists) must not end the bus
+                    log.exception("guard event from a sibling worker not applied")
 
 
 def listen_sockets(cfg: GatewayConfig) -> tuple[socket.socket, socket.socket | None]:

@@ -24,7 +24,7 @@ from gateway.ftp.handler import GatewayHandler
 def session_reused(conn: SSL.Connection) -> bool:
     """Whether the TLS handshake of ``conn`` resumed an earlier session."""
     # pyOpenSSL has no wrapper for SSL_session_reused; its cffi binding exports the call.
-    return bool(compat.openssl_lib.SSL_session_reused(conn._ssl))
+    return bool(compat.openssl_lib.SSL_session_reused(getattr(conn, compat.OPENSSL_CONNECTION_ATTRIBUTE)))
 
 
 def session_reuse_supported() -> bool:

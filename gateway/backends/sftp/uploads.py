@@ -40,19 +40,17 @@ from gateway.backends.sftp.attrs import kind_of, to_attrs
 from gateway.backends.sftp.files import SFTPWriteStream
 from gateway.backends.sftp.loop import BackgroundLoop
 from gateway.core import errors, logs
-from gateway.core.storage import UPLOAD_TEMP_PREFIX, Attrs, Kind, partial_name
+from gateway.core.storage import NAME_MAX, UPLOAD_TEMP_PREFIX, Attrs, Kind, partial_name
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.sftp")
-
-_NAME_MAX = 255
 
 
 def temporary_name(path: str) -> str:
     """A hidden name in the directory of ``path`` for its upload in progress."""
     directory, _, name = path.rpartition("/")
     raw = f"{UPLOAD_TEMP_PREFIX}{secrets.token_hex(4)}-{name}".encode("utf-8", "surrogateescape")
-    return f"{directory}/{raw[:_NAME_MAX].decode('utf-8', 'surrogateescape')}"
+    return f"{directory}/{raw[:NAME_MAX].decode('utf-8', 'surrogateescape')}"
 
 
 async def _drop(sftp: asyncssh.SFTPClient, fh: asyncssh.SFTPClientFile, temp: str) -> None:
@@ -344,7 +342,7 @@ class AtomicUploads:
             nonlocal only_copy
             # The whole file is stored: a partial of an earlier attempt is obsolete (SIZE
             # would show its size). Its removal goes out with the rename: one round trip.
-            obsolete = remove_quietly(sftp, kept) if kept is not None else asyncio.sleep(0)
+            obsolete = remove_quietly(sftp, kept) if kept is not None else _nothing()
             try:
                 await asyncio.gather(sftp.posix_rename(temp, path), obsolete)
             except asyncssh.SFTPOpUnsupported:
@@ -384,5 +382,5 @@ class AtomicUploads:
         """Remove a failed upload's temporary file and the partial of an earlier attempt."""
         await asyncio.gather(
             remove_quietly(self._sftp, temp),
-            remove_quietly(self._sftp, kept) if kept is not None else asyncio.sleep(0),
+            remove_quietly(self._sftp, kept) if kept is not None else _nothing(),
         )
