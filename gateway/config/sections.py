@@ -278,12 +278,24 @@ def _days_of_evidence(value: float) -> str | None:
     return None if 0 <= value <= 365 else "must be a number of days from 0 to 365"
 
 
+def _cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container limited to 2 CPUs on a 64-core node gets 2)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 def _workers(top: _Section) -> int:
     """``workers``: a number, or ``auto`` for one per core this process may run on (at most 64)."""
     value = top.raw("workers", 1)
     if value == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return min(64, cores or 1)
+        return min(64, _cores())
     if isinstance(value, str):
         top.problem("workers", f"must be a number from 1 to 64, or auto (not {value!r})")
         return 1

@@ -7,7 +7,6 @@ os.path.realpath, pwd and grp, which would describe the wrong machine).
 
 from __future__ import annotations
 
-import dataclasses
 import posixpath
 from typing import Any
 
@@ -74,7 +73,7 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         known = self._attrs.get((filename, True))  # from the SIZE or MDTM just before
         self.forget()
         if mode == "rb":
-            return self.storage.open_read(filename, known)
+            return self.storage.open_read(filename, known)  # its attrs are used up: forget()
         new = self.umask is not None and not self.lexists(filename)
         # TYPE I: the bytes are the client's file as it is, so a cut upload can be resumed
         # from what arrived (TYPE A changed line ends: sizes are not the client's).
@@ -123,9 +122,6 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         self.storage.set_mtime(path, int(timeval))
         # pyftpdlib's MFMT reads the time back for its reply: answer from what was just set.
         self._mtime_set = (path, int(timeval))
-        for key, attrs in list(self._attrs.items()):
-            if key[0] == path:
-                self._attrs[key] = dataclasses.replace(attrs, mtime=int(timeval))
 
     def listdir(self, path: str) -> list[str]:
         return sorted(entry.name for entry in self.storage.list_dir(path))

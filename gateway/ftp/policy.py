@@ -34,8 +34,9 @@ CREATES_NAME = frozenset({"STOR", "APPE", "STOU", "MKD", "XMKD", "RNTO"})
 
 #: Commands of one transfer's sequence (lftp and FileZilla: SIZE, MDTM, PASV, RETR; after a
 #: STOR: MFMT): attributes the previous command fetched still answer these, so the sequence
-#: stats a file once. Any other command starts afresh: other SFTP users' changes show at once.
-KEEPS_ATTRS = frozenset({"SIZE", "MDTM", "MFMT", "PASV", "EPSV", "PORT", "EPRT", "TYPE", "REST"})
+#: stats a file once (RETR opens with them, then drops them). Any other command starts
+#: afresh: other SFTP users' changes show at once.
+KEEPS_ATTRS = frozenset({"SIZE", "MDTM", "MFMT", "PASV", "EPSV", "PORT", "EPRT", "TYPE", "REST", "RETR"})
 
 
 def governing_verb(cmd: str, arg: str) -> str:

