@@ -28,7 +28,7 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         self._attrs: dict[tuple[str, bool], Attrs] = {}
         #: The file the last upload completed: a regular file for the MFMT that follows it.
         self.written: str | None = None
-        self._mtime_set: tuple[str, int] | None = None  # what MFMT just set, for its reply
+        self._mtimes: dict[str, int] = {}  # times MFMT set in this sequence (kept with _attrs)
         #: SITE UMASK: the bits new files and directories leave out (None: the backend decides).
         self.umask: int | None = None
         self._resuming: str | None = None  # the path the current REST+STOR or APPE resumes
@@ -40,8 +40,9 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         sequence (policy.KEEPS_ATTRS: SIZE, MDTM, PASV, ... before RETR; MFMT after STOR)."""
         if cmd not in policy.KEEPS_ATTRS:
             self._attrs.clear()
+            self._mtimes.clear()
             self.written = None
-        self._resuming, self._mtime_set = None, None
+        self._resuming = None
 
     def attrs(self, path: str, follow: bool = True) -> Attrs:
         """stat/lstat of a backend path, cached for the current command's sequence (forget)."""
@@ -121,7 +122,7 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
     def utime(self, path: str, timeval: float) -> None:
         self.storage.set_mtime(path, int(timeval))
         # pyftpdlib's MFMT reads the time back for its reply: answer from what was just set.
-        self._mtime_set = (path, int(timeval))
+        self._mtimes[path] = int(timeval)
 
     def listdir(self, path: str) -> list[str]:
         return sorted(entry.name for entry in self.storage.list_dir(path))
@@ -167,8 +168,8 @@ class GatewayFS(AbstractedFS):  # type: ignore[misc]
         return kept
 
     def getmtime(self, path: str) -> float:
-        if self._mtime_set is not None and self._mtime_set[0] == path:
-            return float(self._mtime_set[1])
+        if path in self._mtimes:
+            return float(self._mtimes[path])
         mtime = self.attrs(path).mtime
         if mtime is None:
             raise errors.BackendFailure("Modification time not available.")
