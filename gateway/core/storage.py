@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -99,6 +100,31 @@ class ReadStream(Protocol):
 
     def close(self) -> None:
         """Release the backend handle."""
+        ...
+
+
+#: Told once, on the storage's own thread, when a ``Sender`` ends: the bytes sent, and what
+#: ended it early (a ``GatewayError`` from the backend, an ``OSError`` from the data
+#: connection) or None when the whole file was sent.
+Delivered = Callable[[int, Exception | None], None]
+
+
+class Delivery(Protocol):
+    """A download a storage is sending into a data connection by itself."""
+
+    sent: int  # bytes sent so far: progress, read from other threads
+
+    def cancel(self) -> None:
+        """Stop sending (any thread); the ``Delivered`` callback is then not called."""
+        ...
+
+
+class Sender(Protocol):
+    """A ReadStream that can send the rest of its file into a socket without the caller's thread."""
+
+    def send_to(self, sock: socket.socket, done: Delivered) -> Delivery:
+        """Send from the current offset to the end into ``sock`` (connected, non-blocking; the
+        sender closes it), then call ``done``; the stream is released when it ends either way."""
         ...
 
 

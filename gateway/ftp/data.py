@@ -18,8 +18,10 @@ from pyftpdlib.log import logger as ftplog
 
 from gateway.core import proxy_protocol
 from gateway.core.errors import GatewayError, NoPassivePort
+from gateway.core.storage import Delivery
 from gateway.ftp import compat
 from gateway.ftp.proxy import read_header
+from gateway.ftp.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from gateway.ftp.handler import GatewayHandler
@@ -153,7 +155,8 @@ class GatewayActiveDTP(CountedDataConnection, ActiveDTP):  # type: ignore[misc]
 
 
 class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
-    """Data channel: commit uploads before 226, map backend errors to 426/451/452/552."""
+    """Data channel: commit uploads before 226, map backend errors to 426/451/452/552, and
+    let a storage that can send a download by itself do so."""
 
     # One OpenSSH SFTP request at most (limits@openssh.com: 255 KiB): an upload's recv()
     # chunks then go to the backend as they are, without being copied into blocks.
@@ -162,9 +165,68 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
     transfer_finished: bool
     _had_cr: bool  # pyftpdlib: TYPE A upload, the last chunk ended with CR (held back)
     _clean_eof = False
+    _delivery: Delivery | None = None  # a download the storage is sending by itself
+    _wakeup: Wakeup | None = None  # how its end reaches this session's thread
 
     def use_sendfile(self) -> bool:
         return False
+
+    def push_with_producer(self, producer: Any) -> None:
+        send_to = getattr(self.file_obj, "send_to", None)
+        if send_to is None or producer.type != "i" or type(self.socket) is not socket.socket:
+            super().push_with_producer(producer)  # TYPE A, TLS, a storage that cannot
+            return
+        # A binary download over a plain data connection: the storage sends it from the
+        # thread that owns its backend connection, into a duplicate of the data socket, so
+        # no block crosses threads and the two threads do not contend for the GIL per
+        # block. This thread keeps serving the control connection (ABOR, the data timeout)
+        # and hears when the transfer has ended.
+        sock = self.socket.dup()
+        self._initialized = True
+        self.ioloop.unregister(self._fileno)
+        wakeup = self._wakeup = Wakeup(self.ioloop)
+        self._delivery = send_to(sock, lambda sent, err: wakeup.call(lambda: self._delivered(sent, err)))
+
+    def _delivered(self, sent: int, err: Exception | None) -> None:
+        """The storage has sent the download (``err`` None) or stopped; reply and close."""
+        if self._delivery is None:
+            return  # closed meanwhile
+        self._end_delivery()
+        self.tot_bytes_sent = sent
+        if err is None:
+            self.transfer_finished = True
+            self._resp = ("226 Transfer complete.", ftplog.debug)
+            self.close()
+        elif isinstance(err, OSError):  # the client closed or reset the data connection
+            self._resp = (f"426 Transfer aborted; {sent} bytes transmitted.", ftplog.debug)
+            self.close()
+        else:
+            try:
+                raise err
+            except Exception:
+                self.handle_error()
+
+    def _end_delivery(self) -> None:
+        if self._delivery is not None:
+            self.tot_bytes_sent = self._delivery.sent
+            self._delivery = None
+        if self._wakeup is not None:
+            self._wakeup.close()
+            self._wakeup = None
+
+    def close_when_done(self) -> None:
+        if self._delivery is None:
+            super().close_when_done()
+
+    def transfer_in_progress(self) -> bool:
+        # A download being sent is in progress (ABOR: 426 then 226) even before the sender
+        # has counted its first bytes.
+        return self._delivery is not None or super().transfer_in_progress()
+
+    def get_transmitted_bytes(self) -> int:
+        if self._delivery is not None:
+            self.tot_bytes_sent = self._delivery.sent
+        return super().get_transmitted_bytes()  # type: ignore[no-any-return]
 
     # TYPE A on binary data (NUL bytes) is flagged for the usage report: the conversion of
     # line endings alters such files, and a client moving to SFTP must know it relied on it.
@@ -219,6 +281,11 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
             control.backend_gone()
 
     def close(self) -> None:
+        if self._delivery is not None:  # ABOR, the data timeout, the session's end
+            self._delivery.cancel()
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)  # the sender's duplicate holds it open
+            self._end_delivery()
         fobj = self.file_obj
         if not self._closed and self.receive and fobj is not None and not fobj.closed:
             if not self.transfer_finished:

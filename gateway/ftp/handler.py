@@ -716,6 +716,8 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
     def log(self, msg: str, logfun: Any = ftplog.info) -> None:
         if self._constructing:
             return  # pyftpdlib's "session opened": see __init__
+        if not _enabled(logfun):
+            return  # pyftpdlib logs every reply at debug: build no line nobody reads
         logfun(f"{self._log_prefix()} {listing.printable(msg)}")
 
     def logline(self, msg: str, logfun: Any = ftplog.debug) -> None:
@@ -728,6 +730,17 @@ class GatewayHandler(ListingCommands, SiteAndChecksumCommands):
 
     def logerror(self, msg: str) -> None:
         ftplog.error(f"{self._log_prefix()} {listing.printable(msg)}")
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def _enabled(logfun: Any) -> bool:
+    """Whether ``logfun`` (a logger's debug/info/... method) would emit a line now."""
+    logger = getattr(logfun, "__self__", None)
+    if not isinstance(logger, logging.Logger):
+        return True
+    return logger.isEnabledFor(_LEVELS.get(logfun.__name__, logging.CRITICAL))
 
 
 def _x_command(algorithm: str) -> Callable[[GatewayHandler, str], str | None]:

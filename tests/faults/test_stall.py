@@ -8,6 +8,7 @@ Latencies are measured and printed but only bounded loosely (2 s): the machine i
 from __future__ import annotations
 
 import ftplib
+import os
 import threading
 import time
 
@@ -18,6 +19,7 @@ from tests.faults.conftest import (
     assert_alive,
     attempt,
     command,
+    cut_download,
     cut_upload,
     login,
     retr,
@@ -141,3 +143,23 @@ def test_an_upload_into_a_stalled_backend_fails_after_one_operation_timeout(
     relay.resume()
     assert stor(ftp, "up.bin", b"after the stall").startswith("226")
     assert (user2.home / "up.bin").read_bytes() == b"after the stall"
+
+
+def test_a_download_from_a_stalled_backend_fails_after_one_operation_timeout(
+    gateway_factory, sshd, relay, user2
+):
+    """The read that times out ends the download with 451 (the loop sends downloads itself:
+    its timer, not the session thread's wait, must catch the stall) and the session goes on."""
+    content = os.urandom(64 * 2**20)
+    seed(user2, "big.bin", content)
+    gw = gateway_factory(split_config(sshd, relay, operation_timeout=3))
+    ftp = login(gw, user2)
+    received, reply, seconds = cut_download(ftp, "big.bin", relay.stall)
+    print(f"download from a stalled backend: {reply!r} after {seconds:.2f} s, {received} bytes received")
+    assert reply.startswith("451"), reply
+    assert seconds < 10  # one operation_timeout (3 s) and slack, never a hang
+    assert received < len(content)
+    assert command(ftp, "NOOP").startswith("200")
+    relay.resume()
+    assert retr(ftp, "big.bin") == content
+    assert_alive(gw, user2, expect=["big.bin"])

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from tests.helpers.gateway_env import seed
+from tests.helpers.gateway_env import base_config, seed, wait_for
 
 
 def retr(ftp, name, rest=None):
@@ -166,6 +166,51 @@ def test_abor_during_retr_then_session_goes_on(ftp, user):
     conn.close()
     assert ftp.sendcmd("NOOP").startswith("200")
     assert retr(ftp, "small.txt") == b"still works"
+
+
+def test_a_client_that_stops_reading_a_download_gets_421_after_the_data_timeout(gateway_factory, sshd, user):
+    # The backend side sends downloads by itself; the session's data timer must still see
+    # that nothing moves, end the transfer, and let the session's place go.
+    seed(user, "big.bin", os.urandom(64 * 2**20))
+    gw = gateway_factory(base_config(sshd, limits={"failed_login_delay": 0.2, "data_timeout": 2}))
+    ftp = gw.login(user)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("RETR big.bin")
+    assert conn.recv(65536)  # and nothing more: the socket buffers fill up
+    ftp.sock.settimeout(30)
+    with pytest.raises(ftplib.error_temp, match=r"^421 Data connection timed out"):
+        ftp.getresp()
+    conn.close()
+    seed(user, "small.txt", b"next session")
+    assert retr(gw.login(user), "small.txt") == b"next session"
+
+
+def test_downloads_ended_every_way_leave_no_descriptor_behind(ftp, user):
+    # Complete, aborted, and reset by the client, many times: each download holds a
+    # duplicate of its data socket and a wake-up pipe while the backend side sends it.
+    data = os.urandom(16 * 2**20)
+    seed(user, "big.bin", data)
+    ftp.voidcmd("TYPE I")
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))  # the gateway runs in this process
+
+    assert retr(ftp, "big.bin") == data
+    before = descriptors()
+    for _ in range(10):
+        assert retr(ftp, "big.bin") == data
+        conn = ftp.transfercmd("RETR big.bin")
+        assert conn.recv(65536)
+        abort_in_progress(ftp)
+        conn.close()
+        conn = ftp.transfercmd("RETR big.bin")
+        assert conn.recv(65536)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()
+        with pytest.raises(ftplib.error_temp, match=r"^426"):
+            ftp.voidresp()
+    assert wait_for(lambda: descriptors() <= before), f"{descriptors() - before} descriptors more than before"
+    assert retr(ftp, "big.bin") == data
 
 
 def test_abor_during_stor_leaves_no_false_success(ftp, user):

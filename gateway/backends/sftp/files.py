@@ -7,19 +7,22 @@ RTT) and translates every backend exception into a gateway error.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncssh
 
 from gateway.backends.sftp.errors import translate
 from gateway.backends.sftp.loop import BackgroundLoop, wait
 from gateway.core.errors import BackendTimeout, GatewayError, NoSpace, QuotaExceeded
+from gateway.core.storage import Delivered
 
 T = TypeVar("T")
 
@@ -57,6 +60,14 @@ class Budget:
             self.used -= size
 
 
+class _Pending(Protocol):
+    """A request in flight: a thread-safe future (from a session thread) or a task (on the loop)."""
+
+    def done(self) -> bool: ...
+
+    def cancel(self) -> bool: ...
+
+
 class _Window:
     """Requests in flight, oldest first: at most ``depth``, all but the first paid from the budget.
 
@@ -65,7 +76,7 @@ class _Window:
 
     def __init__(self, budget: Budget, depth: int) -> None:
         self._budget, self._depth = budget, depth
-        self._items: deque[tuple[int, concurrent.futures.Future[Any], int]] = deque()
+        self._items: deque[tuple[int, Any, int]] = deque()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -78,13 +89,13 @@ class _Window:
             return size
         return None
 
-    def push(self, offset: int, future: concurrent.futures.Future[Any], charge: int) -> None:
+    def push(self, offset: int, future: _Pending, charge: int) -> None:
         self._items.append((offset, future, charge))
 
     def oldest_done(self) -> bool:
         return bool(self._items) and self._items[0][1].done()
 
-    def pop(self) -> tuple[int, concurrent.futures.Future[Any]]:
+    def pop(self) -> tuple[int, Any]:
         """The oldest request (its charge goes back to the budget)."""
         offset, future, charge = self._items.popleft()
         self._budget.give(charge)
@@ -140,10 +151,15 @@ class _Handle:
         """``wait`` that also counts a timeout (the cancelled request reports nothing)."""
         try:
             return wait(future, self.timeout)
-        except BackendTimeout as err:
-            self.stalled = True
-            self.report(op, None, err)
-            raise
+        except BackendTimeout:
+            raise self._stalled(op) from None
+
+    def _stalled(self, op: str) -> BackendTimeout:
+        """Note that ``op`` timed out: the connection stopped answering."""
+        self.stalled = True
+        err = BackendTimeout()
+        self.report(op, None, err)
+        return err
 
     async def _read(self, size: int, offset: int) -> bytes:
         try:
@@ -176,8 +192,46 @@ class _Handle:
         self._settle("close", self.loop.submit(self._close()))
 
 
+class _Delivery:
+    """A download the loop is sending into a data connection (``SFTPReadStream.send_to``)."""
+
+    def __init__(self) -> None:
+        self.sent = 0  # written by the loop thread only
+        self.future: concurrent.futures.Future[None] | None = None
+
+    def cancel(self) -> None:
+        """Stop the sending task (thread-safe); it then releases the socket and the handle."""
+        if self.future is not None:
+            self.future.cancel()
+
+
+async def _send_all(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes, delivery: _Delivery
+) -> None:
+    """Send ``data``, counting what the kernel took at once (what the client may already
+    have: the progress ABOR and the data timeout see), then the rest once it is all sent."""
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    delivery.sent += sent
+    if sent < len(data):
+        rest = memoryview(data)[sent:]
+        await loop.sock_sendall(sock, rest)
+        delivery.sent += len(rest)
+
+
+#: Handle closes nobody waits for (a finished delivery's): referenced until they end.
+_closing: set[asyncio.Task[None]] = set()
+
+
 class SFTPReadStream(_Handle):
-    """Sequential reader keeping up to ``depth`` block reads in flight ahead of the consumer."""
+    """Sequential reader keeping up to ``depth`` block reads in flight ahead of the consumer.
+
+    Read by a session thread (``read``), or by the loop itself straight into the data
+    connection (``send_to``): then no block crosses threads, and the session thread is
+    only told when the transfer has ended.
+    """
 
     def __init__(
         self,
@@ -196,43 +250,93 @@ class SFTPReadStream(_Handle):
         self._window = _Window(budget, depth)
         self._next = 0  # offset of the next read to submit
         self._eof = False
+        self._delivering = False  # send_to owns the stream (its window, its handle) from then on
 
     def seek(self, offset: int) -> None:
         """Start at ``offset``; drops any read-ahead."""
         self._window.drain()
         self._next, self._eof = offset, False
 
-    def _fill(self) -> None:
+    def _fill(self, start: Callable[[Coroutine[Any, Any, bytes]], _Pending]) -> None:
         # Read ahead only within the size seen at open; past it, one read at a time until
         # the backend says EOF (the file may still be growing).
         while self._next < self._size_hint or not self._window:
             charge = self._window.admit(self._block)
             if charge is None:
                 return
-            self._window.push(self._next, self.loop.submit(self._read(self._block, self._next)), charge)
+            self._window.push(self._next, start(self._read(self._block, self._next)), charge)
             self._next += self._block
+
+    def _got(self, offset: int, data: bytes) -> None:
+        """Account for the block read at ``offset``.
+
+        A short read is EOF, or a server that returns less than asked: everything queued
+        after it started at the wrong offset, so reading restarts right after it. A short
+        read that reaches the size seen at open is the end (no extra EOF round trip).
+        """
+        if len(data) < self._block:
+            self._window.drain()
+            self._next = offset + len(data)
+            if not data or self._next >= self._size_hint:
+                self._eof = True
 
     def read(self, size: int = -1) -> bytes | memoryview:
         """Return the next block (whatever ``size`` asks); empty at end of file."""
         if self._eof or self.closed:
             return b""
-        self._fill()
+        self._fill(self.loop.submit)
         offset, future = self._window.pop()
         data: bytes = self._wait("read", future)
-        if len(data) < self._block:
-            # Short read: EOF, or a server that returns less than asked. Everything
-            # queued after it started at the wrong offset; restart right after it. A short
-            # read that reaches the size seen at open is the end (no extra EOF round trip).
-            self._window.drain()
-            self._next = offset + len(data)
-            if not data or self._next >= self._size_hint:
-                self._eof = True
+        self._got(offset, data)
         # A memoryview: asynchat re-slices what a partial send() left over, which for bytes
         # copies the rest of the block each time; memoryview slices are free.
         return memoryview(data)
 
+    def send_to(self, sock: socket.socket, done: Delivered) -> _Delivery:
+        """Send the rest of the file into ``sock`` from the loop thread, then call ``done``
+        there; ``sock`` and the handle are released when it ends, however it ends."""
+        self._delivering = True
+        delivery = _Delivery()
+        delivery.future = self.loop.submit(self._send(sock, delivery, done))
+        return delivery
+
+    async def _send(self, sock: socket.socket, delivery: _Delivery, done: Delivered) -> None:
+        loop = asyncio.get_running_loop()
+        error: Exception | None = None
+        try:
+            while not self._eof:
+                self._fill(loop.create_task)
+                offset, task = self._window.pop()
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        data: bytes = await task
+                except TimeoutError:
+                    raise self._stalled("read") from None
+                self._got(offset, data)
+                if data:
+                    await _send_all(loop, sock, data, delivery)
+        except Exception as exc:  # the backend's GatewayError, the data connection's OSError
+            error = exc
+        finally:  # cancelled too: the session ended the transfer (ABOR, a timeout, its end)
+            self._window.drain()
+            sock.close()
+            # The reply does not wait for the handle's close: the data is delivered, and
+            # the backend handles the CLOSE before any later request on this channel.
+            self.closed = True
+            task = loop.create_task(self._release())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+        done(delivery.sent, error)
+
+    async def _release(self) -> None:
+        with contextlib.suppress(GatewayError, TimeoutError):
+            async with asyncio.timeout(self.timeout):
+                await self._close()
+
     def close(self) -> None:
         """Release the handle (read errors at close do not matter)."""
+        if self._delivering:
+            return  # send_to releases it
         self._window.drain()
         self.close_handle()
 
