@@ -56,40 +56,69 @@ sys.stdin.readline()  # hold the sessions until the parent has measured
 """
 
 # asyncssh alone, no FTP side: the same pipelining as the gateway (16 x 255 KiB reads, 8
-# writes), printing its own CPU seconds. It shows the floor of any asyncssh-based gateway.
+# writes), and for small files the SFTP requests each file needs (an upload: open a
+# temporary name, write, close, rename over; a download: open, read, close; a listing:
+# READDIR). It prints its own CPU seconds and elapsed time, both from after its login: the
+# floor of any asyncssh-based gateway, without Python's start-up in the figure.
 ASYNCSSH_CLIENT = """
-import asyncio, sys, time, asyncssh
+import asyncio, os, sys, time, asyncssh
 try:
     import uvloop
     uvloop.install()
 except ImportError:
     pass
+async def get(sftp, remote, block):
+    async with sftp.open(remote, "rb", block_size=None) as f:
+        size, offset, pending = (await f.stat()).size, 0, []
+        while offset < size or pending:
+            while offset < size and len(pending) < 16:
+                pending.append(asyncio.ensure_future(f.read(block, offset)))
+                offset += block
+            await pending.pop(0)
+async def put(sftp, remote, local, block):
+    with open(local, "rb") as src:
+        async with sftp.open(remote, "wb", block_size=None) as f:
+            offset, pending = 0, []
+            while data := src.read(block):
+                pending.append(asyncio.ensure_future(f.write(data, offset)))
+                offset += len(data)
+                if len(pending) >= 8:
+                    await pending.pop(0)
+            await asyncio.gather(*pending)
+async def small_put(sftp, remote, local):
+    await sftp.mkdir(remote)
+    for name in sorted(os.listdir(local)):
+        with open(os.path.join(local, name), "rb") as src:
+            data = src.read()
+        async with sftp.open(f"{remote}/.up-{name}", "wb", block_size=None) as f:
+            await f.write(data, 0)
+        await sftp.posix_rename(f"{remote}/.up-{name}", f"{remote}/{name}")
+async def small_get(sftp, remote, local, block):
+    for name in await sftp.listdir(remote):
+        if name.startswith("."):
+            continue
+        async with sftp.open(f"{remote}/{name}", "rb", block_size=None) as f:
+            data = await f.read(block, 0)
+        with open(os.path.join(local, name), "wb") as dst:
+            dst.write(data)
 async def main(port, known_hosts, user, password, op, remote, local):
     async with asyncssh.connect("127.0.0.1", int(port), username=user, password=password,
             known_hosts=known_hosts, client_keys=None, agent_path=None, config=None,
             encryption_algs=["aes128-gcm@openssh.com"], compression_algs=None, window=16 * 2**20) as conn:
         async with conn.start_sftp_client() as sftp:
-            cpu = time.process_time()
+            cpu, started = time.process_time(), time.perf_counter()
             block = min(sftp.limits.max_read_len, 261120)
             if op == "get":
-                async with sftp.open(remote, "rb", block_size=None) as f:
-                    size, offset, pending = (await f.stat()).size, 0, []
-                    while offset < size or pending:
-                        while offset < size and len(pending) < 16:
-                            pending.append(asyncio.ensure_future(f.read(block, offset)))
-                            offset += block
-                        await pending.pop(0)
+                await get(sftp, remote, block)
+            elif op == "put":
+                await put(sftp, remote, local, block)
+            elif op == "small_put":
+                await small_put(sftp, remote, local)
+            elif op == "small_ls":
+                await sftp.readdir(remote)
             else:
-                with open(local, "rb") as src:
-                    async with sftp.open(remote, "wb", block_size=None) as f:
-                        offset, pending = 0, []
-                        while data := src.read(block):
-                            pending.append(asyncio.ensure_future(f.write(data, offset)))
-                            offset += len(data)
-                            if len(pending) >= 8:
-                                await pending.pop(0)
-                        await asyncio.gather(*pending)
-            print(time.process_time() - cpu)
+                await small_get(sftp, remote, local, block)
+            print(time.process_time() - cpu, time.perf_counter() - started)
 asyncio.run(main(*sys.argv[1:]))
 """
 
@@ -176,6 +205,17 @@ class System:
     port: int = 0
     proc: Proc | None = None
     cpu_per_gib: dict[str, list[float]] = field(default_factory=lambda: {"down": [], "up": []})
+    own_time: float | None = None  # seconds the last action took as the system timed it itself
+
+    def time(self, action: Callable[[], object]) -> float:
+        """Seconds ``action`` took: as the system timed it itself if it does, else from outside."""
+        self.own_time = None
+        outside = timed(action)
+        return self.own_time if self.own_time is not None else outside
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds the server has used so far (None: not measured for this system)."""
+        return self.proc.cpu() if self.proc else None
 
     @property
     def url(self) -> str:
@@ -277,24 +317,39 @@ class SFTPDirect(System):
 
 @dataclass
 class AsyncsshFloor(System):
-    """asyncssh reading/writing the file itself, no FTP: big transfers only."""
+    """asyncssh reading/writing the files itself, no FTP: big transfers and small files."""
 
     sshd_port: int = 0
     known_hosts: Path = Path()
     big_mib: int = 0
+    cpu_total: float = 0.0  # its own CPU seconds, summed over every run
 
-    def _run(self, op: str, remote: str, local: str) -> None:
+    def _run(self, op: str, remote: str, local: str) -> float:
         out = run([
             sys.executable, "-c", ASYNCSSH_CLIENT, str(self.sshd_port), str(self.known_hosts), USER, PASSWORD,
             op, remote, local,
         ])  # fmt: skip
-        self.cpu_per_gib["down" if op == "get" else "up"].append(float(out.stdout) / (self.big_mib / 1024))
+        cpu, self.own_time = map(float, out.stdout.split())
+        self.cpu_total += cpu
+        return cpu
+
+    def cpu_seconds(self) -> float | None:
+        return self.cpu_total
 
     def download(self, name: str) -> None:
-        self._run("get", name, "")
+        self.cpu_per_gib["down"].append(self._run("get", name, "") / (self.big_mib / 1024))
 
     def upload(self, src: Path, name: str) -> None:
-        self._run("put", name, str(src))
+        self.cpu_per_gib["up"].append(self._run("put", name, str(src)) / (self.big_mib / 1024))
+
+    def small_upload(self, local: Path, remote: str) -> None:
+        self._run("small_put", remote, str(local))
+
+    def small_list(self, remote: str) -> None:
+        self._run("small_ls", remote, "")
+
+    def small_download(self, remote: str, local: Path) -> None:
+        self._run("small_get", remote, str(local))
 
 
 class Bench:
@@ -461,13 +516,13 @@ class Bench:
         """Every measure asked for, on one system, once."""
         a = self.args
         if "big" in a.only:
-            self.big_transfers(s)
-        if isinstance(s, AsyncsshFloor):
-            return  # a floor for big transfers only
-        if "concurrent" in a.only:
-            self.concurrent(s)
+            self.big_transfers(s, rep)
         if "small" in a.only:
             self.small_files(s, rep)
+        if isinstance(s, AsyncsshFloor):
+            return  # a floor for single transfers only
+        if "concurrent" in a.only:
+            self.concurrent(s, rep)
         if "latency" in a.only:
             latencies = [s.login_latency("one.byte") for _ in range(10)]
             self.record("login + 1-byte RETR (ms)", s, 1000 * statistics.median(latencies))
@@ -485,28 +540,31 @@ class Bench:
                         a.reconnects / elapsed)  # fmt: skip
 
     def forget(self, *names: str) -> None:
-        """Delete earlier uploads before a timed one. On tmpfs in this VM, writing into
-        memory just freed is much faster than into memory a still-existing file holds, which
-        is what an atomic upload (a new file renamed over the old) would otherwise get and
-        an in-place upload (truncated first) not: 200 against 300 MiB/s for the same gateway."""
+        """Delete uploads once measured. Every upload goes to a name of its own (system and
+        run): no system then replaces a file, and rclone never meets a name deleted behind
+        its back (its directory cache still lists it for 5 minutes by default: its STOR then
+        answers 450 and leaves the client's data connection open, which hung curl). On tmpfs
+        in this VM, writing into memory just freed is also much faster than into memory a
+        still-existing file holds: 200 against 300 MiB/s for the same gateway."""
         for name in names:
             (self.user.home / name).unlink(missing_ok=True)
 
-    def big_transfers(self, s: System) -> None:
+    def big_transfers(self, s: System, rep: int) -> None:
         size = self.args.big_mib
         cpu = s.proc.cpu() if s.proc else 0.0
-        elapsed = timed(lambda: s.download("down.bin"))
+        elapsed = s.time(lambda: s.download("down.bin"))
         self.record(f"{size} MiB download (MiB/s)", s, size / elapsed)
         if s.proc:
             s.cpu_per_gib["down"].append((s.proc.cpu() - cpu) / (size / 1024))
             cpu = s.proc.cpu()
-        self.forget("up.bin")
-        elapsed = timed(lambda: s.upload(self.big, "up.bin"))
+        name = f"up-{s.name}-{rep}.bin"
+        elapsed = s.time(lambda: s.upload(self.big, name))
         self.record(f"{size} MiB upload (MiB/s)", s, size / elapsed)
         if s.proc:
             s.cpu_per_gib["up"].append((s.proc.cpu() - cpu) / (size / 1024))
+        self.forget(name)
 
-    def concurrent(self, s: System) -> None:
+    def concurrent(self, s: System, rep: int) -> None:
         n, size = self.args.concurrent, self.args.concurrent_mib
         if s.proc:
             s.proc.reset_peak()
@@ -514,10 +572,10 @@ class Bench:
             elapsed = timed(lambda: list(pool.map(s.download, [f"c{i}.bin" for i in range(n)])))
         self.record(f"{n} x {size} MiB concurrent downloads (MiB/s)", s, n * size / elapsed)
         with ThreadPoolExecutor(n) as pool:
-            names = [f"cu{i}.bin" for i in range(n)]
-            self.forget(*names)
+            names = [f"cu{i}-{s.name}-{rep}.bin" for i in range(n)]
             elapsed = timed(lambda: list(pool.map(lambda name: s.upload(self.medium, name), names)))
         self.record(f"{n} x {size} MiB concurrent uploads (MiB/s)", s, n * size / elapsed)
+        self.forget(*names)
         if s.proc:
             self.record(f"peak RSS during {n} concurrent transfers (MiB)", s, s.proc.status("VmHWM"))
 
@@ -525,15 +583,14 @@ class Bench:
         remote = f"small-{s.name}-{rep}"
         local = WORK / f"dl-{s.name}-{rep}"
         local.mkdir()
-        cpu = s.proc.cpu() if s.proc else 0.0
-        up = timed(lambda: s.small_upload(self.small, remote))
-        ls = timed(lambda: s.small_list(remote))
-        down = timed(lambda: s.small_download(remote, local))
+        cpu = s.cpu_seconds()
+        up = s.time(lambda: s.small_upload(self.small, remote))
+        ls = s.time(lambda: s.small_list(remote))
+        down = s.time(lambda: s.small_download(remote, local))
         count = self.args.small
-        if s.proc:  # the server's CPU per file transferred (each file goes up and comes back)
-            self.record(
-                f"{count} x 4 KiB files: server CPU per file (ms)", s, (s.proc.cpu() - cpu) * 500 / count
-            )
+        if cpu is not None:  # CPU per file transferred (each file goes up and comes back)
+            per_file = ((s.cpu_seconds() or 0.0) - cpu) * 500 / count
+            self.record(f"{count} x 4 KiB files: CPU per file, server or asyncssh (ms)", s, per_file)
         if len(os.listdir(local)) != count:
             raise RuntimeError(f"{s.name}: {len(os.listdir(local))} of {count} small files came back")
         shutil.rmtree(local)
@@ -567,8 +624,9 @@ class Bench:
         names = [s.name for s in systems]
         ref = "sftp"
         pairs = [(n, ref) for n in names if n != ref]
-        if "asyncssh" in names and "gateway" in names:
-            pairs.append(("gateway", "asyncssh"))
+        for other in ("asyncssh", "rclone"):  # what the FTP side costs; the nearest peer
+            if other in names and "gateway" in names:
+                pairs.append(("gateway", other))
         lines = [f"medians of {self.args.runs} interleaved runs; ratios against OpenSSH sftp ({SFTP_CIPHER})"]
         header = f"{'measure':<58}" + "".join(f"{n:>11}" for n in names)
         lines.append(header + "".join(f"{a + '/' + b:>17}" for a, b in pairs))
@@ -645,7 +703,8 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=500)
     parser.add_argument("--listing", type=int, default=100_000, help="entries of the big directory")
     parser.add_argument("--no-rclone", action="store_true")
-    parser.add_argument("--workers", type=int, default=1, help="the gateway's `workers` setting")
+    workers = lambda v: v if v == "auto" else int(v)  # noqa: E731
+    parser.add_argument("--workers", type=workers, default=1, help="the gateway's `workers`: N or auto")
     parser.add_argument(
         "--only",
         default="big,concurrent,small,listing,latency,reconnect,idle",
