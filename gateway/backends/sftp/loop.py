@@ -11,7 +11,7 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gateway.core.errors import BackendTimeout
 
@@ -60,11 +60,12 @@ class BackgroundLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run ``coro`` on the loop and wait up to ``timeout`` seconds for its result."""
+        """Run ``coro`` on the loop and wait up to ``timeout`` seconds for its result; on
+        timeout it is cancelled and BackendTimeout raised."""
         if self.in_loop_thread():
             coro.close()
             raise RuntimeError("BackgroundLoop.run called on the loop's own thread (would deadlock)")
-        return wait(self.submit(coro), timeout)
+        return _Call(self.loop, coro).wait(timeout)
 
     def in_loop_thread(self) -> bool:
         """True when called from the loop's own thread."""
@@ -85,6 +86,52 @@ class BackgroundLoop:
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _Call(Generic[T]):
+    """One coroutine run on the loop for one waiting thread: a task, and a lock it releases.
+
+    Every backend command of every session comes through here; run_coroutine_threadsafe
+    (a thread-safe future chained to the task both ways, a condition variable per wait)
+    costs more per call.
+    """
+
+    __slots__ = ("_coro", "_error", "_finished", "_loop", "_result", "_task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> None:
+        self._loop, self._coro = loop, coro
+        self._finished = threading.Lock()
+        self._finished.acquire()  # released by the loop when the task is done
+        self._task: asyncio.Task[T] | None = None
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        loop.call_soon_threadsafe(self._start)
+
+    def _start(self) -> None:
+        self._task = self._loop.create_task(self._coro)
+        self._task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[T]) -> None:
+        if task.cancelled():
+            self._error = concurrent.futures.CancelledError()
+        elif (error := task.exception()) is not None:
+            self._error = error
+        else:
+            self._result = task.result()
+        self._finished.release()
+
+    def _cancel(self) -> None:
+        if self._task is not None:  # always set: _start was scheduled first
+            self._task.cancel()
+
+    def wait(self, timeout: float) -> T:
+        """The coroutine's result or exception; past ``timeout`` seconds, BackendTimeout (it is cancelled)."""
+        if not self._finished.acquire(timeout=timeout):
+            self._loop.call_soon_threadsafe(self._cancel)
+            raise BackendTimeout()
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
 
 
 def _start_all(executor: concurrent.futures.ThreadPoolExecutor, count: int) -> None:
