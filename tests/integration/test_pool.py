@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from gateway.backends.sftp.pool import SPARE_CHANNELS
 from tests.helpers.gateway_env import PASSWORD, base_config, relay_known_hosts, seed, wait_for
 from tests.helpers.relay import Relay
 from tests.helpers.sshd import BASE, OpenSSHServer
@@ -34,6 +35,26 @@ def test_sequential_logins_reuse_one_ssh_connection(gateway_factory, sshd, relay
         assert ftp.nlst() == ["f.txt"]
         ftp.quit()
     assert relay.accepted == 1
+
+
+def test_sequential_sessions_reuse_sftp_server_processes_and_see_nothing_of_the_last(gw, user):
+    # OpenSSH starts an SFTP process per channel; released channels are kept for the next
+    # login. A session on a reused channel starts at its home and sees the files as they are.
+    def sftp_processes() -> set[str]:
+        found = subprocess.run(["pgrep", "-u", user.name, "-f", "sftp"], capture_output=True, text=True)
+        return set(found.stdout.split())
+
+    seed(user, "f.txt", "x")
+    seen: set[str] = set()
+    for i in range(6):
+        ftp = gw.login(user)
+        assert ftp.pwd() == "/"
+        assert sorted(ftp.nlst()) == sorted(["f.txt", *[f"d{j}" for j in range(i)]])
+        seen |= sftp_processes()
+        ftp.mkd(f"d{i}")
+        ftp.cwd(f"d{i}")
+        ftp.quit()
+    assert 1 <= len(seen) <= SPARE_CHANNELS, f"{len(seen)} SFTP processes started for 6 sessions in a row"
 
 
 def test_a_wrong_password_never_reuses_and_reaches_the_backend_once(gateway_factory, sshd, relay, user):

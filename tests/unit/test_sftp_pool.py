@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import asyncssh
 import pytest
 
-from gateway.backends.sftp.pool import Credential, SFTPPool
+from gateway.backends.sftp.pool import SPARE_CHANNELS, Credential, SFTPPool
 from gateway.config import PoolConfig
 from gateway.core import errors
 
@@ -181,6 +181,49 @@ def test_past_max_connections_per_user_a_login_waits_then_gets_too_many_sessions
         asyncio.get_running_loop().call_later(0.05, lambda: setattr(clock, "now", clock.now + 1))
         with pytest.raises(errors.TooManySessions):
             await asyncio.wait_for(pool.lease("alice", ALICE, verifier), 5)
+        pool.close_all()
+
+    run(body)
+
+
+def test_a_released_channel_is_kept_for_the_next_login_of_the_same_credential():
+    # OpenSSH starts an sftp-server per channel: the next login takes the released one.
+    async def body():
+        backend, clock = Backend(), Clock()
+        pool = make_pool(backend, clock)
+        verifier = pool.verifier(ALICE)
+        leases = [await pool.lease("alice", ALICE, verifier) for _ in range(SPARE_CHANNELS + 1)]
+        for lease in leases:
+            pool.release(lease)
+        await asyncio.sleep(0.01)
+        conn = backend.connections[0]
+        assert len(conn.open_channels) == SPARE_CHANNELS + 1
+        assert [c.closed for c in conn.open_channels].count(
+            False
+        ) == SPARE_CHANNELS  # one spare too many: closed
+        again = await pool.lease("alice", ALICE, verifier)
+        assert again.sftp in [lease.sftp for lease in leases] and not again.sftp.closed
+        assert len(conn.open_channels) == SPARE_CHANNELS + 1  # no new channel opened
+        pool.close_all()
+
+    run(body)
+
+
+def test_a_spare_channel_is_not_reused_once_the_backend_closed_it_or_the_password_must_be_checked_again():
+    async def body():
+        backend, clock = Backend(), Clock()
+        pool = make_pool(backend, clock, reverify_after=300)
+        verifier = pool.verifier(ALICE)
+        first = await pool.lease("alice", ALICE, verifier)
+        pool.release(first)
+        first.sftp.exit()  # the backend's sftp-server ended
+        await asyncio.sleep(0.01)
+        second = await pool.lease("alice", ALICE, verifier)
+        assert second.sftp is not first.sftp and not second.sftp.closed
+        pool.release(second)
+        clock.now += 301  # the verifier is too old: the backend must see the password again
+        third = await pool.lease("alice", ALICE, verifier)
+        assert third.owner is not second.owner and len(backend.logins) == 2
         pool.close_all()
 
     run(body)

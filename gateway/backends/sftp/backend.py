@@ -305,7 +305,7 @@ class SFTPBackend:
 
     def connection_states(self) -> list[str]:
         """ "active" or "idle" for each pooled connection (call on the loop)."""
-        return ["active" if c.channels else "idle" for c in self.pool.connections()]
+        return ["active" if c.active else "idle" for c in self.pool.connections()]
 
     def close(self) -> None:
         """Close every pooled connection (at shutdown; thread-safe)."""

@@ -2,8 +2,12 @@
 
 Runs entirely on the background loop. A login leases an SFTP channel on a pooled connection
 of the same backend user, or opens a new connection when none can take it (none yet, all
-at the backend's MaxSessions, stale, or dead); releasing the lease closes the channel and
-keeps the connection for the next login until it has been idle for ``idle_timeout``.
+at the backend's MaxSessions, stale, or dead); releasing the lease keeps the connection for
+the next login until it has been idle for ``idle_timeout``, and its channel open as a spare
+(``SPARE_CHANNELS`` per connection at most) that the next login of the same credential
+takes over: OpenSSH starts an sftp-server process per channel, the larger part of a short
+session's cost. A channel holds no state of its session (paths are absolute, every handle
+is closed by its owner), so reusing it shows the next login nothing of the last.
 
 Password passthrough and reuse (a security decision, see docs/security.md, "Connection reuse"): an SSH
 connection authenticates once, so reusing it for a later FTP login would skip the backend's
@@ -58,6 +62,9 @@ _SCRYPT = {"n": 2**11, "r": 8, "p": 1}
 _REAP_EVERY = 5.0
 #: Seconds after a release during which a refused channel is asked for once more.
 _RELEASE_SETTLE = 1.0
+#: Released channels kept open per connection for the next login (each holds one of the
+#: backend's MaxSessions and one sftp-server process until the connection goes).
+SPARE_CHANNELS = 2
 
 
 @dataclass(eq=False)
@@ -75,6 +82,13 @@ class PooledConnection:
     idle_since: float = 0.0
     released_at: float = float("-inf")  # when a lease last gave its channel back
     stale: bool = False  # no new leases (credentials superseded or too old); closes when idle
+    #: Released channels still open (counted in ``channels``), with their closed futures.
+    spare: list[tuple[asyncssh.SFTPClient, asyncio.Future[None]]] = field(default_factory=list)
+
+    @property
+    def active(self) -> int:
+        """Channels leased to sessions now (the spares not counted)."""
+        return self.channels - len(self.spare)
 
     def close(self) -> None:
         """Close the SSH connection."""
@@ -158,7 +172,7 @@ class SFTPPool:
                         return lease
             if len(entry.conns) + self._opening.get(user, 0) < self.cfg.max_connections_per_user:
                 return await self._lease_new(user, credential, verifier)
-            idle = [c for c in entry.conns if c.channels == 0]
+            idle = [c for c in entry.conns if c.active == 0]
             if idle:  # another credential's, or stale: it makes room
                 self._drop(idle[0])
                 continue
@@ -178,10 +192,17 @@ class SFTPPool:
         if now - pooled.verified_at > self.cfg.reverify_after:
             pooled.stale = True
             return False
-        return pooled.channels < pooled.max_channels
+        return bool(pooled.spare) or pooled.channels < pooled.max_channels
 
     async def _open_channel(self, pooled: PooledConnection) -> Lease | None:
-        """A new SFTP channel on ``pooled``, or None if it cannot take one (full or dead)."""
+        """A spare or new SFTP channel on ``pooled``, or None if it cannot take one (full or dead)."""
+        while pooled.spare:
+            sftp, closed = pooled.spare.pop()
+            if not closed.done():
+                return await self._check_spare(pooled, sftp, closed)
+            pooled.channels -= 1  # the backend ended it meanwhile
+        if pooled.channels >= pooled.max_channels:
+            return None
         pooled.channels += 1  # reserve the slot while the channel opens
         try:
             try:
@@ -229,6 +250,24 @@ class SFTPPool:
         # the SSH connection lives on: the session must see that too, not only a lost connection.
         return Lease(pooled, sftp, asyncio.ensure_future(_channel_closed(sftp)))
 
+    async def _check_spare(
+        self, pooled: PooledConnection, sftp: asyncssh.SFTPClient, closed: asyncio.Future[None]
+    ) -> Lease | None:
+        """A spare channel if it answers in time: the watchdog check that opening a new
+        channel is on a connection that stopped answering."""
+        try:
+            await asyncio.wait_for(sftp.realpath("."), self._timeout)
+        except BaseException as exc:
+            pooled.channels -= 1
+            pooled.stale = True
+            sftp.exit()
+            self._close_if_idle(pooled)
+            if not isinstance(exc, TimeoutError | OSError | asyncssh.Error):
+                raise  # cancelled
+            log.info("pooled connection failed its channel check (%s): closing it", exc.__class__.__name__)
+            return None
+        return Lease(pooled, sftp, closed)
+
     async def _start_sftp(self, pooled: PooledConnection) -> asyncssh.SFTPClient:
         return await asyncio.wait_for(
             pooled.conn.start_sftp_client(path_errors="surrogateescape"), self._timeout
@@ -273,8 +312,25 @@ class SFTPPool:
         return lease
 
     def release(self, lease: Lease) -> None:
-        """End a lease: close its channel; the connection stays for the next login (on the loop)."""
+        """End a lease: keep its channel as a spare or close it; the connection stays for the
+        next login (on the loop)."""
+        pooled = lease.owner
+        if (
+            len(pooled.spare) < SPARE_CHANNELS
+            and not lease.closed.done()
+            and self._reusable(pooled, self._clock())
+        ):
+            pooled.spare.append((lease.sftp, lease.closed))
+            self._released(pooled)
+            return
         asyncio.get_running_loop().create_task(self._release(lease))
+
+    def _released(self, pooled: PooledConnection) -> None:
+        pooled.released_at = self._clock()
+        if pooled.active == 0:
+            pooled.idle_since = pooled.released_at
+        self._close_if_idle(pooled)
+        self._notify()
 
     async def _release(self, lease: Lease) -> None:
         pooled = lease.owner
@@ -284,14 +340,10 @@ class SFTPPool:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(lease.sftp.wait_closed(), self._timeout)
         pooled.channels -= 1
-        pooled.released_at = self._clock()
-        if pooled.channels == 0:
-            pooled.idle_since = pooled.released_at
-        self._close_if_idle(pooled)
-        self._notify()
+        self._released(pooled)
 
     def _close_if_idle(self, pooled: PooledConnection) -> None:
-        if pooled.channels == 0 and (pooled.stale or pooled.is_lost() or not self.cfg.enabled):
+        if pooled.active == 0 and (pooled.stale or pooled.is_lost() or not self.cfg.enabled):
             self._drop(pooled)
 
     def _drop(self, pooled: PooledConnection) -> None:
@@ -307,7 +359,7 @@ class SFTPPool:
         """Close connections that are dead, or idle for longer than ``idle_timeout``."""
         now = self._clock()
         for pooled in self.connections():
-            idle_too_long = pooled.channels == 0 and now - pooled.idle_since > self.cfg.idle_timeout
+            idle_too_long = pooled.active == 0 and now - pooled.idle_since > self.cfg.idle_timeout
             if pooled.is_lost() or idle_too_long:
                 self._drop(pooled)
 
