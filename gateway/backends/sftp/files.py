@@ -8,7 +8,6 @@ RTT) and translates every backend exception into a gateway error.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import socket
 import threading
@@ -20,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import asyncssh
 
 from gateway.backends.sftp.errors import translate
-from gateway.backends.sftp.loop import BackgroundLoop, wait
+from gateway.backends.sftp.loop import BackgroundLoop, Call
 from gateway.core.errors import BackendTimeout, GatewayError, NoSpace, QuotaExceeded
 from gateway.core.storage import Delivered
 
@@ -136,7 +135,7 @@ class _Handle:
         self.closed = False
         self.stalled = False  # a request timed out
 
-    def _settle(self, op: str, future: concurrent.futures.Future[T]) -> None:
+    def _settle(self, op: str, future: Call[T]) -> None:
         """Wait for a clean-up request, unless the connection stalled; its error does not matter."""
         if not self.stalled:
             with contextlib.suppress(GatewayError):
@@ -147,10 +146,10 @@ class _Handle:
         self.report(op, None, err)
         return err
 
-    def _wait(self, op: str, future: concurrent.futures.Future[T]) -> T:
+    def _wait(self, op: str, future: Call[T]) -> T:
         """``wait`` that also counts a timeout (the cancelled request reports nothing)."""
         try:
-            return wait(future, self.timeout)
+            return future.wait(self.timeout)
         except BackendTimeout:
             raise self._stalled(op) from None
 
@@ -189,7 +188,7 @@ class _Handle:
         if self.closed:
             return
         self.closed = True
-        self._settle("close", self.loop.submit(self._close()))
+        self._settle("close", self.loop.call(self._close()))
 
 
 class _Delivery:
@@ -197,7 +196,7 @@ class _Delivery:
 
     def __init__(self) -> None:
         self.sent = 0  # written by the loop thread only
-        self.future: concurrent.futures.Future[None] | None = None
+        self.future: Call[None] | None = None
 
     def cancel(self) -> None:
         """Stop the sending task (thread-safe); it then releases the socket and the handle."""
@@ -284,7 +283,7 @@ class SFTPReadStream(_Handle):
         """Return the next block (whatever ``size`` asks); empty at end of file."""
         if self._eof or self.closed:
             return b""
-        self._fill(self.loop.submit)
+        self._fill(self.loop.call)
         offset, future = self._window.pop()
         data: bytes = self._wait("read", future)
         self._got(offset, data)
@@ -297,7 +296,7 @@ class SFTPReadStream(_Handle):
         there; ``sock`` and the handle are released when it ends, however it ends."""
         self._delivering = True
         delivery = _Delivery()
-        delivery.future = self.loop.submit(self._send(sock, delivery, done))
+        delivery.future = self.loop.call(self._send(sock, delivery, done))
         return delivery
 
     async def _send(self, sock: socket.socket, delivery: _Delivery, done: Delivered) -> None:
@@ -408,7 +407,7 @@ class SFTPWriteStream(_Handle):
         while (charge := self._window.admit(len(data))) is None:
             self._collect()  # window full: TCP pushes back meanwhile
         end = self._offset + len(data)
-        self._window.push(end, self.loop.submit(self._write(data, self._offset)), charge)
+        self._window.push(end, self.loop.call(self._write(data, self._offset)), charge)
         self._offset = end
 
     def write(self, data: bytes) -> int:
@@ -446,8 +445,8 @@ class SFTPWriteStream(_Handle):
             # "Request Synchronization and Reordering"), so they still mean "after every
             # write". Saves a round trip.
             self.closed = True
-            truncating = self.loop.submit(self.fh.truncate(self._offset)) if self._truncate else None
-            closing = self.loop.submit(self._close())
+            truncating = self.loop.call(self.fh.truncate(self._offset)) if self._truncate else None
+            closing = self.loop.call(self._close())
             try:
                 self._reap(block=True)
                 if truncating is not None:
@@ -457,7 +456,7 @@ class SFTPWriteStream(_Handle):
                 raise
             self._wait("close", closing)
             if self._commit is not None:
-                self._wait("rename", self.loop.submit(self._committed(self._commit)))
+                self._wait("rename", self.loop.call(self._committed(self._commit)))
                 self._discard = None
         except GatewayError as err:
             self._failure = self._refine(err)

@@ -59,13 +59,17 @@ class BackgroundLoop:
         """Schedule ``coro`` on the loop; returns a thread-safe future."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
+    def call(self, coro: Coroutine[Any, Any, T]) -> Call[T]:
+        """Schedule ``coro`` on the loop for one thread that waits for it (cheaper than ``submit``)."""
+        return Call(self.loop, coro)
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run ``coro`` on the loop and wait up to ``timeout`` seconds for its result; on
         timeout it is cancelled and BackendTimeout raised."""
         if self.in_loop_thread():
             coro.close()
             raise RuntimeError("BackgroundLoop.run called on the loop's own thread (would deadlock)")
-        return _Call(self.loop, coro).wait(timeout)
+        return Call(self.loop, coro).wait(timeout)
 
     def in_loop_thread(self) -> bool:
         """True when called from the loop's own thread."""
@@ -88,15 +92,15 @@ class BackgroundLoop:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class _Call(Generic[T]):
+class Call(Generic[T]):
     """One coroutine run on the loop for one waiting thread: a task, and a lock it releases.
 
-    Every backend command of every session comes through here; run_coroutine_threadsafe
-    (a thread-safe future chained to the task both ways, a condition variable per wait)
-    costs more per call.
+    Every backend command and transfer block of every session comes through here;
+    run_coroutine_threadsafe (a thread-safe future chained to the task both ways, a
+    condition variable per wait) costs more per call.
     """
 
-    __slots__ = ("_coro", "_error", "_finished", "_loop", "_result", "_task")
+    __slots__ = ("_coro", "_done_flag", "_error", "_finished", "_loop", "_result", "_task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> None:
         self._loop, self._coro = loop, coro
@@ -105,6 +109,7 @@ class _Call(Generic[T]):
         self._task: asyncio.Task[T] | None = None
         self._result: T | None = None
         self._error: BaseException | None = None
+        self._done_flag = False
         loop.call_soon_threadsafe(self._start)
 
     def _start(self) -> None:
@@ -118,7 +123,17 @@ class _Call(Generic[T]):
             self._error = error
         else:
             self._result = task.result()
+        self._done_flag = True
         self._finished.release()
+
+    def done(self) -> bool:
+        """True once the coroutine has ended (any thread)."""
+        return self._done_flag
+
+    def cancel(self) -> bool:
+        """Cancel the coroutine (any thread); its result no longer matters."""
+        self._loop.call_soon_threadsafe(self._cancel)
+        return True
 
     def _cancel(self) -> None:
         if self._task is not None:  # always set: _start was scheduled first
@@ -127,7 +142,7 @@ class _Call(Generic[T]):
     def wait(self, timeout: float) -> T:
         """The coroutine's result or exception; past ``timeout`` seconds, BackendTimeout (it is cancelled)."""
         if not self._finished.acquire(timeout=timeout):
-            self._loop.call_soon_threadsafe(self._cancel)
+            self.cancel()
             raise BackendTimeout()
         if self._error is not None:
             raise self._error
@@ -141,12 +156,3 @@ def _start_all(executor: concurrent.futures.ThreadPoolExecutor, count: int) -> N
     for _ in range(count):
         executor.submit(barrier.wait, 10)
     barrier.wait(10)
-
-
-def wait(future: concurrent.futures.Future[T], timeout: float) -> T:
-    """Wait for ``future``; on timeout cancel it and raise BackendTimeout."""
-    try:
-        return future.result(timeout)
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        raise BackendTimeout() from None
