@@ -19,6 +19,7 @@ from tests.helpers.gateway_env import (
     base_config,
     legacy_server,
 )
+from tests.helpers.postgres import PostgresServer, binaries
 from tests.helpers.relay import Relay
 from tests.helpers.sshd import BASE, OpenSSHServer, TestUser, ensure_user, reset_home
 
@@ -26,6 +27,16 @@ from tests.helpers.sshd import BASE, OpenSSHServer, TestUser, ensure_user, reset
 @pytest.fixture(scope="session")
 def sshd() -> Iterator[OpenSSHServer]:
     server = OpenSSHServer(BASE / "sshd").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the tests' own (skipped, saying why, where none is installed)."""
+    if binaries() is None:
+        pytest.skip("PostgreSQL is not installed: bash tests/run.sh installs Debian's postgresql package")
+    server = PostgresServer(BASE / "postgres").start()
     yield server
     server.stop()
 

@@ -4,7 +4,8 @@
 # alert-rule checks, openssl for test certificates, HAProxy for the load-balancer test,
 # vsftpd as the reference server of the differential tests (and ProFTPD, unpacked),
 # fail2ban (with journal support and systemd-journal-remote to write a journal file) for the
-# fail2ban filter in docs/operations.md; a virtualenv with the project and its test tools), then runs
+# fail2ban filter in docs/operations.md; PostgreSQL's server programs for the shared usage record, its
+# clusters started by the tests themselves; a virtualenv with the project and its test tools), then runs
 # ruff, mypy and pytest. Needs root: the tests create Unix users and start a real sshd.
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k listing`.
 set -euo pipefail
@@ -29,6 +30,7 @@ command -v fail2ban-regex >/dev/null || missing+=(fail2ban)
 /usr/bin/python3 -c 'import systemd.journal' 2>/dev/null || missing+=(python3-systemd)
 [ -x /lib/systemd/systemd-journal-remote ] || missing+=(systemd-journal-remote)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: need root to install: ${missing[*]}" >&2

@@ -48,6 +48,7 @@ from gateway.config.model import (
     TLSConfig,
     TLSFiles,
     UploadsConfig,
+    is_postgres,
     passive_share,
 )
 from gateway.config.reader import _Section
@@ -82,6 +83,7 @@ __all__ = [
     "TLSFiles",
     "UploadsConfig",
     "document",
+    "is_postgres",
     "load",
     "parse",
     "passive_share",
@@ -189,6 +191,7 @@ def document(cfg: GatewayConfig) -> dict[str, Any]:
     if doc["metrics"]["basic_auth"] is not None:
         secret(doc["metrics"]["basic_auth"], "metrics.basic_auth", "password")
     report = doc["report"]
+    secret(report, "report", "password")
     report["ready_after"] = {
         "transfers": report.pop("ready_after_transfers"),
         "days": report.pop("ready_after_days"),

@@ -267,16 +267,22 @@ class MetricsConfig:
     tls: TLSFiles | None = None
 
 
+def is_postgres(location: str) -> bool:
+    """True when a report.database names a PostgreSQL database (a URL), not an SQLite file."""
+    return location.startswith(("postgresql://", "postgres://"))
+
+
 @dataclass(frozen=True)
 class ReportConfig:
     """The usage store behind `ftp-sftp-gateway report` (no recording without a database)."""
 
-    database: str | None = None
+    database: str | None = None  # an SQLite file, or a PostgreSQL URL (several instances)
     retention_days: int = 90
     per_user_metrics: int = 0  # users that get their own ftpgw_user_* series (0: none)
     #: The evidence a "ready" verdict needs: clean transfers over SFTP, over at least so many days.
     ready_after_transfers: int = 5
     ready_after_days: float = 3.0
+    password: str | None = field(default=None, repr=False)  # the PostgreSQL role's (password_file/_env)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ report) and the whole document put together.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import ssl
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from gateway.config.model import (
     TLSConfig,
     TLSFiles,
     UploadsConfig,
+    is_postgres,
 )
 from gateway.config.reader import (
     MAX_SECONDS,
@@ -260,10 +263,23 @@ def _uploads(data: Any, problems: list[str]) -> UploadsConfig:
 def _report(data: Any, problems: list[str], base_dir: Path) -> ReportConfig:
     s = _Section(data, "report", problems)
     d = ReportConfig()
-    database = s.optional_str("database", _writable_file(base_dir))
+    location = s.raw("database", None)
+    password = None
+    s.seen.update(("password_file", "password_env"))  # known keys, checked below
+    if isinstance(location, str) and is_postgres(location):
+        database: str | None = s.optional_str("database", _postgres_url)
+        if "password_file" in s.data or "password_env" in s.data:
+            password = _secret(s, "password", base_dir)
+    else:
+        database = s.optional_str("database", _writable_file(base_dir))
+        database = str(base_dir / database) if database else None
+        for key in ("password_file", "password_env"):
+            if key in s.data:
+                s.problem(key, "is only for a PostgreSQL report.database (postgresql://...)")
     ready = _Section(s.raw("ready_after", None), "report.ready_after", problems)
     cfg = ReportConfig(
-        database=str(base_dir / database) if database else None,
+        database=database,
+        password=password,
         retention_days=s.typed("retention_days", int, d.retention_days, _at_least(1, 3650)),
         per_user_metrics=s.typed("per_user_metrics", int, d.per_user_metrics, _at_least(0, 1000)),
         ready_after_transfers=ready.typed("transfers", int, d.ready_after_transfers, _at_least(1, 10**6)),
@@ -272,6 +288,21 @@ def _report(data: Any, problems: list[str], base_dir: Path) -> ReportConfig:
     ready.finish()
     s.finish()
     return cfg
+
+
+def _postgres_url(value: str) -> str | None:
+    """Why ``value`` cannot be the PostgreSQL URL of the usage record, or None."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.password:
+        return (
+            "must not hold the password (config files are often world-readable): "
+            "put it in report.password_file or report.password_env"
+        )
+    if not parts.hostname or not parts.path.strip("/"):
+        return f"must name a host and a database, e.g. postgresql://ftpgw@db.internal/ftpgw, got {value!r}"
+    if importlib.util.find_spec("psycopg") is None:
+        return "needs the PostgreSQL driver: pip install 'ftp-sftp-gateway[postgres]'"
+    return None
 
 
 def _days_of_evidence(value: float) -> str | None:

@@ -37,10 +37,10 @@ from gateway.ftp.tls import session_reuse_supported
 log = logging.getLogger("gateway")
 
 
-def _headcount(database: str) -> tuple[dict[str, int], int] | None:
+def _headcount(database: str, password: str | None) -> tuple[dict[str, int], int] | None:
     """What ``ftpgw_users`` shows, from the usage database (None until it can be read)."""
     try:
-        return headcount(database, time.time())
+        return headcount(database, time.time(), password)
     except StoreError:
         return None
 
@@ -97,14 +97,17 @@ class Gateway:
     ) -> None:
         # The usage store first: a database it cannot open stops the start with its reason.
         report = cfg.report
-        self.usage = UsageStore(report.database, report.retention_days) if report.database else None
+        self.usage = (
+            UsageStore(report.database, report.retention_days, report.password) if report.database else None
+        )
         record = self.usage.add if self.usage is not None else None
         self.metrics = Metrics(METRIC_COMMANDS, cfg.report.per_user_metrics)
         self.logins = Logins(cfg, self.metrics)  # the backends; a reload replaces its config
         if report.database and report.per_user_metrics:  # their failed logins under their names
             with contextlib.suppress(StoreError):
                 since = time.time() - report.retention_days * 86400
-                self.metrics.known_users(active_users(report.database, since, report.per_user_metrics))
+                users = active_users(report.database, since, report.per_user_metrics, report.password)
+                self.metrics.known_users(users)
         self.config_path, self._adapt = config_path, adapt  # for reloads (adapt: a worker's share)
         self.metrics.start_at_zero(cfg.backends, (route.name for route in cfg.routes))
         low, high = cfg.listen.passive_ports
@@ -150,7 +153,7 @@ class Gateway:
             self.logins.loop.submit(self._check_backends_forever())
             self.metrics.watch_backend_connections(self._connection_counts)
             if (database := cfg.report.database) is not None:
-                self.metrics.watch_usage(functools.partial(_headcount, database))
+                self.metrics.watch_usage(functools.partial(_headcount, database, cfg.report.password))
         self._stop = threading.Event()
         self._drain_deadline: float | None = None
         self._signals: list[int] = []  # appended by on_signal, handled by serve_forever

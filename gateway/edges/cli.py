@@ -68,7 +68,7 @@ def _serve(cfg: config.GatewayConfig, banner: str | None = None, config_path: st
         from gateway.features.usage.store import StoreError, connect
 
         try:
-            connect(cfg.report.database).close()
+            connect(cfg.report.database, password=cfg.report.password).close()
         except StoreError as err:
             print(f"report.database: {err} (fix or move the file, or set another path)", file=sys.stderr)
             return 2
@@ -270,7 +270,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from gateway.edges import sync_run
     from gateway.edges.logins import Logins
     from gateway.features.metrics import Metrics
-    from gateway.features.usage.journal import SQLiteJournal
+    from gateway.features.usage.journal import Journal
     from gateway.features.usage.store import StoreError
 
     cfg = _load(args.config)
@@ -285,8 +285,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
             return 2
         database = cfg.report.database
 
-        def journal(job: sync_run.Job) -> SQLiteJournal | None:
-            return SQLiteJournal(database, job.route.name, job.user) if database else None
+        def journal(job: sync_run.Job) -> Journal | None:
+            return Journal(database, job.route.name, job.user, cfg.report.password) if database else None
 
         options = sync_run.Options(args.dry_run, args.overwrite, args.jobs)
         try:
@@ -409,12 +409,13 @@ def cmd_report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if not Path(database).exists():
+    if not config.is_postgres(database) and not Path(database).exists():
         print(f"{database}: no usage recorded yet (the gateway creates it when it starts)", file=sys.stderr)
         return 1
     try:
-        rows = store.read(database, args.since, args.user)
-        if args.user is not None and not rows and not store.read(database, None, args.user):
+        password = cfg.report.password
+        rows = store.read(database, args.since, args.user, password)
+        if args.user is not None and not rows and not store.read(database, None, args.user, password):
             print(
                 f"report: no session of user {args.user!r} is recorded (names are case-sensitive)",
                 file=sys.stderr,

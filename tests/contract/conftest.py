@@ -23,6 +23,7 @@ from gateway.edges.logins import Logins
 from gateway.features.metrics import Metrics
 from gateway.features.shadow import ShadowStorage
 from tests.helpers.gateway_env import PASSWORD, base_config, legacy_config, legacy_server
+from tests.helpers.postgres import PASSWORD as POSTGRES_PASSWORD
 
 KINDS = ["memory", "shadow-memory", "sftp", "ftp", "shadow"]
 #: A legacy FTP server is what it is: the gateway relays its behaviour in phases legacy and
@@ -110,3 +111,14 @@ def tree(request: pytest.FixtureRequest) -> Iterator[Tree]:
     finally:
         login.storage.close()
         logins.close_backends()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def record_db(request: pytest.FixtureRequest, tmp_path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where a usage record lives: an SQLite file, or a new database on the test PostgreSQL
+    server (its password in PGPASSWORD, where libpq looks when the config gives none)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "usage.sqlite")
+    server = request.getfixturevalue("postgres")
+    monkeypatch.setenv("PGPASSWORD", POSTGRES_PASSWORD)
+    return server.url()

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.helpers.gateway_env import CLI, base_config, legacy_config, seed, wait_for
+from tests.helpers.postgres import PASSWORD as POSTGRES_PASSWORD
 
 SCHEMA_FILE = Path(__file__).parents[2] / "gateway" / "features" / "usage" / "report.schema.json"
 SCHEMA = json.loads(SCHEMA_FILE.read_text())
@@ -136,8 +137,22 @@ def upload_once(gw, user, name):
     ftp.quit()
 
 
-def test_store_survives_restarts_and_concurrent_sessions_lose_nothing(gateway_factory, sshd, user, tmp_path):
+def on_postgres(doc, server, tmp_path):
+    """The usage record on a new database of the test PostgreSQL server, as several
+    instances share it: a URL without the password, the password in a file."""
+    secret = tmp_path / "db-password"
+    secret.write_text(POSTGRES_PASSWORD + "\n")
+    doc["report"].update({"database": server.url(), "password_file": str(secret)})
+    return doc
+
+
+@pytest.mark.parametrize("record", ["sqlite", "postgresql"])
+def test_store_survives_restarts_and_concurrent_sessions_lose_nothing(
+    request, gateway_factory, sshd, user, tmp_path, record
+):
     doc = with_report(base_config(sshd), tmp_path)
+    if record == "postgresql":
+        doc = on_postgres(doc, request.getfixturevalue("postgres"), tmp_path)
     doc["guard"] = {"max_unauthenticated_per_ip": 32, "max_failures": 32}  # 12 logins at once
     first = gateway_factory(doc)
     upload_once(first, user, "before-restart.bin")
@@ -164,6 +179,26 @@ def test_store_survives_restarts_and_concurrent_sessions_lose_nothing(gateway_fa
     assert u["logins"] == 25
     assert u["transfers"]["uploads"] == 25 and u["transfers"]["bytes_up"] == 25_000
     assert u["commands"]["STOR"] == 25 and u["reply_classes"]["2xx"] >= 25 * 3
+
+
+def test_postgresql_stopped_mid_run_logins_go_on_and_every_session_is_counted_once_it_returns(
+    postgres, gateway_factory, sshd, user, tmp_path
+):
+    doc = on_postgres(with_report(base_config(sshd), tmp_path), postgres, tmp_path)
+    gw = gateway_factory(doc)
+    upload_once(gw, user, "before.bin")
+    postgres.stop()
+    try:
+        for n in range(3):
+            upload_once(gw, user, f"during{n}.bin")  # the record is down: sessions are not
+        assert gw.login(user).sendcmd("NOOP").startswith("200")
+    finally:
+        postgres.restart()
+    upload_once(gw, user, "after.bin")
+    gw.stop()  # the writer flushes what it held and what came after
+    u = report(tmp_path, doc)[user.name]
+    assert u["logins"] == 6
+    assert u["transfers"]["uploads"] == 5
 
 
 def test_every_phase_of_a_migration_is_told_truthfully(gateway_factory, sshd, legacy_ftp, user2, tmp_path):

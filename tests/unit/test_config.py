@@ -383,6 +383,32 @@ def test_the_migration_walkthrough_config_is_valid(known_hosts):
     assert (route.phase, route.legacy, cfg.backends["old-ftp"].type) == ("legacy", "old-ftp", "ftp")
 
 
+def test_report_on_postgresql_takes_a_url_without_password_and_the_password_from_a_file(
+    known_hosts, tmp_path
+):
+    doc = example_doc(known_hosts)
+    (tmp_path / "db-password").write_text("s3cret\n")
+    doc["report"] = {"database": "postgresql://ftpgw@db.internal/ftpgw", "password_file": "db-password"}
+    cfg = config.parse(doc, tmp_path)
+    assert (cfg.report.database, cfg.report.password) == ("postgresql://ftpgw@db.internal/ftpgw", "s3cret")
+    assert "s3cret" not in repr(cfg)
+    assert config.document(cfg)["report"]["password_file"] == str(tmp_path / "db-password")
+    for database, problem in [
+        ("postgresql://ftpgw:s3cret@db.internal/ftpgw", "report.database: must not hold the password"),
+        ("postgresql://db.internal", "report.database: must name a host and a database"),
+    ]:
+        doc["report"] = {"database": database}
+        with pytest.raises(config.ConfigError) as err:
+            config.parse(doc, tmp_path)
+        assert err.value.problems[0].startswith(problem), err.value.problems
+    doc["report"] = {"database": "usage.sqlite", "password_env": "DB_PASSWORD"}
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(doc, tmp_path)
+    assert err.value.problems == [
+        "report.password_env: is only for a PostgreSQL report.database (postgresql://...)"
+    ]
+
+
 def test_report_section(known_hosts, tmp_path):
     doc = example_doc(known_hosts)
     doc["report"] = {"database": "usage.sqlite", "retention_days": 14, "per_user_metrics": 50}
@@ -405,7 +431,8 @@ def test_report_section(known_hosts, tmp_path):
     assert err.value.problems == [
         f"report.database: directory {tmp_path / 'missing'} does not exist or is not writable",
         "report.retention_days: must be from 1 to 3650",
-        "report.keep: unknown key (known keys here: database, per_user_metrics, ready_after, retention_days)",
+        "report.keep: unknown key (known keys here: database, password_env, password_file, per_user_metrics, "
+        "ready_after, retention_days)",
     ]
 
 

@@ -7,10 +7,10 @@ Paths are kept as the gateway reads names (UTF-8, other bytes as surrogate escap
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from gateway.features.sync import Copied
+from gateway.features.usage.database import errors
 from gateway.features.usage.store import StoreError, connect
 
 _COLUMNS = "legacy_size, legacy_mtime, sha256, sftp_size, sftp_mtime"
@@ -20,30 +20,32 @@ def _key(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
 
 
-class SQLiteJournal:
-    """The journal of one route and user, in the SQLite usage database at ``path``."""
+class Journal:
+    """The journal of one route and user, in the usage database at ``location`` (SQLite or PostgreSQL)."""
 
-    def __init__(self, path: str, route: str, user: str) -> None:
-        self._conn = connect(path)
+    def __init__(self, location: str, route: str, user: str, password: str | None = None) -> None:
+        self._db = connect(location, password=password)
         self._route, self._user = route, user
+        self._put = self._db.replace_sql(
+            "sync_journal", ("route", "user", "path"), (*_COLUMNS.split(", "), "copied_at")
+        )
 
     def get(self, path: str) -> Copied | None:
         """The last copy to ``path``, None if sync never copied it."""
         try:
-            row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM sync_journal WHERE route = ? AND user = ? AND path = ?",
+            row = self._db.execute(
+                f'SELECT {_COLUMNS} FROM sync_journal WHERE route = ? AND "user" = ? AND path = ?',
                 (self._route, self._user, _key(path)),
             ).fetchone()
-        except sqlite3.Error as err:
+        except errors() as err:
             raise StoreError(f"sync journal: {err}") from err
         return Copied(*row) if row is not None else None
 
     def put(self, path: str, copied: Copied) -> None:
         """Remember a copy to ``path`` (committed at once: an interrupted run keeps it)."""
         try:
-            self._conn.execute(
-                f"INSERT OR REPLACE INTO sync_journal (route, user, path, {_COLUMNS}, copied_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._db.execute(
+                self._put,
                 (
                     self._route,
                     self._user,
@@ -56,9 +58,9 @@ class SQLiteJournal:
                     time.time(),
                 ),
             )
-        except sqlite3.Error as err:
+        except errors() as err:
             raise StoreError(f"sync journal: {err}") from err
 
     def close(self) -> None:
         """Close the database connection."""
-        self._conn.close()
+        self._db.close()
