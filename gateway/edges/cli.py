@@ -1,4 +1,4 @@
-"""Command line: run, check-config, hash-password, sync, report, bans, unban, demo (the edge).
+"""Command line: run, check-config, hash-password, sync, report, report-db, bans, unban, demo (the edge).
 
 Over 400 lines: one function per subcommand and the argument parser; each imports what it
 runs when it runs (``--help`` and ``check-config`` stay quick), and the work itself lives in
@@ -436,6 +436,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report_db_copy(args: argparse.Namespace) -> int:
+    from gateway.features.usage import store
+    from gateway.features.usage.database import shown
+
+    source = getattr(args, "from")
+    if config.is_postgres(source) or not Path(source).is_file():
+        print(f"report-db copy: --from must be an existing SQLite file, got {source}", file=sys.stderr)
+        return 2
+    password = os.environ.get(args.password_env) if args.password_env else None
+    if args.password_env and not password:
+        print(f"report-db copy: environment variable {args.password_env} is empty or unset", file=sys.stderr)
+        return 2
+    try:
+        rows, entries = store.copy(source, args.to, password, args.merge)
+    except store.StoreError as err:
+        print(f"report-db copy: {err}", file=sys.stderr)
+        return 1
+    print(f"copied {rows} usage rows and {entries} sync journal entries from {source} to {shown(args.to)}")
+    return 0
+
+
 def cmd_bans(args: argparse.Namespace) -> int:
     """List the brute-force guard's bans in force, per gateway process."""
     cfg = _load(args.config)
@@ -569,6 +590,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--user", help="only this FTP user")
     report.add_argument("--since", type=since_arg, help="only sessions since: 30m, 12h, 7d, 2w, YYYY-MM-DD")
     report.set_defaults(func=cmd_report)
+    report_db = sub.add_parser("report-db", help="manage the usage record (report.database)")
+    report_db_sub = report_db.add_subparsers(dest="action", required=True)
+    copier = report_db_sub.add_parser(
+        "copy", help="add a single-instance SQLite record to another record, e.g. a shared PostgreSQL one"
+    )
+    copier.add_argument("--from", required=True, metavar="FILE", help="the SQLite usage record to copy")
+    copier.add_argument(
+        "--to", required=True, help="the target: postgresql://USER@HOST/DB (or an SQLite file)"
+    )
+    copier.add_argument(
+        "--password-env", help="environment variable with the target's password (else libpq's)"
+    )
+    copier.add_argument(
+        "--merge", action="store_true", help="add to usage the target already holds of those days"
+    )
+    copier.set_defaults(func=cmd_report_db_copy)
     bans = sub.add_parser("bans", help="the brute-force guard's bans in force (the running gateway)")
     bans.add_argument("--config", "-c", required=True, help="YAML config file (its metrics listener)")
     bans.set_defaults(func=cmd_bans)

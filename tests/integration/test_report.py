@@ -201,6 +201,39 @@ def test_postgresql_stopped_mid_run_logins_go_on_and_every_session_is_counted_on
     assert u["transfers"]["uploads"] == 5
 
 
+def test_report_db_copy_moves_a_single_instance_record_into_postgresql_and_the_report_is_the_same(
+    postgres, gateway_factory, sshd, user, user2, tmp_path
+):
+    doc = with_report(base_config(sshd), tmp_path)
+    gw = gateway_factory(doc)
+    upload_once(gw, user, "a.bin")
+    upload_once(gw, user2, "b.bin")
+    ftp = gw.connect()
+    with pytest.raises(ftplib.error_perm):
+        ftp.login(user.name, "wrong")
+    gw.stop()
+    before = report(tmp_path, doc, fmt="table")
+    shared = on_postgres(with_report(base_config(sshd), tmp_path), postgres, tmp_path)
+
+    def copy(*extra):
+        env = {**os.environ, "DB_PASSWORD": POSTGRES_PASSWORD}
+        return subprocess.run(
+            [*CLI, "report-db", "copy", "--from", doc["report"]["database"],
+             "--to", shared["report"]["database"], "--password-env", "DB_PASSWORD", *extra],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+
+    done = copy()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("copied 3 usage rows and 0 sync journal entries")
+    assert report(tmp_path, shared, fmt="table") == before
+    again = copy()  # the same sessions twice would count them twice
+    assert again.returncode == 1 and "--merge" in again.stderr
+    assert report(tmp_path, shared)[user.name]["logins"] == 1
+    assert copy("--merge").returncode == 0  # as another instance's record of the same days would be
+    assert report(tmp_path, shared)[user.name]["logins"] == 2
+
+
 def test_every_phase_of_a_migration_is_told_truthfully(gateway_factory, sshd, legacy_ftp, user2, tmp_path):
     """The walkthrough in small: legacy, shadow, sftp, then retired, one gateway after another."""
     (legacy_ftp.twin_home / "in.txt").write_text("from the legacy server\n")

@@ -36,6 +36,7 @@ __all__ = [
     "UsageStore",
     "active_users",
     "connect",
+    "copy",
     "headcount",
     "prune",
     "read",
@@ -276,6 +277,49 @@ def _add(db: Database, record: Record) -> None:
 def _key_values(key: Key) -> tuple[object, ...]:
     """The key's column values (TLS as 0/1 in both databases)."""
     return tuple(int(v) if isinstance(v, bool) else v for v in astuple(key))
+
+
+_JOURNAL_COLUMNS = (
+    "route", "user", "path", "legacy_size", "legacy_mtime", "sha256", "sftp_size", "sftp_mtime", "copied_at",
+)  # fmt: skip
+
+
+def copy(source: str, target: str, password: str | None = None, merge: bool = False) -> tuple[int, int]:
+    """Add the usage rows and sync journal of the record at ``source`` to the one at
+    ``target`` in one transaction: (rows, journal entries) copied.
+
+    Usage rows add to what is there, so copying the same sessions twice would count them
+    twice: unless ``merge``, a target that already holds usage of the days ``source``
+    covers is refused (say ``merge`` for another instance's record of the same days).
+    """
+    rows = read(source)
+    with _reading(source, None) as src:
+        names = ", ".join(f'"{c}"' for c in _JOURNAL_COLUMNS)
+        journal = src.execute(f"SELECT {names} FROM sync_journal").fetchall()
+    db = connect(target, password=password)
+    try:
+        with db.write_transaction():
+            days = sorted({row.key.day for row in rows})
+            if days and not merge:
+                held = db.execute(
+                    "SELECT count(*) FROM usage WHERE day >= ? AND day <= ?", (days[0], days[-1])
+                ).fetchone()[0]
+                if held:
+                    raise StoreError(
+                        f"usage database {shown(target)} already holds usage of {days[0]} to {days[-1]}: "
+                        "copying would add to it (count those sessions twice if they are the same); "
+                        "add --merge if they are another instance's"
+                    )
+            for row in rows:
+                _add(db, Record(row.key, row.first_seen, row.last_seen, row.totals))
+            put = db.replace_sql("sync_journal", _JOURNAL_COLUMNS[:3], _JOURNAL_COLUMNS[3:])
+            for entry in journal:
+                db.execute(put, tuple(entry))
+    except errors() as err:
+        raise StoreError(f"usage database {shown(target)}: {str(err).strip()}") from err
+    finally:
+        db.close()
+    return len(rows), len(journal)
 
 
 def prune(db: Database, retention_days: int, now: float | None = None) -> int:
