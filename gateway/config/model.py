@@ -120,6 +120,7 @@ class GuardConfig:
     max_unauthenticated: int = 64  # sessions not logged in yet, in total
     max_unauthenticated_per_ip: int = 8  # ... from one address (IPv6: one /64)
     count_waiting_after: float = 5.0  # seconds before a session counts in those two caps
+    shared: bool = False  # failures and bans shared with other instances through report.database
 
 
 @dataclass(frozen=True)

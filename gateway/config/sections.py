@@ -179,6 +179,7 @@ def _guard(data: Any, problems: list[str]) -> GuardConfig:
         max_unauthenticated_per_ip=s.typed(
             "max_unauthenticated_per_ip", int, d.max_unauthenticated_per_ip, _at_least(1)
         ),
+        shared=s.typed("shared", bool, d.shared),
     )
     s.finish()
     if cfg.max_ban_time < cfg.ban_time:
@@ -362,6 +363,11 @@ def _parse(top: _Section, base: Path, problems: list[str]) -> GatewayConfig:
             problems.append(f"routes[{index}].auth: 'mapped' needs gateway-local users in `users`")
         if route.auth == "external" and cfg.external_auth is None:
             problems.append(f"routes[{index}].auth: 'external' needs an `external_auth` section")
+    if cfg.guard.shared and cfg.guard.enabled and not is_postgres(cfg.report.database or ""):
+        problems.append(
+            "guard.shared: needs a PostgreSQL report.database (postgresql://...), where the instances "
+            "share their failures and bans; without several instances, leave it false"
+        )
     low, high = cfg.listen.passive_ports
     if high - low + 1 < cfg.workers:
         problems.append(

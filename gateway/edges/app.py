@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from gateway import config
 from gateway.backends.sftp.backend import key_problem, known_hosts_problem
@@ -28,8 +28,9 @@ from gateway.edges.access import Access
 from gateway.edges.logins import Logins
 from gateway.edges.metrics_http import Admin, MetricsListener
 from gateway.edges.workers import GuardBus
-from gateway.features.guard import Guard
+from gateway.features.guard import Event, Guard
 from gateway.features.metrics import Metrics
+from gateway.features.shared_guard import SharedGuard
 from gateway.features.usage.store import StoreError, UsageStore, active_users, headcount
 from gateway.ftp.server import METRIC_COMMANDS, build_server, share_limits
 from gateway.ftp.tls import session_reuse_supported
@@ -43,6 +44,16 @@ def _headcount(database: str, password: str | None) -> tuple[dict[str, int], int
         return headcount(database, time.time(), password)
     except StoreError:
         return None
+
+
+def _fan_out(publishers: Sequence[Callable[[Event], None]]) -> Callable[[Event], None]:
+    """One guard publisher that hands each event to all of ``publishers``."""
+
+    def publish(event: Event) -> None:
+        for publisher in publishers:
+            publisher(event)
+
+    return publish
 
 
 def backend_problems(cfg: GatewayConfig) -> list[str]:
@@ -114,9 +125,23 @@ class Gateway:
         self.metrics.passive_ports.set(high - low + 1)
         for route in cfg.routes:  # a restart counts as a phase change: it is how many deploy one
             self.metrics.route_phase_changed.labels(route.name).set_to_current_time()
-        # With workers: N, the guards of all workers share their failures and unbans.
+        # With workers: N, the guards of all workers share their failures and unbans; with
+        # guard.shared, so do the instances, through the PostgreSQL record.
         bus = GuardBus(workers.siblings, lambda event: self.guard.apply(event)) if workers.siblings else None
-        self.guard = Guard(cfg.guard, publish=bus.publish if bus is not None else None)
+        self.shared_guard: SharedGuard | None = None
+        if cfg.guard.shared and cfg.guard.enabled and report.database:
+            self.shared_guard = SharedGuard(
+                cfg.guard,
+                report.database,
+                report.password,
+                lambda event, age: self.guard.apply(event, age),
+                workers.siblings.instance if workers.siblings else None,
+                self.metrics.guard_store_errors.inc,
+            )
+        publishers = [p.publish for p in (bus, self.shared_guard) if p is not None]
+        self.guard = Guard(cfg.guard, publish=_fan_out(publishers) if publishers else None)
+        if self.shared_guard is not None:
+            self.shared_guard.start()
         self.access = Access(self.logins, self.guard, self.metrics)
         sums = Limits(cfg.limits.checksum_max_mib * 2**20, cfg.limits.checksums_at_once)
         with ListenError.naming("FTP", cfg.listen.address, cfg.listen.port, "listen.port"):
@@ -224,6 +249,8 @@ class Gateway:
                 server.close_all()
             if self.usage is not None:
                 self.usage.close()  # after close_all: the sessions' last records are queued
+            if self.shared_guard is not None:
+                self.shared_guard.close()
             self.logins.close_backends()
             if self._listener is not None:
                 self._listener.stop()

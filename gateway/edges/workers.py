@@ -68,6 +68,7 @@ class Siblings:
 
     own: str
     others: tuple[str, ...]
+    instance: str  # the same in every worker of one supervisor: which instance they are
 
 
 #: Set in a worker process right after the fork (None in a single process).
@@ -147,7 +148,8 @@ def supervise(cfg: GatewayConfig, sock: socket.socket, implicit: socket.socket |
         pid = os.fork()
         if pid == 0:  # the worker
             global siblings
-            siblings = Siblings(inboxes[index], tuple(p for i, p in enumerate(inboxes) if i != index))
+            others = tuple(p for i, p in enumerate(inboxes) if i != index)
+            siblings = Siblings(inboxes[index], others, f"{socket.gethostname()}/{bus.name}")
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, remember_reload)  # until the worker's gateway takes it

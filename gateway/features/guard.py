@@ -141,8 +141,9 @@ class Guard:
             self._publish({"op": "fail", "source": key, "user": user})
         return banned_for
 
-    def apply(self, event: Event) -> None:
-        """Another worker's failure or unban (see the module doc); malformed events are ignored."""
+    def apply(self, event: Event, age: float = 0.0) -> None:
+        """Another worker's or instance's failure or unban (see the module doc), which happened
+        ``age`` seconds ago; malformed events are ignored."""
         key, op = event.get("source"), event.get("op")
         if not isinstance(key, str) or self._exempt(key.split("/")[0]):
             return
@@ -152,17 +153,18 @@ class Guard:
         user = event.get("user")
         if op != "fail" or not isinstance(user, str):
             return
+        at = self._clock() - max(0.0, age)
         with self._turn:
-            self._fail(self._record((key, user)), self.cfg.max_failures)
-            self._fail(self._record((key, "")), self.cfg.max_failures_per_address)
+            self._fail(self._record((key, user)), self.cfg.max_failures, at)
+            self._fail(self._record((key, "")), self.cfg.max_failures_per_address, at)
             self._turn.notify_all()
 
     def _expire(self, record: _Record, now: float) -> None:
         while record.failures and record.failures[0] <= now - self.cfg.window:
             record.failures.popleft()
 
-    def _fail(self, record: _Record, limit: int) -> float:
-        now = self._clock()
+    def _fail(self, record: _Record, limit: int, at: float | None = None) -> float:
+        now = self._clock() if at is None else at
         record.failures.append(now)
         self._expire(record, now)
         if len(record.failures) < limit or record.banned_until > now:

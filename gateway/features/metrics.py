@@ -52,6 +52,11 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self.known_commands = frozenset(known_commands)
         self.sessions_active = Gauge("ftpgw_sessions_active", "FTP sessions connected now", registry=r)
+        self.guard_store_errors = Counter(
+            "ftpgw_guard_shared_errors",
+            "Times the shared guard store (guard.shared) could not be reached or written",
+            registry=r,
+        )
         self.sessions = Counter(
             "ftpgw_sessions", "FTP sessions ended, by whether they logged in", ["result"], registry=r
         )

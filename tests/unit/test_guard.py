@@ -151,8 +151,8 @@ def test_the_guard_bus_carries_events_between_processes_sockets(tmp_path):
 
     a, b = str(tmp_path / "a.sock"), str(tmp_path / "b.sock")
     got: list[dict[str, str]] = []
-    sender = GuardBus(Siblings(a, (b, str(tmp_path / "restarting.sock"))), lambda event: None)
-    GuardBus(Siblings(b, (a,)), got.append)
+    sender = GuardBus(Siblings(a, (b, str(tmp_path / "restarting.sock")), "i"), lambda event: None)
+    GuardBus(Siblings(b, (a,), "i"), got.append)
     sender.publish({"op": "fail", "source": "192.0.2.1", "user": "u"})  # the missing sibling is skipped
     deadline = time.monotonic() + 5
     while not got and time.monotonic() < deadline:

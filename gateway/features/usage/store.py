@@ -410,7 +410,8 @@ class UsageStore:
                     continue
                 if time.monotonic() - pruned_at >= _PRUNE_EVERY or pruned_at == 0.0:
                     pruned_at = time.monotonic()
-                    self._commit(lambda db: prune(db, self.retention_days))
+                    if not self._commit(lambda db: prune(db, self.retention_days)):
+                        continue  # unreachable: what is held waits for the next attempt
                 held, self._held = self._held, []
                 if held and not self._commit(functools.partial(_write_to, held), len(held)):
                     self._held = held  # unreachable: kept for the next attempt
