@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -173,10 +174,15 @@ def kube_gateway_config() -> dict[str, Any]:
 
 def with_known_hosts(cfg: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     """``cfg`` with every backend's known_hosts replaced by a file trusting a fresh key for
-    its host, in the form ssh-keyscan writes (bare host name for port 22)."""
+    its host, in the form ssh-keyscan writes (bare host name for port 22), and the usage
+    record's password file by one in ``tmp_path``."""
     import asyncssh
 
     cfg = json.loads(json.dumps(cfg))
+    if "password_file" in cfg.get("report", {}):
+        secret = tmp_path / "db-password"
+        secret.write_text("a-password\n")
+        cfg["report"]["password_file"] = str(secret)
     for name, backend in cfg["backends"].items():
         key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()
         host = backend["host"] if backend.get("port", 22) == 22 else f"[{backend['host']}]:{backend['port']}"
@@ -397,7 +403,7 @@ def test_compose_references_existing_files() -> None:
 def test_compose_wiring() -> None:
     compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
     services = compose["services"]
-    assert set(services) == {"keygen", "sftp", "gateway", "prometheus", "grafana"}
+    assert set(services) == {"keygen", "sftp", "postgres", "gateway", "prometheus", "grafana"}
     gateway = services["gateway"]
     assert gateway["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
     assert gateway["depends_on"]["keygen"]["condition"] == "service_completed_successfully"
@@ -411,6 +417,26 @@ def test_compose_wiring() -> None:
     # The private host key stays out of the gateway container.
     sftp_volumes = {v.split(":")[0] for v in services["sftp"]["volumes"]}
     assert not sftp_volumes & {v.split(":")[0] for v in gateway["volumes"]}
+
+    # The usage record and the shared guard on the postgres service: its role, database and
+    # password file (made by keygen, in a volume of keygen, postgres and the gateway only).
+    postgres = services["postgres"]
+    assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "healthcheck" in postgres
+    url = urllib.parse.urlsplit(cfg["report"]["database"])
+    env = postgres["environment"]
+    assert (url.hostname, url.username, url.path.strip("/")) == (
+        "postgres",
+        env["POSTGRES_USER"],
+        env["POSTGRES_DB"],
+    )
+    assert url.password is None and cfg["guard"]["shared"] is True
+    secret_dir = str(Path(cfg["report"]["password_file"]).parent)
+    assert Path(env["POSTGRES_PASSWORD_FILE"]).parent == Path(secret_dir)
+    volume = {v.split(":")[1]: v.split(":")[0] for v in gateway["volumes"]}[secret_dir]
+    assert {v.split(":")[0] for v in postgres["volumes"]} >= {volume}
+    assert f"{volume}:/dbsecret" in services["keygen"]["volumes"]
+    assert volume not in {v.split(":")[0] for v in services["sftp"]["volumes"]}
 
     # Passive ports published 1:1 and equal to the configured range; the metrics port stays
     # on the host's loopback.
@@ -447,10 +473,20 @@ def test_keygen_writes_known_hosts_the_gateway_trusts(tmp_path: Path) -> None:
     hostkey, known = tmp_path / "hostkey", tmp_path / "known"
     hostkey.mkdir()
     known.mkdir()
-    env = {**os.environ, "HOSTKEY_DIR": str(hostkey), "KNOWN_HOSTS_DIR": str(known)}
+    secret = tmp_path / "dbsecret"
+    secret.mkdir()
+    env = {
+        **os.environ,
+        "HOSTKEY_DIR": str(hostkey),
+        "KNOWN_HOSTS_DIR": str(known),
+        "DB_SECRET_DIR": str(secret),
+    }
     script = DEPLOY / "compose" / "keygen" / "keygen.sh"
+    passwords = []
     for _ in range(2):
         subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True, timeout=60)
+        passwords.append((secret / "db-password").read_text())
+    assert passwords[0] == passwords[1] and re.fullmatch(r"[0-9a-f]{48}", passwords[0])  # made once
     assert sorted(p.name for p in hostkey.iterdir()) == ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
     assert (hostkey / "ssh_host_ed25519_key").stat().st_mode & 0o077 == 0
     assert (known / "known_hosts").stat().st_mode & 0o004, "the gateway (uid 10001) cannot read it"
@@ -618,7 +654,8 @@ def test_dockerfile() -> None:
     assert all(f.startswith("${PYTHON_IMAGE}") for f in by_kind["FROM"])
     assert re.search(r"python:3\.11-slim", dict(instructions)["ARG"])
     assert by_kind["USER"] == ["10001:10001"]
-    assert any("--find-links=/wheels ftp-sftp-gateway" in r for r in by_kind["RUN"])  # the default install
+    # The default install, with the PostgreSQL driver for a shared report.database.
+    assert any("--find-links=/wheels 'ftp-sftp-gateway[postgres]'" in r for r in by_kind["RUN"])
     assert by_kind["STOPSIGNAL"] == ["SIGTERM"]
     assert json.loads(by_kind["ENTRYPOINT"][0]) == ["ftp-sftp-gateway"]
     cmd = json.loads(by_kind["CMD"][0])

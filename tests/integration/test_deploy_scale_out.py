@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,8 @@ def test_the_overlay_builds_and_replaces_the_single_instance_objects() -> None:
         ("PodDisruptionBudget", "ftp-sftp-gateway"),
         ("NetworkPolicy", "ftp-sftp-gateway"),
         ("Deployment", "ftp-sftp-gateway-balancer"),
+        ("StatefulSet", "ftp-sftp-gateway-postgres"),
+        ("Secret", "ftp-sftp-gateway-db"),
     } <= built
 
 
@@ -212,3 +215,23 @@ def test_the_shipped_haproxy_recipe_is_valid() -> None:
         [HAPROXY, "-c", "-f", str(DEPLOY / "haproxy" / "haproxy.cfg")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_pod_shares_one_usage_record_and_guard_in_the_trial_postgresql(tmp_path: Path) -> None:
+    raw = render(0, tmp_path)
+    url = urllib.parse.urlsplit(raw["report"]["database"])
+    assert url.scheme == "postgresql" and url.password is None and raw["guard"]["shared"] is True
+    secret_dir = str(Path(raw["report"]["password_file"]).parent)
+    pod = statefulset()["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    for container in (*pod["initContainers"], *pod["containers"]):  # check-config reads it too
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert secrets[mounts[secret_dir]] == "ftp-sftp-gateway-db", container["name"]
+    service = objects()[("Service", "ftp-sftp-gateway-postgres")]
+    assert (url.hostname, url.port) == (service["metadata"]["name"], service["spec"]["ports"][0]["port"])
+    trial = objects()[("StatefulSet", "ftp-sftp-gateway-postgres")]["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in trial["containers"][0]["env"]}
+    assert (url.username, url.path.strip("/")) == (env["POSTGRES_USER"], env["POSTGRES_DB"])
+    assert {v["secret"]["secretName"] for v in trial["volumes"] if "secret" in v} == {"ftp-sftp-gateway-db"}
+    assert objects()[("Secret", "ftp-sftp-gateway-db")]["stringData"]["password"] == "REPLACE-ME"
+    assert "REPLACE-ME" in trial["initContainers"][0]["args"][0]  # the placeholder never runs
