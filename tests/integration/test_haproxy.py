@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ftplib
 import io
+import json
 import os
 import re
 import shutil
@@ -25,11 +26,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.helpers.gateway_env import GatewayProcess, base_config, seed, wait_for
+from tests.helpers.gateway_env import CLI, GatewayProcess, base_config, seed, wait_for
+from tests.helpers.postgres import PASSWORD as POSTGRES_PASSWORD
 
 if TYPE_CHECKING:
     from tests.helpers.sshd import TestUser
@@ -218,6 +220,13 @@ class Cluster:
 
 @pytest.fixture
 def cluster(sshd, tmp_path: Path) -> Iterator[Cluster]:
+    with running_cluster(sshd, tmp_path, {}) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running_cluster(sshd, tmp_path: Path, sections: dict[str, Any]) -> Iterator[Cluster]:
+    """Two gateway processes (config: ``base_config`` plus ``sections``) behind HAProxy."""
     ranges = free_ranges(2, RANGE_SIZE, (GATEWAY, BALANCER))
     gateways: list[GatewayProcess] = []
     haproxy: HAProxy | None = None
@@ -232,6 +241,7 @@ def cluster(sshd, tmp_path: Path) -> Iterator[Cluster]:
                 "proxy_protocol": {"trusted": [f"{SOURCE}/32"], "header_timeout": 5},
             }
             doc["log"] = {"level": "info"}  # session lines: "<client ip>:<port> sess=..."
+            doc.update(sections)
             workdir = tmp_path / f"gw{index + 1}"
             workdir.mkdir()
             gateways.append(GatewayProcess(workdir, doc))
@@ -365,3 +375,57 @@ def test_only_the_balancer_may_name_the_client(cluster: Cluster, user: TestUser)
         assert not any("10.9.9.9" in line and "PROXY" not in line for line in gw.lines)
         assert not any(line.startswith("10.9.9.9") or "client_ip=10.9.9.9" in line for line in gw.lines)
         assert not any(m["ip"] == "10.9.9.9" for line in gw.lines if (m := SESSION_LINE.search(line)))
+
+
+def test_two_instances_share_one_usage_record_and_one_guard_in_postgresql(
+    sshd, postgres, user: TestUser, tmp_path: Path
+) -> None:
+    # The shared store: one report from the sessions of both instances, and one guard: a
+    # client that fails its logins alternately at both is banned after max_failures in all.
+    secret = tmp_path / "db-password"
+    secret.write_text(POSTGRES_PASSWORD)
+    shared = {
+        "report": {"database": postgres.url(), "password_file": str(secret), "ready_after": {"days": 0}},
+        "guard": {"shared": True, "max_failures": 3},
+    }
+    with running_cluster(sshd, tmp_path, shared) as cluster:
+        for n in range(8):
+            ftp = login(cluster.port, user)
+            ftp.storbinary(f"STOR s{n}.bin", io.BytesIO(b"x" * 100))
+            quit_quietly(ftp)
+        gw1, gw2 = cluster.gateways
+        assert logins(gw1) and logins(gw2), "the balancer used one instance only"
+        for gw in (gw1, gw2, gw1):  # straight to each instance, from the client's address
+            ftp = ftplib.FTP(timeout=20, source_address=(CLIENT, 0))
+            ftp.connect(GATEWAY, gw.port)
+            with pytest.raises(ftplib.error_perm, match=r"^530"):
+                ftp.login(user.name, "wrong-password")
+            ftp.close()
+
+        def refused_at(port: int) -> bool:
+            ftp = ftplib.FTP(timeout=20, source_address=(CLIENT, 0))
+            ftp.connect(GATEWAY, port)
+            try:
+                ftp.login(user.name, user.password)
+            except ftplib.Error:
+                return True
+            finally:
+                ftp.close()
+            return False
+
+        assert wait_for(lambda: refused_at(gw1.port) and refused_at(gw2.port), 10), "not banned at both"
+        with pytest.raises(ftplib.Error):
+            login(cluster.port, user)  # nor through the balancer
+        for gw in cluster.gateways:
+            assert gw.stop() == 0  # SIGTERM: each writes what it still holds
+    config_file = tmp_path / "gw1" / "gateway.yaml"
+    out = subprocess.run(
+        [*CLI, "report", "--config", str(config_file), "--format", "json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    (row,) = [u for u in json.loads(out)["users"] if u["user"] == user.name]
+    # Every session of both instances, from the client's own address: the 8 uploads, and
+    # the 3 failed logins (more attempts were refused by the ban).
+    assert row["transfers"]["uploads"] == 8 and row["transfers"]["bytes_up"] == 800
+    assert row["failed_logins"]["bad_credentials"] == 3 and row["verdict"] == "locked out"
+    assert row["client_ips"] == [CLIENT]
