@@ -75,6 +75,7 @@ class SharedGuard:
         self._db: Database | None = None
         self._away = False  # the database is unreachable (logged once per outage)
         self._replayed = False
+        self._pruned_at = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="guard-shared", daemon=True)
@@ -86,6 +87,8 @@ class SharedGuard:
             self._poll()
         except StoreError:
             pass  # logged; the thread retries
+        except errors() as err:
+            self._failed(err)
         self._thread.start()
         return self
 
@@ -161,7 +164,7 @@ class SharedGuard:
         assert self._db is not None
         while self._outbox:
             events = list(self._outbox)
-            with self._db.write_transaction():
+            with self._db.conn.transaction():  # PostgreSQL only; no need to wait for usage writers
                 for event in events:
                     self._db.execute(
                         'INSERT INTO guard_events (instance, op, source, "user") VALUES (?, ?, ?, ?)',
@@ -202,7 +205,8 @@ class SharedGuard:
         now = time.monotonic()
         for event_id in [i for i, seen in self._seen.items() if now - seen > 2 * _CATCH_UP]:
             del self._seen[event_id]
-        if self._db is not None and int(now) % 60 == 0:  # about once a minute
+        if self._db is not None and now - self._pruned_at >= 60:
+            self._pruned_at = now
             self._db.execute(
                 "DELETE FROM guard_events WHERE at < now() - make_interval(secs => ?)", (self._horizon,)
             )

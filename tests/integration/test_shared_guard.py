@@ -11,6 +11,7 @@ import pytest
 from gateway import config
 from tests.helpers.gateway_env import base_config, wait_for
 from tests.helpers.postgres import PASSWORD as POSTGRES_PASSWORD
+from tests.integration.test_metrics import http_get
 
 
 def shared(sshd, postgres, tmp_path, max_failures=3):
@@ -85,6 +86,7 @@ def test_without_the_database_each_guard_goes_on_alone(gateway_factory, sshd, po
         assert refused(one, user)  # its own guard still bans
         registry = one.gateway.metrics.registry
         assert wait_for(lambda: (registry.get_sample_value("ftpgw_guard_shared_errors_total") or 0) > 0)
+        assert wait_for(lambda: http_get(one, "/readyz") == (200, "ready\n"))  # the backends are fine
     finally:
         postgres.restart()
     two = gateway_factory(doc)  # the failures made during the outage reach the others once it is back
