@@ -11,9 +11,9 @@ import time
 
 from gateway.features.sync import Copied
 from gateway.features.usage.database import errors
-from gateway.features.usage.store import StoreError, connect
+from gateway.features.usage.store import JOURNAL_VALUES, StoreError, connect, journal_put
 
-_COLUMNS = "legacy_size, legacy_mtime, sha256, sftp_size, sftp_mtime"
+_COLUMNS = ", ".join(JOURNAL_VALUES[:-1])  # what Copied holds (not copied_at)
 
 
 def _key(path: str) -> bytes:
@@ -26,9 +26,7 @@ class Journal:
     def __init__(self, location: str, route: str, user: str, password: str | None = None) -> None:
         self._db = connect(location, password=password)
         self._route, self._user = route, user
-        self._put = self._db.replace_sql(
-            "sync_journal", ("route", "user", "path"), (*_COLUMNS.split(", "), "copied_at")
-        )
+        self._put = journal_put(self._db)
 
     def get(self, path: str) -> Copied | None:
         """The last copy to ``path``, None if sync never copied it."""

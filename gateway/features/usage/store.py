@@ -180,12 +180,16 @@ def read(
 ) -> list[Row]:
     """The rows last seen at or after ``since`` (all if None), of ``user`` only if given."""
     with _reading(location, password) as db:
-        sql = f"SELECT {_COLUMNS}, first_seen, last_seen, totals FROM usage WHERE last_seen >= ?"
-        args: list[object] = [since if since is not None else float("-inf")]
-        if user is not None:
-            sql += ' AND "user" = ?'
-            args.append(user)
-        rows = db.execute(sql + ' ORDER BY "user", last_seen', args).fetchall()
+        return _rows(db, since, user)
+
+
+def _rows(db: Database, since: float | None = None, user: str | None = None) -> list[Row]:
+    sql = f"SELECT {_COLUMNS}, first_seen, last_seen, totals FROM usage WHERE last_seen >= ?"
+    args: list[object] = [since if since is not None else float("-inf")]
+    if user is not None:
+        sql += ' AND "user" = ?'
+        args.append(user)
+    rows = db.execute(sql + ' ORDER BY "user", last_seen', args).fetchall()
     out = []
     for r in rows:
         key = Key(**dict(zip(_KEY_COLUMNS, r[: len(_KEY_COLUMNS)], strict=True)))
@@ -279,9 +283,14 @@ def _key_values(key: Key) -> tuple[object, ...]:
     return tuple(int(v) if isinstance(v, bool) else v for v in astuple(key))
 
 
-_JOURNAL_COLUMNS = (
-    "route", "user", "path", "legacy_size", "legacy_mtime", "sha256", "sftp_size", "sftp_mtime", "copied_at",
-)  # fmt: skip
+#: sync's journal (gateway.features.usage.journal): its key, and what it keeps per file.
+JOURNAL_KEY = ("route", "user", "path")
+JOURNAL_VALUES = ("legacy_size", "legacy_mtime", "sha256", "sftp_size", "sftp_mtime", "copied_at")
+
+
+def journal_put(db: Database) -> str:
+    """The statement that writes (or replaces) one journal entry: the key, then the values."""
+    return db.replace_sql("sync_journal", JOURNAL_KEY, JOURNAL_VALUES)
 
 
 def copy(source: str, target: str, password: str | None = None, merge: bool = False) -> tuple[int, int]:
@@ -292,9 +301,9 @@ def copy(source: str, target: str, password: str | None = None, merge: bool = Fa
     twice: unless ``merge``, a target that already holds usage of the days ``source``
     covers is refused (say ``merge`` for another instance's record of the same days).
     """
-    rows = read(source)
     with _reading(source, None) as src:
-        names = ", ".join(f'"{c}"' for c in _JOURNAL_COLUMNS)
+        rows = _rows(src)
+        names = ", ".join(f'"{c}"' for c in (*JOURNAL_KEY, *JOURNAL_VALUES))
         journal = src.execute(f"SELECT {names} FROM sync_journal").fetchall()
     db = connect(target, password=password)
     try:
@@ -312,7 +321,7 @@ def copy(source: str, target: str, password: str | None = None, merge: bool = Fa
                     )
             for row in rows:
                 _add(db, Record(row.key, row.first_seen, row.last_seen, row.totals))
-            put = db.replace_sql("sync_journal", _JOURNAL_COLUMNS[:3], _JOURNAL_COLUMNS[3:])
+            put = journal_put(db)
             for entry in journal:
                 db.execute(put, tuple(entry))
     except errors() as err:
