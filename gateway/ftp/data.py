@@ -181,10 +181,15 @@ class GatewayDTPHandler(DTPHandler):  # type: ignore[misc]
         # no block crosses threads and the two threads do not contend for the GIL per
         # block. This thread keeps serving the control connection (ABOR, the data timeout)
         # and hears when the transfer has ended.
-        sock = self.socket.dup()
+        wakeup = Wakeup(self.ioloop)  # out of descriptors: raises here, nothing to undo
+        try:
+            sock = self.socket.dup()
+        except OSError:
+            wakeup.close()
+            raise
         self._initialized = True
         self.ioloop.unregister(self._fileno)
-        wakeup = self._wakeup = Wakeup(self.ioloop)
+        self._wakeup = wakeup
         self._delivery = send_to(sock, lambda sent, err: wakeup.call(lambda: self._delivered(sent, err)))
 
     def _delivered(self, sent: int, err: Exception | None) -> None:
